@@ -1,0 +1,120 @@
+"""Reference implementations of the model's ops in plain torch.
+
+These run on any device and define the semantics that the Triton kernels in
+`kernels/` must reproduce; the kernel tests compare against them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from laminar.ops.metadata import AttentionMetadata
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension, computed in fp32 like HF."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * weight.float()).to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rms_norm(x + residual), x + residual): the pre-norm residual step."""
+    summed = x + residual
+    return rms_norm(summed, weight, eps), summed
+
+
+def rope(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style rotary embedding. q: [T, Hq, D], k: [T, Hk, D], cos_sin: [max_pos, D] (cos | sin halves)."""
+    half = q.shape[-1] // 2
+    cs = cos_sin[positions].unsqueeze(1)
+    cos, sin = cs[..., :half], cs[..., half:]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        x1, x2 = xf[..., :half], xf[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
+def store_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Writes new keys/values into the paged cache ([num_blocks, block_size, Hk, D]) at flat slots."""
+    k_cache.view(-1, *k_cache.shape[2:])[slot_mapping] = k.to(k_cache.dtype)
+    v_cache.view(-1, *v_cache.shape[2:])[slot_mapping] = v.to(v_cache.dtype)
+
+
+def paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """Causal attention of each sequence's new queries over its whole paged context.
+
+    The new tokens' keys must already be in the cache. Query i of a sequence with
+    q_len new tokens and seq_len context sits at position seq_len - q_len + i.
+    """
+    out = torch.empty_like(q)
+    block_size = k_cache.shape[1]
+    num_q_heads, num_kv_heads = q.shape[1], k_cache.shape[2]
+    starts = meta.query_start_loc.tolist()
+    seq_lens = meta.seq_lens.tolist()
+    for b, seq_len in enumerate(seq_lens):
+        q_start, q_end = starts[b], starts[b + 1]
+        q_len = q_end - q_start
+        if q_len == 0:
+            continue
+        num_blocks = (seq_len + block_size - 1) // block_size
+        blocks = meta.block_tables[b, :num_blocks].long()
+        k = k_cache[blocks].flatten(0, 1)[:seq_len]
+        v = v_cache[blocks].flatten(0, 1)[:seq_len]
+        k = k.repeat_interleave(num_q_heads // num_kv_heads, dim=1).transpose(0, 1).float()
+        v = v.repeat_interleave(num_q_heads // num_kv_heads, dim=1).transpose(0, 1).float()
+        qb = q[q_start:q_end].transpose(0, 1).float()
+        q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
+        mask = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]
+        o = F.scaled_dot_product_attention(qb, k, v, attn_mask=mask, scale=scale)
+        out[q_start:q_end] = o.transpose(0, 1).to(q.dtype)
+    return out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU activation on [.., 2*I] laid out as gate | up."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64)."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+def fused_moe(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
+) -> torch.Tensor:
+    """Mixture of SwiGLU experts. x: [T, H], w13: [E, 2I, H] (gate | up), w2: [E, H, I]."""
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    flat_ids = topk_ids.flatten()
+    token_idx = torch.arange(x.shape[0], device=x.device).repeat_interleave(topk_ids.shape[1])
+    flat_w = topk_weights.flatten().float()
+    order = torch.argsort(flat_ids, stable=True)
+    counts = torch.bincount(flat_ids, minlength=w13.shape[0]).tolist()
+    start = 0
+    for expert, n in enumerate(counts):
+        if n == 0:
+            continue
+        sel = order[start : start + n]
+        start += n
+        tok = token_idx[sel]
+        h = silu_and_mul(x[tok] @ w13[expert].t())
+        y = (h @ w2[expert].t()).float() * flat_w[sel, None]
+        out.index_add_(0, tok, y)
+    return out.to(x.dtype)
