@@ -1,0 +1,111 @@
+"""Batched token sampling: greedy, temperature, top-k / top-p / min-p, per-request seeds."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from laminar.sampling_params import SamplingParams
+
+# Temperatures below this are treated as greedy: dividing logits by ~0 overflows to inf.
+_GREEDY_EPS = 1e-5
+
+
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """One generator per seeded request, kept by the engine for the request's lifetime, so
+    the request's random stream depends only on its seed and its own step count."""
+    if seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def _filter_logits(logits: Tensor, params: list[SamplingParams]) -> Tensor:
+    """Sets filtered-out entries to -inf; rows of `logits` are already temperature-scaled.
+
+    Top-k and top-p are decided in sorted order and scattered back to vocabulary order, so
+    each row keeps exactly the tokens its own parameters allow. Min-p compares against the
+    row maximum, which renormalisation after top-k/top-p does not change.
+    """
+    n, vocab = logits.shape
+    device = logits.device
+    use_top_k = any(0 < p.top_k < vocab for p in params)
+    use_top_p = any(p.top_p < 1.0 for p in params)
+    if use_top_k or use_top_p:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        positions = torch.arange(vocab, device=device).expand(n, vocab)
+        ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+        remove = positions >= torch.tensor(ks, device=device).unsqueeze(1)
+        if use_top_p:
+            sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+            probs = sorted_logits.softmax(dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs
+            # Rows without top-p get +inf so cumsum rounding can never drop their tail.
+            top_ps = [p.top_p if p.top_p < 1.0 else float("inf") for p in params]
+            top_p = torch.tensor(top_ps, device=device, dtype=probs.dtype).unsqueeze(1)
+            remove |= mass_before >= top_p
+        remove_vocab = torch.empty_like(remove).scatter_(1, order, remove)
+        logits = logits.masked_fill(remove_vocab, float("-inf"))
+    if any(p.min_p > 0.0 for p in params):
+        min_ps = torch.tensor([p.min_p for p in params], device=device, dtype=logits.dtype)
+        # p_i < min_p * p_max  <=>  logit_i < logit_max + log(min_p); log(0) = -inf keeps all.
+        threshold = logits.amax(dim=-1, keepdim=True) + min_ps.log().unsqueeze(1)
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    return logits
+
+
+class Sampler:
+    """Picks one token per row of a logits batch.
+
+    Sampling uses the exponential race (argmax of p / E with E ~ Exp(1)), which equals a
+    categorical draw but needs no cumulative sums or host syncs. Seeded rows draw their
+    noise from their own generator, one draw of V values per call, in vocabulary order;
+    unseeded rows share a single batched draw from the default generator.
+    """
+
+    def __call__(
+        self,
+        logits: Tensor,
+        params: list[SamplingParams],
+        generators: list[torch.Generator | None],
+    ) -> Tensor:
+        batch, vocab = logits.shape
+        if len(params) != batch or len(generators) != batch:
+            raise ValueError(
+                f"got {batch} logits rows, {len(params)} params, {len(generators)} generators"
+            )
+        tokens = logits.argmax(dim=-1)
+        rows = [i for i, p in enumerate(params) if p.temperature >= _GREEDY_EPS]
+        if not rows:
+            return tokens
+        device = logits.device
+        all_rows = len(rows) == batch
+        row_index = None if all_rows else torch.tensor(rows, device=device)
+        sub = logits if all_rows else logits.index_select(0, row_index)
+        sub_params = [params[i] for i in rows]
+        temps = torch.tensor([p.temperature for p in sub_params], device=device, dtype=sub.dtype)
+        sub = _filter_logits(sub.float() / temps.unsqueeze(1), sub_params)
+        probs = sub.softmax(dim=-1)
+        noise = self._exponential_noise(len(rows), vocab, [generators[i] for i in rows], device)
+        sampled = probs.div_(noise).argmax(dim=-1)
+        if all_rows:
+            return sampled
+        return tokens.index_copy_(0, row_index, sampled)
+
+    @staticmethod
+    def _exponential_noise(
+        n: int, vocab: int, generators: list[torch.Generator | None], device: torch.device
+    ) -> Tensor:
+        """Exp(1) noise [n, vocab]; clamped away from 0 so p / E never divides by zero."""
+        noise = torch.empty(n, vocab, device=device, dtype=torch.float32)
+        unseeded = [i for i, g in enumerate(generators) if g is None]
+        if len(unseeded) == n:
+            noise.exponential_()
+        else:
+            for i, gen in enumerate(generators):
+                if gen is not None:
+                    noise[i].exponential_(generator=gen)
+            if unseeded:
+                shared = torch.empty(len(unseeded), vocab, device=device).exponential_()
+                noise[unseeded] = shared
+        return noise.clamp_min_(torch.finfo(torch.float32).tiny)
