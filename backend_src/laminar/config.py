@@ -1,0 +1,192 @@
+"""Engine arguments and the model description read from a HF config.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+SCHEDULE_MODES = ("layered", "chunked")
+LOAD_FORMATS = ("safetensors", "dummy")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The fields of a Qwen3 / Qwen3-MoE config.json that the engine needs."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    num_experts: int = 0
+    top_k: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
+    eos_token_id: tuple[int, ...] = ()
+    torch_dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "ModelConfig":
+        arch = (cfg.get("architectures") or ["?"])[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(f"model architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        if cfg.get("rope_scaling"):
+            raise ValueError(f"rope_scaling {cfg['rope_scaling']!r} is not supported")
+        is_moe = arch == "Qwen3MoeForCausalLM"
+        eos = cfg.get("eos_token_id")
+        return cls(
+            architecture=arch,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=cfg["num_attention_heads"],
+            num_kv_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
+            intermediate_size=cfg.get("intermediate_size", 0),
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=cfg.get("rope_theta", 1e6),
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            num_experts=cfg.get("num_experts", 0) if is_moe else 0,
+            top_k=cfg.get("num_experts_per_tok", 0) if is_moe else 0,
+            moe_intermediate_size=cfg.get("moe_intermediate_size", 0) if is_moe else 0,
+            norm_topk_prob=cfg.get("norm_topk_prob", True),
+            decoder_sparse_step=cfg.get("decoder_sparse_step", 1) or 1,
+            mlp_only_layers=tuple(cfg.get("mlp_only_layers") or ()),
+            eos_token_id=tuple(eos if isinstance(eos, list) else ([] if eos is None else [eos])),
+            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype") or "float32",
+        )
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
+        path = Path(model_dir) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"model: no config.json in {model_dir!s}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Qwen3-MoE's rule for which decoder layers carry experts."""
+        return (
+            self.num_experts > 0
+            and layer not in self.mlp_only_layers
+            and (layer + 1) % self.decoder_sparse_step == 0
+        )
+
+    def expert_num_params(self) -> int:
+        """Parameters of one expert (gate, up and down projections)."""
+        return 3 * self.hidden_size * self.moe_intermediate_size
+
+
+@dataclass
+class EngineArgs:
+    """Everything that configures an engine; validated on construction.
+
+    num_stages is the largest number of layer groups G a prefill batch is split into
+    (layered mode). The group count of a batch follows the paper's policy by its
+    token count (<=512: 1, <=1024: 2, <=2048: 4, <=4096: 8, more: num_stages), is
+    never above num_stages, and is clamped to the layer count (a group holds at
+    least one layer).
+    """
+
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    schedule_mode: str = "layered"
+    num_stages: int = 16
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    max_model_len: int | None = None
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    num_kv_blocks: int | None = None
+    kv_cache_bytes: int | None = None
+    load_format: str = "safetensors"
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+    group_token_thresholds: tuple[int, ...] = field(default=(512, 1024, 2048, 4096))
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if allow_none and value is None:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("model must be a path to a HF model directory")
+        if self.schedule_mode not in SCHEDULE_MODES:
+            raise ValueError(f"schedule_mode must be one of {SCHEDULE_MODES}, got {self.schedule_mode!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be auto or one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("num_stages", "max_num_batched_tokens", "max_num_seqs", "block_size", "tensor_parallel_size"):
+            positive_int(name)
+        for name in ("max_model_len", "num_kv_blocks", "kv_cache_bytes"):
+            positive_int(name, allow_none=True)
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        if self.schedule_mode == "chunked" and self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                "max_num_batched_tokens must be >= max_num_seqs in chunked mode, so that every decode fits "
+                f"the token budget (got {self.max_num_batched_tokens} < {self.max_num_seqs})"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EngineArgs":
+        """Builds arguments from a mapping, naming unknown keys in the error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown engine argument(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device is cuda but no CUDA device is available")
+        return torch.device(self.device)
+
+    def resolved_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def num_groups(self, num_prefill_tokens: int, num_layers: int) -> int:
+        """Layer groups for a prefill batch of this many tokens (the paper's policy)."""
+        groups = self.num_stages
+        for i, threshold in enumerate(self.group_token_thresholds):
+            if num_prefill_tokens <= threshold:
+                groups = 2**i
+                break
+        return max(1, min(groups, self.num_stages, num_layers))
+
+
+def split_layers(num_layers: int, num_groups: int) -> list[range]:
+    """Cuts layers into contiguous groups; the first num_layers % num_groups get one more."""
+    base, extra = divmod(num_layers, num_groups)
+    groups, start = [], 0
+    for g in range(num_groups):
+        stop = start + base + (1 if g < extra else 0)
+        groups.append(range(start, stop))
+        start = stop
+    return groups

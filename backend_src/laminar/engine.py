@@ -1,0 +1,201 @@
+"""The step-level engine: requests in, one scheduler iteration per step(), deltas out.
+
+Not thread-safe: one thread owns it (the Triton model's engine loop, or LLM).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from laminar.block_manager import BlockManager
+from laminar.config import EngineArgs, ModelConfig
+from laminar.model_runner import ModelRunner
+from laminar.outputs import EngineStats, RequestOutput, StepRecord
+from laminar.sampler import make_generator
+from laminar.sampling_params import SamplingParams
+from laminar.scheduler import Scheduler, StepPlan
+from laminar.sequence import Sequence, Status
+from laminar.tokenizer import IncrementalDetokenizer, Tokenizer, load_tokenizer
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs) -> None:
+        self.args = args
+        self.model_config = cfg = ModelConfig.from_dir(args.model)
+        self.max_model_len = args.max_model_len or cfg.max_position_embeddings
+        if self.max_model_len > cfg.max_position_embeddings:
+            raise ValueError(
+                f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings "
+                f"{cfg.max_position_embeddings}"
+            )
+        torch.manual_seed(args.seed)
+        self.tokenizer: Tokenizer | None = load_tokenizer(args.model) if _has_tokenizer(args.model) else None
+        self.eos_token_ids = set(self.tokenizer.eos_token_ids) if self.tokenizer else set(cfg.eos_token_id)
+        self.runner = ModelRunner(cfg, args, self.max_model_len)
+        self.blocks = BlockManager(self.runner.num_blocks, args.block_size)
+        if self.runner.num_blocks * args.block_size < self.max_model_len:
+            raise ValueError(
+                f"the KV cache holds {self.runner.num_blocks * args.block_size} tokens, fewer than "
+                f"max_model_len {self.max_model_len}: raise the KV memory or lower max_model_len"
+            )
+        self.scheduler = Scheduler(args, cfg.num_layers, self.blocks)
+        self.expert_bytes = cfg.expert_num_params() * self.runner.dtype.itemsize
+        self.seqs: dict[str, Sequence] = {}
+        self.stats = EngineStats(kv_blocks_total=self.runner.num_blocks)
+        self.last_step: StepRecord | None = None
+
+    def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams, arrival_time: float | None = None
+    ) -> None:
+        """Queues a request; raises ValueError naming the problem, leaving the engine untouched."""
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError("request_id must be a non-empty string")
+        if request_id in self.seqs:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if not isinstance(params, SamplingParams):
+            raise ValueError("params must be a SamplingParams")
+        prompt_ids = self._prompt_ids(prompt)
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop: stop strings need a model with a tokenizer.json")
+        detok = (
+            IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop, params.skip_special_tokens)
+            if self.tokenizer else None
+        )
+        seq = Sequence(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            params=params,
+            generator=make_generator(params.seed, self.runner.device),
+            detokenizer=detok,
+            arrival_time=time.monotonic() if arrival_time is None else arrival_time,
+        )
+        self.seqs[request_id] = seq
+        self.scheduler.add(seq)
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt: this model has no tokenizer.json; send token ids")
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)
+            vocab = self.model_config.vocab_size
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompt: token ids must be in [0, {vocab}), got {bad[:4]}")
+        else:
+            raise ValueError("prompt must be a string or a list of token ids")
+        if not ids:
+            raise ValueError("prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens, but max_model_len is {self.max_model_len} "
+                "(at least one token must be generated)"
+            )
+        return ids
+
+    def abort(self, request_id: str) -> bool:
+        """Drops a request wherever it is (queued, mid-prefill at any group, decoding) and frees its blocks."""
+        seq = self.seqs.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.remove(seq)
+        seq.status = Status.FINISHED
+        seq.finish_reason = "abort"
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.seqs)
+
+    def step(self) -> list[RequestOutput]:
+        """Runs one iteration and returns the requests that got a token in it."""
+        plan = self.scheduler.schedule()
+        self.stats.num_preemptions += len(plan.preempted)
+        if plan.is_empty:
+            return []
+        now = time.monotonic()
+        if plan.prefill is not None:
+            for chunk in plan.prefill.chunks:
+                chunk.seq.admitted_time = chunk.seq.admitted_time or now
+        sample_seqs = plan.sample_seqs
+        result = self.runner.execute(plan)
+        self._account(plan, sample_seqs, result.experts_touched)
+        self.scheduler.advance(plan)
+        done = time.monotonic()
+        return [self._append(seq, token, done) for seq, token in zip(sample_seqs, result.tokens)]
+
+    def _append(self, seq: Sequence, token: int, now: float) -> RequestOutput:
+        """Adds a sampled token, detokenizes it, and finishes the request if a stop condition holds."""
+        seq.output_token_ids.append(token)
+        seq.first_token_time = seq.first_token_time or now
+        params = seq.params
+        text, stop_hit = seq.detokenizer.step([token]) if seq.detokenizer else ("", False)
+        reason = None
+        if stop_hit or token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+            reason = "stop"
+        elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            if not stop_hit and seq.detokenizer:
+                text += seq.detokenizer.finish()
+            self.scheduler.remove(seq)
+            del self.seqs[seq.request_id]
+            seq.status, seq.finish_reason = Status.FINISHED, reason
+        return RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=[token],
+            new_text=text,
+            finished=reason is not None,
+            finish_reason=reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=len(seq.output_token_ids),
+            arrival_time=seq.arrival_time,
+            scheduled_time=seq.admitted_time,
+            first_token_time=seq.first_token_time,
+        )
+
+    def _account(self, plan: StepPlan, sample_seqs: list[Sequence], experts_touched: int) -> None:
+        stats, batch = self.stats, plan.prefill
+        prefill = batch is not None and bool(batch.chunks)
+        stats.iterations += 1
+        if prefill and plan.decode:
+            stats.mixed_iterations += 1
+        elif prefill:
+            stats.prefill_iterations += 1
+        else:
+            stats.decode_iterations += 1
+        if prefill:
+            stats.groups_run[len(batch.groups)] = stats.groups_run.get(len(batch.groups), 0) + 1
+            if batch.on_last_group:
+                stats.prompt_tokens += batch.num_tokens
+        stats.generated_tokens += len(sample_seqs)
+        stats.expert_bytes_last_step = experts_touched * self.expert_bytes
+        stats.expert_bytes_total += stats.expert_bytes_last_step
+        self.last_step = StepRecord(
+            decode_ids=[s.request_id for s in plan.decode],
+            prefill_ids=[c.seq.request_id for c in batch.chunks] if prefill else [],
+            prefill_tokens=batch.num_tokens if prefill else 0,
+            prefill_layers=plan.prefill_layers if prefill else range(0),
+            group_index=batch.next_group if prefill else 0,
+            num_groups=len(batch.groups) if prefill else 0,
+            sampled_ids=[s.request_id for s in sample_seqs],
+            experts_touched=experts_touched,
+        )
+
+    def get_stats(self) -> EngineStats:
+        stats = self.stats
+        stats.num_running = len(self.scheduler.running) + len(self.scheduler.prefilling)
+        stats.num_waiting = len(self.scheduler.waiting)
+        stats.kv_blocks_free = self.blocks.num_free
+        return stats
+
+    def shutdown(self) -> None:
+        """Aborts what is left so every KV block is back in the pool."""
+        for request_id in list(self.seqs):
+            self.abort(request_id)
+
+
+def _has_tokenizer(model_dir: str) -> bool:
+    return (Path(model_dir) / "tokenizer.json").is_file()

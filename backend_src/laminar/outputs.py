@@ -1,0 +1,74 @@
+"""What the engine reports: per-request deltas, finished completions, and engine counters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestOutput:
+    """A request's progress in one step: the tokens and text that are new since the last one."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None          # "stop" | "length" once finished
+    num_prompt_tokens: int
+    num_output_tokens: int
+    arrival_time: float
+    scheduled_time: float | None       # first admission into a prefill batch (queue time ends)
+    first_token_time: float | None
+
+
+@dataclass
+class CompletionOutput:
+    """A finished generation, as LLM.generate returns it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+
+
+@dataclass
+class StepRecord:
+    """What one iteration ran; tests check the scheduler's invariants against these."""
+
+    decode_ids: list[str]
+    prefill_ids: list[str]
+    prefill_tokens: int
+    prefill_layers: range
+    group_index: int
+    num_groups: int
+    sampled_ids: list[str]
+    experts_touched: int
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters plus the current queue and KV-cache state.
+
+    expert_bytes counts, for every MoE layer run in an iteration, the distinct
+    experts its tokens touched times the bytes of one expert: the weight traffic
+    that layered prefill reduces.
+    """
+
+    iterations: int = 0
+    mixed_iterations: int = 0      # decode tokens and prefill tokens together
+    decode_iterations: int = 0     # decode tokens only
+    prefill_iterations: int = 0    # prefill tokens only
+    prompt_tokens: int = 0         # prompt (or recomputed) tokens that finished all layers
+    generated_tokens: int = 0
+    expert_bytes_total: int = 0
+    expert_bytes_last_step: int = 0
+    groups_run: dict[int, int] = field(default_factory=dict)  # prefill iterations by batch group count
+    num_preemptions: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_blocks_total: int = 0
+    kv_blocks_free: int = 0
+
+    @property
+    def kv_usage(self) -> float:
+        return 1.0 - self.kv_blocks_free / self.kv_blocks_total if self.kv_blocks_total else 0.0

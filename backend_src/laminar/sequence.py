@@ -1,0 +1,58 @@
+"""The engine's view of one request: tokens, KV blocks and progress."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from laminar.sampling_params import SamplingParams
+from laminar.tokenizer import IncrementalDetokenizer
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"        # not admitted, or preempted: nothing of it in the KV cache
+    PREFILLING = "prefilling"  # admitted; prompt tokens still to compute
+    RUNNING = "running"        # decoding: exactly one uncomputed token (the last sampled)
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Tokens [0, num_computed) have KV in every layer; the rest are computed next.
+
+    A decode is the case of exactly one uncomputed token, so prefill, decode and
+    recompute after preemption share one rule: compute what is left, and sample
+    a token when nothing is left.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None
+    detokenizer: IncrementalDetokenizer | None  # None for models without a tokenizer
+    arrival_time: float
+    output_token_ids: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    status: Status = Status.WAITING
+    finish_reason: str | None = None
+    first_token_time: float | None = None
+    admitted_time: float | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_uncomputed(self) -> int:
+        return self.num_tokens - self.num_computed
+
+    def token_ids(self, start: int, stop: int) -> list[int]:
+        """Tokens [start, stop) of prompt + output, without concatenating the whole history."""
+        p = self.num_prompt_tokens
+        return self.prompt_token_ids[start:min(stop, p)] + self.output_token_ids[max(start - p, 0):max(stop - p, 0)]
