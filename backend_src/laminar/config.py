@@ -44,8 +44,12 @@ class ModelConfig:
         arch = (cfg.get("architectures") or ["?"])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ValueError(f"model architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-        if cfg.get("rope_scaling"):
-            raise ValueError(f"rope_scaling {cfg['rope_scaling']!r} is not supported")
+        # transformers 5 writes rope_parameters / num_local_experts where older configs have
+        # rope_theta + rope_scaling / num_experts; accept both spellings.
+        rope = cfg.get("rope_parameters") or {}
+        scaling = cfg.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
+        if scaling:
+            raise ValueError(f"rope scaling {scaling!r} is not supported")
         is_moe = arch == "Qwen3MoeForCausalLM"
         eos = cfg.get("eos_token_id")
         return cls(
@@ -58,10 +62,10 @@ class ModelConfig:
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
             intermediate_size=cfg.get("intermediate_size", 0),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=cfg.get("rope_theta", 1e6),
+            rope_theta=cfg.get("rope_theta") or rope.get("rope_theta", 1e6),
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            num_experts=cfg.get("num_experts", 0) if is_moe else 0,
+            num_experts=(cfg.get("num_experts") or cfg.get("num_local_experts", 0)) if is_moe else 0,
             top_k=cfg.get("num_experts_per_tok", 0) if is_moe else 0,
             moe_intermediate_size=cfg.get("moe_intermediate_size", 0) if is_moe else 0,
             norm_topk_prob=cfg.get("norm_topk_prob", True),

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random HF checkpoints written with transformers itself."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def write_hf_checkpoint(out: Path, moe: bool = True, num_layers: int = 3, seed: int = 0, **overrides) -> Path:
+    """Saves a random Qwen3-MoE (or dense Qwen3) model with transformers' own save_pretrained."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    common = dict(
+        vocab_size=257, hidden_size=64, num_hidden_layers=num_layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, intermediate_size=96, max_position_embeddings=512,
+        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False, eos_token_id=0,
+    )
+    if moe:
+        common.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                      decoder_sparse_step=1, mlp_only_layers=[])
+    common.update(overrides)
+    torch.manual_seed(seed)
+    config = (Qwen3MoeConfig if moe else Qwen3Config)(**common)
+    model = (Qwen3MoeForCausalLM if moe else Qwen3ForCausalLM)(config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():  # larger than HF's init so that routing and logits are decisive
+            p.normal_(0.0, 0.15)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def moe_checkpoint(tmp_path_factory) -> Path:
+    return write_hf_checkpoint(tmp_path_factory.mktemp("moe3"), moe=True, num_layers=3)
+
+
+@pytest.fixture(scope="session")
+def moe_checkpoint_5(tmp_path_factory) -> Path:
+    return write_hf_checkpoint(tmp_path_factory.mktemp("moe5"), moe=True, num_layers=5, seed=1)
+
+
+@pytest.fixture(scope="session")
+def dense_checkpoint(tmp_path_factory) -> Path:
+    return write_hf_checkpoint(tmp_path_factory.mktemp("dense"), moe=False, num_layers=3, seed=2)

@@ -1,0 +1,50 @@
+"""Helpers for engine tests: building engines on tiny checkpoints and recording what they compute."""
+from __future__ import annotations
+
+import torch
+
+from laminar import EngineArgs, LLMEngine, SamplingParams
+
+
+def make_engine(model_dir, **overrides) -> LLMEngine:
+    args = dict(model=str(model_dir), device="cpu", dtype="float32", block_size=4, num_kv_blocks=512,
+                max_num_batched_tokens=64, max_num_seqs=32, num_stages=4)
+    args.update(overrides)
+    return LLMEngine(EngineArgs(**args))
+
+
+class LogitsRecorder:
+    """Wraps the engine's sampler to keep the logits each request was sampled from."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.inner = engine.runner.sampler
+        self.engine = engine
+        self.logits: dict[int, list[torch.Tensor]] = {}
+        engine.runner.sampler = self
+
+    def __call__(self, logits, params, generators):
+        for row, p in zip(logits, params):
+            self.logits.setdefault(id(p), []).append(row.clone())
+        return self.inner(logits, params, generators)
+
+
+def greedy(max_tokens: int, **kw) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, **kw)
+
+
+def run_to_completion(engine: LLMEngine, arrivals: dict[int, list[tuple[str, list[int], SamplingParams]]],
+                      on_step=None) -> dict[str, list[int]]:
+    """Adds requests at the given iteration numbers and steps until all finish; returns output ids."""
+    outputs: dict[str, list[int]] = {}
+    it = 0
+    while engine.has_unfinished_requests() or any(k >= it for k in arrivals):
+        for rid, prompt, params in arrivals.get(it, []):
+            engine.add_request(rid, prompt, params)
+            outputs[rid] = []
+        for out in engine.step():
+            outputs[out.request_id].extend(out.new_token_ids)
+        if on_step:
+            on_step(it, engine)
+        it += 1
+        assert it < 10_000, "engine did not finish"
+    return outputs
