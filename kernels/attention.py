@@ -1,0 +1,26 @@
+"""paged_attention entry point: decode-only batches take the split-K kernel, any other mix the varlen one."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .attention_decode import decode_attention
+from .attention_prefill import prefill_attention
+
+if TYPE_CHECKING:
+    from laminar.ops.metadata import AttentionMetadata
+
+
+def paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """Causal attention of each sequence's new queries over its paged context (keys already stored)."""
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if q.shape[0] == 0 or meta.num_seqs == 0 or meta.max_query_len == 0:
+        return out
+    if meta.max_query_len == 1:
+        return decode_attention(q, k_cache, v_cache, meta, scale, out)
+    return prefill_attention(q, k_cache, v_cache, meta, scale, out)

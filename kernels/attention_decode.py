@@ -1,0 +1,131 @@
+"""Paged decode attention (one query token per sequence), split-K over the context.
+
+Grid (seq, kv_head, split): each program handles all query heads of one KV head (GQA),
+so every KV tile is read from HBM once. Splits write fp32 partial outputs plus their
+log-sum-exp; a reduce kernel merges them. Splits keep all SMs busy at small batch or
+long context.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import device_sms, dot_precision, next_pow2
+
+if TYPE_CHECKING:
+    from laminar.ops.metadata import AttentionMetadata
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, kc_ptr, vc_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, part_o_ptr, part_lse_ptr,
+    scale, head_dim, group, n_splits,
+    stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt,
+    PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    n_kv_heads = tl.num_programs(1)
+    q_start = tl.load(qsl_ptr + seq)
+    q_len = tl.load(qsl_ptr + seq + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + seq)
+    per_split = tl.cdiv(tl.cdiv(seq_len, n_splits), BLOCK_N) * BLOCK_N
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, seq_len)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    g_ok = g < group
+    d_ok = d < head_dim
+    heads = kvh * group + g
+    part_row = (seq * n_kv_heads * group + heads) * n_splits + split
+    if q_len == 0:
+        return
+    q = tl.load(q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + d[None, :],
+                mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+    qk_scale = scale * 1.4426950408889634  # exp2 domain
+    m_i = tl.full([BLOCK_G], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
+    offs_n = tl.arange(0, BLOCK_N)
+    for start in range(lo, hi, BLOCK_N):
+        t = start + offs_n
+        t_ok = t < hi
+        blk = tl.load(bt_row + t // PAGE, mask=t_ok, other=0).to(tl.int64)
+        kv_off = blk * stride_cb + (t % PAGE) * stride_cs + kvh * stride_ch
+        kv_mask = t_ok[:, None] & d_ok[None, :]
+        k = tl.load(kc_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = tl.where(t_ok[None, :], s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(vc_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, -float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+    tl.store(part_o_ptr + part_row[:, None].to(tl.int64) * BLOCK_D + d[None, :], out, mask=g_ok[:, None])
+    tl.store(part_lse_ptr + part_row, lse, mask=g_ok)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    part_o_ptr, part_lse_ptr, out_ptr, qsl_ptr, head_dim, n_splits, stride_ot, stride_oh,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    q_start = tl.load(qsl_ptr + seq)
+    if tl.load(qsl_ptr + seq + 1) == q_start:
+        return
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    row = (seq * tl.num_programs(1) + head) * n_splits + s
+    lse = tl.load(part_lse_ptr + row, mask=s < n_splits, other=-float("inf"))
+    w = tl.exp2(lse - tl.max(lse, axis=0))
+    w = w / tl.sum(w, axis=0)
+    o = tl.load(part_o_ptr + row[:, None].to(tl.int64) * BLOCK_D + d[None, :], mask=s[:, None] < n_splits, other=0.0)
+    res = tl.sum(o * w[:, None], axis=0)
+    tl.store(out_ptr + q_start.to(tl.int64) * stride_ot + head * stride_oh + d, res.to(out_ptr.dtype.element_ty),
+             mask=d < head_dim)
+
+
+def choose_splits(n_seqs: int, n_kv_heads: int, max_seq_len: int, sms: int, block_n: int) -> int:
+    """Enough splits for ~4 programs per SM, but never splits shorter than a few KV tiles."""
+    want = triton.cdiv(4 * sms, max(n_seqs * n_kv_heads, 1))
+    return max(1, min(want, triton.cdiv(max_seq_len, 4 * block_n), 64))
+
+
+def decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    out: torch.Tensor, n_splits: int | None = None, block_n: int = 64, num_warps: int = 4, num_stages: int = 3,
+) -> torch.Tensor:
+    """Fills out [T, Hq, D] for batches whose sequences each have at most one new token."""
+    n_seqs = meta.num_seqs
+    _, page, n_kv_heads, head_dim = k_cache.shape
+    n_q_heads = q.shape[1]
+    group = n_q_heads // n_kv_heads
+    block_d = next_pow2(head_dim)
+    splits = n_splits or choose_splits(n_seqs, n_kv_heads, meta.max_seq_len, device_sms(q), block_n)
+    part_o = torch.empty((n_seqs * n_q_heads * splits, block_d), dtype=torch.float32, device=q.device)
+    part_lse = torch.empty((n_seqs * n_q_heads * splits,), dtype=torch.float32, device=q.device)
+    _decode_split_kernel[(n_seqs, n_kv_heads, splits)](
+        q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, part_o, part_lse,
+        scale, head_dim, group, splits,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
+        PAGE=page, BLOCK_G=max(16, next_pow2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
+        PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+    )
+    _decode_reduce_kernel[(n_seqs, n_q_heads)](
+        part_o, part_lse, out, meta.query_start_loc, head_dim, splits, out.stride(0), out.stride(1),
+        BLOCK_S=next_pow2(splits), BLOCK_D=block_d,
+    )
+    return out
