@@ -9,8 +9,8 @@ from tokenizers import Tokenizer as _HFTokenizer
 # How many prompt tokens before the first output token are decoded with it, so that
 # tokenizers which strip or merge leading spaces decode the first output token right.
 _PROMPT_CONTEXT_TOKENS = 5
-# Past this many undecodable pending tokens the bytes are invalid UTF-8 rather than an
-# unfinished character (which spans at most 4 byte-tokens); flush them as U+FFFD.
+# Pending tokens that never end a character are invalid UTF-8; past this many they are
+# released (as U+FFFD) so the decode window stays small.
 _MAX_PENDING_TOKENS = 8
 _REPLACEMENT = "\ufffd"
 
@@ -103,21 +103,35 @@ class IncrementalDetokenizer:
         return self._take(len(self.text))
 
     def _decode_pending(self, force: bool) -> str:
-        """New text from the window, or "" while it still ends in an unfinished character."""
-        if self._read_offset == len(self._ids):
+        """New text from the window, up to the last pending token that ends a character.
+
+        An unfinished character has at most 3 of its bytes so far, so it spans at most the
+        last 3 tokens; cutting those off finds the longest releasable prefix. If no cut helps
+        the bytes are invalid UTF-8, released as U+FFFD once too many tokens are pending.
+        """
+        pending = len(self._ids) - self._read_offset
+        if pending == 0:
             return ""
         decode = self._tokenizer.decode
         prefix_text = decode(self._ids[self._prefix_offset : self._read_offset], self._skip_special)
-        full_text = decode(self._ids[self._prefix_offset :], self._skip_special)
-        unfinished = full_text.endswith(_REPLACEMENT)
-        pending = len(self._ids) - self._read_offset
-        if unfinished and not force and pending < _MAX_PENDING_TOKENS:
-            return ""
-        # Skipped special tokens can leave the window's text unchanged; the offsets still move.
-        new_text = full_text[len(prefix_text) :] if len(full_text) > len(prefix_text) else ""
+        end = len(self._ids)
+        if not force:
+            for cut in range(min(3, pending - 1) + 1):
+                text = decode(self._ids[self._prefix_offset : end - cut], self._skip_special)
+                if not text.endswith(_REPLACEMENT):
+                    end -= cut
+                    break
+            else:
+                if pending < _MAX_PENDING_TOKENS:
+                    return ""
+                end -= 3
+                text = decode(self._ids[self._prefix_offset : end], self._skip_special)
+        else:
+            text = decode(self._ids[self._prefix_offset :], self._skip_special)
         self._prefix_offset = self._read_offset
-        self._read_offset = len(self._ids)
-        return new_text
+        self._read_offset = end
+        # Skipped special tokens can leave the text unchanged; the offsets still move.
+        return text[len(prefix_text) :] if len(text) > len(prefix_text) else ""
 
     def _append(self, new_text: str) -> None:
         """Appends decoded text and truncates it before the earliest stop string, if any."""
