@@ -1,0 +1,93 @@
+"""The demo checkpoint: deterministic bytes, clean HF loading, working tokenizer."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors import safe_open
+
+from laminar.demo import write_demo_checkpoint
+from laminar.demo.checkpoint import FILES, STAMP
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "model")
+
+
+def test_two_writes_are_byte_identical(demo_dir: Path, tmp_path: Path) -> None:
+    """The second write runs in a fresh process with another hash seed and thread count."""
+    other = tmp_path / "again"
+    env = {"PYTHONPATH": str(REPO / "backend_src"), "PYTHONHASHSEED": "123",
+           "RAYON_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-m", "laminar.demo", "--out", str(other)],
+                   check=True, env=env, capture_output=True)
+    for name in (*FILES, STAMP):
+        assert (demo_dir / name).read_bytes() == (other / name).read_bytes(), name
+
+
+def test_rewrite_skips_complete_and_repairs_damaged(demo_dir: Path, tmp_path: Path) -> None:
+    out = write_demo_checkpoint(tmp_path / "m")
+    weights = out / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    write_demo_checkpoint(out)
+    assert weights.stat().st_mtime_ns == mtime
+    (out / "config.json").write_text("{}")
+    write_demo_checkpoint(out)
+    assert (out / "config.json").read_bytes() == (demo_dir / "config.json").read_bytes()
+
+
+def test_refuses_foreign_directory_without_force(tmp_path: Path) -> None:
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match="pytorch_model.bin"):
+        write_demo_checkpoint(tmp_path)
+    assert (write_demo_checkpoint(tmp_path, force=True) / STAMP).is_file()
+
+
+def test_config_and_tensor_names(demo_dir: Path) -> None:
+    cfg = json.loads((demo_dir / "config.json").read_text())
+    assert cfg["architectures"] == ["Qwen3MoeForCausalLM"] and cfg["model_type"] == "qwen3_moe"
+    assert cfg["vocab_size"] == 2048 and cfg["num_experts"] == 16 and cfg["head_dim"] == 32
+    with safe_open(str(demo_dir / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+        assert f.get_tensor("model.layers.0.mlp.gate.weight").shape == (16, 256)
+        assert f.get_tensor("model.layers.5.mlp.experts.15.down_proj.weight").shape == (256, 128)
+        assert f.get_tensor("model.layers.0.self_attn.k_proj.weight").shape == (64, 256)
+        assert torch.all(f.get_tensor("model.norm.weight") == 1)
+        std = f.get_tensor("lm_head.weight").std().item()
+        assert abs(std - 0.02) < 0.001
+    per_layer = 2 + 4 + 2 + 1 + 16 * 3
+    assert len(names) == 3 + 6 * per_layer
+    assert "model.layers.3.mlp.experts.7.gate_proj.weight" in names
+
+
+def test_transformers_loads_cleanly(demo_dir: Path) -> None:
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        demo_dir, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not info["mismatched_keys"] and not info["error_msgs"]
+    assert model.config.model_type == "qwen3_moe"
+    with torch.no_grad():
+        logits = model(torch.tensor([[5, 6, 7]])).logits
+    assert logits.shape == (1, 3, 2048) and torch.isfinite(logits).all()
+
+
+def test_transformers_tokenizer_round_trips(demo_dir: Path) -> None:
+    text = "Layered prefill spreads a prompt over steps. café 你好 🚀"
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(demo_dir / "tokenizer.json"))
+    auto = transformers.AutoTokenizer.from_pretrained(demo_dir)
+    assert fast.decode(fast.encode(text)) == text
+    assert auto.decode(auto.encode(text)) == text
+    assert auto.eos_token == "<|im_end|>"
+    prompt = auto.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
