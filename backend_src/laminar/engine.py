@@ -114,6 +114,7 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         self.stats.num_preemptions += len(plan.preempted)
         if plan.is_empty:
+            self.last_step = None
             return []
         now = time.monotonic()
         if plan.prefill is not None:

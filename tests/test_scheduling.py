@@ -1,0 +1,190 @@
+"""Greedy equivalence across schedule modes and the schedulers' invariants, observed at run time."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from engine_utils import greedy, make_engine, run_to_completion
+from laminar.config import split_layers
+
+NUM_LAYERS = 5
+
+
+def workload(seed: int, n: int = 12) -> dict[int, list]:
+    """Requests of mixed prompt/output lengths arriving at different iterations."""
+    rng = random.Random(seed)
+    arrivals: dict[int, list] = {}
+    for i in range(n):
+        prompt = [rng.randrange(1, 257) for _ in range(rng.randint(1, 70))]
+        arrivals.setdefault(rng.randint(0, 12), []).append((f"r{i}", prompt, greedy(rng.randint(1, 10))))
+    return arrivals
+
+
+@pytest.fixture(scope="module")
+def reference(moe_checkpoint_5) -> dict[str, list[int]]:
+    """HF generate, one prompt at a time."""
+    model = AutoModelForCausalLM.from_pretrained(moe_checkpoint_5, dtype=torch.float32).eval()
+    out = {}
+    for reqs in workload(0).values():
+        for rid, prompt, params in reqs:
+            n = params.max_tokens
+            ids = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+            out[rid] = ids[0, len(prompt):].tolist()
+    return out
+
+
+@pytest.mark.parametrize("budget", [8, 16, 64])
+def test_chunked_matches_hf_generate(moe_checkpoint_5, reference, budget):
+    engine = make_engine(moe_checkpoint_5, schedule_mode="chunked", max_num_batched_tokens=budget,
+                         max_num_seqs=min(budget, 32))
+    assert run_to_completion(engine, workload(0)) == reference
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 4])
+def test_layered_matches_hf_generate(moe_checkpoint_5, reference, groups):
+    engine = make_engine(moe_checkpoint_5, schedule_mode="layered", num_stages=groups, group_token_thresholds=(),
+                         max_num_batched_tokens=32)
+    seen_groups = set()
+    outputs = run_to_completion(engine, workload(0),
+                                on_step=lambda it, e: e.last_step and seen_groups.add(e.last_step.num_groups))
+    assert outputs == reference
+    assert seen_groups - {0} == {groups}
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+
+
+def test_more_stages_than_layers_is_clamped(moe_checkpoint_5, reference):
+    """num_stages above the layer count gives one layer per group."""
+    engine = make_engine(moe_checkpoint_5, num_stages=8, group_token_thresholds=(), max_num_batched_tokens=32)
+    groups = set()
+    outputs = run_to_completion(engine, workload(0), on_step=lambda it, e: e.last_step and groups.add(e.last_step.num_groups))
+    assert outputs == reference
+    assert groups - {0} == {NUM_LAYERS}
+
+
+def test_group_policy():
+    from laminar import EngineArgs
+
+    args = EngineArgs(model="x", num_stages=16)
+    picks = [args.num_groups(n, 48) for n in (1, 512, 513, 1024, 2048, 4096, 4097, 100_000)]
+    assert picks == [1, 1, 2, 2, 4, 8, 16, 16]
+    assert args.num_groups(100_000, 5) == 5
+    assert EngineArgs(model="x", num_stages=3).num_groups(4000, 48) == 3
+    assert [len(g) for g in split_layers(5, 3)] == [2, 2, 1]
+    assert [list(g) for g in split_layers(48, 16)][-1] == [45, 46, 47]
+
+
+class LayerRows:
+    """Forward hooks counting the rows each decoder layer processes in the current iteration."""
+
+    def __init__(self, engine) -> None:
+        self.rows: list[int] = [0] * NUM_LAYERS
+        for i, layer in enumerate(engine.runner.model.layers):
+            layer.register_forward_hook(self._hook(i))
+
+    def _hook(self, i):
+        def hook(module, args, output):
+            self.rows[i] = args[0].shape[0]
+        return hook
+
+    def take(self) -> list[int]:
+        rows, self.rows = self.rows, [0] * NUM_LAYERS
+        return rows
+
+
+def observe(engine, arrivals):
+    """Runs a workload and returns, per iteration: (record, rows per layer, {request: new tokens})."""
+    hooks = LayerRows(engine)
+    trace = []
+    it = 0
+    while engine.has_unfinished_requests() or any(k >= it for k in arrivals):
+        for rid, prompt, params in arrivals.get(it, []):
+            engine.add_request(rid, prompt, params)
+        outs = engine.step()
+        it += 1
+        if engine.last_step is None:
+            continue
+        trace.append((engine.last_step, hooks.take(), {o.request_id: len(o.new_token_ids) for o in outs},
+                      {o.request_id for o in outs if o.finished}))
+    return trace
+
+
+def assert_no_decode_stall(trace):
+    """Once a request has its first token, it gains exactly one token per iteration until it finishes."""
+    decoding: set[str] = set()
+    for record, _, new, finished in trace:
+        for rid in decoding:
+            assert new.get(rid) == 1, f"{rid} stalled"
+        decoding = (decoding | set(new)) - finished
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4])
+def test_layered_invariants(moe_checkpoint_5, groups):
+    arrivals = workload(1, n=16)
+    prompts = {rid: len(p) for reqs in arrivals.values() for rid, p, _ in reqs}
+    budget = 48
+    engine = make_engine(moe_checkpoint_5, num_stages=groups, group_token_thresholds=(),
+                         max_num_batched_tokens=budget)
+    trace = observe(engine, arrivals)
+    assert_no_decode_stall(trace)
+    layer_groups = split_layers(NUM_LAYERS, groups)
+    prefill_rows = [0] * NUM_LAYERS
+    batch_iters: dict[str, list[int]] = {}
+    first_token: dict[str, int] = {}
+    for it, (record, rows, new, _) in enumerate(trace):
+        decode = len(record.decode_ids)
+        for layer in range(NUM_LAYERS):
+            prefill = record.prefill_tokens if layer in record.prefill_layers else 0
+            assert rows[layer] == decode + prefill, (it, layer)
+            prefill_rows[layer] += rows[layer] - decode
+        if record.prefill_ids:
+            assert record.prefill_layers == layer_groups[record.group_index]
+        for rid in record.prefill_ids:
+            batch_iters.setdefault(rid, []).append(it)
+        for rid in new:
+            first_token.setdefault(rid, it)
+    assert prefill_rows == [sum(prompts.values())] * NUM_LAYERS  # every prompt token, every layer, once
+    for rid, iters in batch_iters.items():
+        # Each batch (a prompt split by the budget takes several) crosses the G groups in G
+        # consecutive iterations; the first token comes at the end of the last one.
+        assert len(iters) % groups == 0
+        for b in range(0, len(iters), groups):
+            assert iters[b:b + groups] == list(range(iters[b], iters[b] + groups))
+        assert first_token[rid] == iters[-1]
+
+
+@pytest.mark.parametrize("budget", [8, 24])
+def test_chunked_invariants(moe_checkpoint_5, budget):
+    arrivals = workload(2, n=16)
+    prompts = sum(len(p) for reqs in arrivals.values() for _, p, _ in reqs)
+    engine = make_engine(moe_checkpoint_5, schedule_mode="chunked", max_num_batched_tokens=budget,
+                         max_num_seqs=budget)
+    trace = observe(engine, arrivals)
+    assert_no_decode_stall(trace)
+    total_prefill = 0
+    for record, rows, _, _ in trace:
+        assert rows[0] <= budget
+        assert len(set(rows)) == 1  # every token crosses every layer in the same iteration
+        total_prefill += rows[0] - len(record.decode_ids)
+    assert total_prefill == prompts
+
+
+def test_layered_moves_fewer_expert_bytes(moe_checkpoint_5):
+    """One long prompt: chunked reloads every expert per chunk, layered once per layer."""
+    prompt = list(range(1, 129))
+    chunked = make_engine(moe_checkpoint_5, schedule_mode="chunked", max_num_batched_tokens=16, max_num_seqs=16)
+    layered = make_engine(moe_checkpoint_5, num_stages=4, group_token_thresholds=(), max_num_batched_tokens=128)
+    for engine in (chunked, layered):
+        run_to_completion(engine, {0: [("long", prompt, greedy(1))]})
+    ratio = chunked.get_stats().expert_bytes_total / layered.get_stats().expert_bytes_total
+    assert ratio >= 0.75 * (len(prompt) // 16), ratio
+    mixed = workload(3)
+    engines = [make_engine(moe_checkpoint_5, schedule_mode="chunked", max_num_batched_tokens=16, max_num_seqs=16),
+               make_engine(moe_checkpoint_5, num_stages=4, max_num_batched_tokens=128)]
+    for engine in engines:
+        run_to_completion(engine, mixed)
+    assert engines[1].get_stats().expert_bytes_total < engines[0].get_stats().expert_bytes_total
