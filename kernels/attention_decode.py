@@ -106,7 +106,7 @@ def choose_splits(n_seqs: int, n_kv_heads: int, max_seq_len: int, sms: int, bloc
 
 def decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-    out: torch.Tensor, n_splits: int | None = None, block_n: int = 64, num_warps: int = 4, num_stages: int = 3,
+    out: torch.Tensor, n_splits: int | None = None, block_n: int = 64, num_warps: int = 4, num_stages: int | None = None,
 ) -> torch.Tensor:
     """Fills out [T, Hq, D] for batches whose sequences each have at most one new token."""
     n_seqs = meta.num_seqs
@@ -122,7 +122,8 @@ def decode_attention(
         scale, head_dim, group, splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         PAGE=page, BLOCK_G=max(16, next_pow2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
-        PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        PRECISION=dot_precision(q.dtype), num_warps=num_warps,
+        num_stages=num_stages or (2 if q.dtype == torch.float32 else 3),
     )
     _decode_reduce_kernel[(n_seqs, n_q_heads)](
         part_o, part_lse, out, meta.query_start_loc, head_dim, splits, out.stride(0), out.stride(1),
