@@ -40,6 +40,15 @@ setup_venv() {
   echo "$want" > "$stamp"
 }
 
+# The Python backend puts the model repository on sys.path, where the model directory
+# `laminar/` would shadow the package as an empty namespace package: setuptools' editable
+# finder runs after the path scan. A path entry holding the real package wins that scan.
+setup_package_path() {
+  local site
+  site=$(venv_python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$ROOT/backend_src" > "$site/laminar-backend-src.pth"
+}
+
 # tritonserver from the nvidia-pytriton wheel: binary, Python backend and the stub that matches
 # the venv's Python. The stub imports from the first `python3` on PATH, so the wrapper puts the
 # venv first; it ignores PYTHONPATH.
@@ -118,6 +127,7 @@ setup_demo_model() {
 
 setup() {
   setup_venv
+  setup_package_path
   setup_tritonserver
   setup_perf_analyzer
   setup_demo_model

@@ -1,0 +1,202 @@
+"""The one thread that owns the (not thread-safe) engine.
+
+Triton's `execute` only enqueues requests here and returns at once; this thread admits them
+between steps, runs `engine.step()` while work exists, hands each output to the request's sink,
+aborts requests whose client cancelled or went away (freeing their KV blocks at the next step),
+and sleeps on a condition variable when idle. If the engine raises, every in-flight and queued
+request fails with the error and the loop reports itself unhealthy instead of hanging.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from laminar import LLMEngine, RequestOutput, SamplingParams
+    from laminar.serving.metrics import ServingMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class RequestSink(Protocol):
+    """Where one request's results go (model.py adapts Triton's response sender)."""
+
+    def send(self, out: RequestOutput) -> None:
+        """Delivers one engine delta; raising means the client is gone and the request is aborted."""
+
+    def fail(self, message: str) -> None:
+        """Ends the request with an error response."""
+
+    def is_cancelled(self) -> bool:
+        """True once the client cancelled or disconnected."""
+
+
+@dataclass
+class _Pending:
+    request_id: str
+    prompt: str | list[int]
+    params: SamplingParams
+    sink: RequestSink
+    arrival: float
+
+
+@dataclass
+class _Active:
+    sink: RequestSink
+    arrival: float
+    last_token: float | None = None
+
+
+class EngineLoop:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        metrics: ServingMetrics | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._on_failure = on_failure
+        self._cv = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._active: dict[str, _Active] = {}
+        self._stopping = False
+        self._error: str | None = None
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="laminar-engine-loop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        return self._error is None and self._thread.is_alive()
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def submit(self, prompt: str | list[int], params: SamplingParams, sink: RequestSink,
+               arrival: float | None = None) -> str | None:
+        """Queues a request (thread-safe, never blocks on the engine); returns its engine id, or
+        None when it was failed at once because the loop is dead or stopping."""
+        with self._cv:
+            refusal = self._error or ("server is shutting down" if self._stopping else None)
+            if refusal is None:
+                request_id = f"lp-{next(self._ids)}"
+                arrival = time.monotonic() if arrival is None else arrival
+                self._pending.append(_Pending(request_id, prompt, params, sink, arrival))
+                self._cv.notify()
+                return request_id
+        sink.fail(refusal)
+        return None
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stops the loop, failing what is still in flight, and shuts the engine down."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while self._iterate():
+                pass
+            self._fail_everything("server is shutting down")
+        except Exception as e:  # the engine is broken: fail loudly, never hang clients
+            logger.exception("engine loop failed")
+            self._error = f"engine failed: {type(e).__name__}: {e}"
+            self._fail_everything(self._error)
+            if self._on_failure is not None:
+                self._on_failure(self._error)
+        finally:
+            self._engine.shutdown()
+
+    def _iterate(self) -> bool:
+        """One admit/cancel/step/dispatch round; False once asked to stop."""
+        with self._cv:
+            while not (self._pending or self._stopping or self._engine.has_unfinished_requests()):
+                self._cv.wait()
+            if self._stopping:
+                return False
+            batch, self._pending = self._pending, []
+        self._admit(batch)
+        self._reap_cancelled()
+        if self._engine.has_unfinished_requests():
+            self._dispatch(self._engine.step())
+        if self._metrics is not None:
+            self._metrics.engine_stats(self._engine.get_stats())
+        return True
+
+    def _admit(self, batch: list[_Pending]) -> None:
+        for p in batch:
+            try:
+                self._engine.add_request(p.request_id, p.prompt, p.params, arrival_time=p.arrival)
+            except ValueError as e:  # bad prompt (too long, bad ids...): this request only
+                p.sink.fail(str(e))
+                continue
+            self._active[p.request_id] = _Active(p.sink, p.arrival)
+
+    def _reap_cancelled(self) -> None:
+        for request_id, active in list(self._active.items()):
+            try:
+                cancelled = active.sink.is_cancelled()
+            except Exception:  # the sender is unusable: nobody is listening
+                cancelled = True
+            if cancelled:
+                self._abort(request_id, "cancelled by the client")
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        now = time.monotonic()
+        for out in outputs:
+            active = self._active.get(out.request_id)
+            if active is None:
+                continue
+            self._observe_tokens(active, out, now)
+            try:
+                active.sink.send(out)
+            except Exception as e:
+                if not out.finished:
+                    self._abort(out.request_id, f"response could not be sent ({e})")
+                    continue
+            if out.finished:
+                del self._active[out.request_id]
+                if self._metrics is not None:
+                    self._metrics.request_finished(now - active.arrival, out.finish_reason or "")
+
+    def _observe_tokens(self, active: _Active, out: RequestOutput, now: float) -> None:
+        """Latencies as the client sees them: from arrival in `execute` to dispatch."""
+        count = len(out.new_token_ids)
+        if count == 0:
+            return
+        if self._metrics is not None:
+            if active.last_token is None:
+                scheduled = out.scheduled_time if out.scheduled_time is not None else now
+                self._metrics.first_token(now - active.arrival, scheduled - active.arrival)
+            else:
+                self._metrics.inter_token(now - active.last_token, count)
+        active.last_token = now
+
+    def _abort(self, request_id: str, why: str) -> None:
+        self._engine.abort(request_id)
+        del self._active[request_id]
+        logger.info("aborted request %s: %s", request_id, why)
+        if self._metrics is not None:
+            self._metrics.request_aborted()
+
+    def _fail_everything(self, message: str) -> None:
+        with self._cv:
+            pending, self._pending = self._pending, []
+        sinks = [p.sink for p in pending] + [a.sink for a in self._active.values()]
+        self._active.clear()
+        for sink in sinks:
+            try:
+                sink.fail(message)
+            except Exception:
+                logger.exception("could not deliver the failure to a request")

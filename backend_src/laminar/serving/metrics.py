@@ -1,0 +1,108 @@
+"""Serving metrics published on Triton's /metrics endpoint through the Python backend's
+custom-metrics API (`pb_utils.MetricFamily`; histograms need server >= 2.49, we ship 2.51).
+
+All names start with `lp:` and carry the labels model and version. Engine counters (tokens,
+iterations per schedule phase, expert bytes, preemptions) are published as deltas of the
+engine's cumulative EngineStats, so they agree with what the engine itself counted.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from laminar import EngineStats
+
+LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                   2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0]
+TOKEN_LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
+                         0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
+
+# EngineStats counter field -> (metric name, extra labels); published as deltas.
+_STAT_COUNTERS = {
+    "prompt_tokens": ("lp:prompt_tokens_total", {}),
+    "generated_tokens": ("lp:generation_tokens_total", {}),
+    "expert_bytes_total": ("lp:expert_weight_bytes_total", {}),
+    "num_preemptions": ("lp:num_preemptions_total", {}),
+    "prefill_iterations": ("lp:iterations_total", {"phase": "prefill"}),
+    "decode_iterations": ("lp:iterations_total", {"phase": "decode"}),
+    "mixed_iterations": ("lp:iterations_total", {"phase": "mixed"}),
+}
+_STAT_GAUGES = {
+    "num_running": "lp:num_requests_running",
+    "num_waiting": "lp:num_requests_waiting",
+    "kv_usage": "lp:kv_cache_usage_perc",
+    "kv_blocks_free": "lp:kv_cache_blocks_free",
+}
+DESCRIPTIONS = {
+    "lp:time_to_first_token_seconds": "Time from request arrival to its first generated token",
+    "lp:inter_token_latency_seconds": "Time between consecutive generated tokens of a request",
+    "lp:e2e_request_latency_seconds": "Time from request arrival to its last token",
+    "lp:request_queue_time_seconds": "Time from request arrival until the engine first schedules it",
+    "lp:prompt_tokens_total": "Prompt tokens processed",
+    "lp:generation_tokens_total": "Tokens generated",
+    "lp:expert_weight_bytes_total": "Bytes of MoE expert weights read by the engine",
+    "lp:num_preemptions_total": "Requests preempted for lack of KV cache",
+    "lp:iterations_total": "Engine iterations by schedule phase (prefill, decode, mixed)",
+    "lp:request_success_total": "Requests finished, by finish reason",
+    "lp:request_aborted_total": "Requests aborted because the client cancelled or disconnected",
+    "lp:num_requests_running": "Requests being processed by the engine",
+    "lp:num_requests_waiting": "Requests waiting in the engine's queue",
+    "lp:kv_cache_usage_perc": "Fraction of KV cache blocks in use (0..1)",
+    "lp:kv_cache_blocks_free": "Free KV cache blocks",
+}
+
+
+FINISH_REASONS = ("stop", "length")
+
+
+class ServingMetrics:
+    """Owns the metric families of one model instance; called from the engine loop thread."""
+
+    def __init__(self, pb_utils: ModuleType, labels: dict[str, str]) -> None:
+        self._family_cls = pb_utils.MetricFamily
+        self._families: dict[str, Any] = {}
+        self._labels = labels
+        hist, counter, gauge = self._family_cls.HISTOGRAM, self._family_cls.COUNTER, self._family_cls.GAUGE
+        self._ttft = self._metric("lp:time_to_first_token_seconds", hist, buckets=LATENCY_BUCKETS)
+        self._itl = self._metric("lp:inter_token_latency_seconds", hist, buckets=TOKEN_LATENCY_BUCKETS)
+        self._e2e = self._metric("lp:e2e_request_latency_seconds", hist, buckets=LATENCY_BUCKETS)
+        self._queue = self._metric("lp:request_queue_time_seconds", hist, buckets=LATENCY_BUCKETS)
+        self._aborted = self._metric("lp:request_aborted_total", counter)
+        self._success = {r: self._metric("lp:request_success_total", counter, {"finish_reason": r})
+                         for r in FINISH_REASONS}
+        self._stat_counters = {f: self._metric(n, counter, extra) for f, (n, extra) in _STAT_COUNTERS.items()}
+        self._stat_gauges = {f: self._metric(n, gauge) for f, n in _STAT_GAUGES.items()}
+        self._last: dict[str, int] = {f: 0 for f in _STAT_COUNTERS}
+
+    def _metric(self, name: str, kind: Any, extra: dict[str, str] | None = None, **kw: Any) -> Any:
+        """One labelled metric; families are shared by name (e.g. iterations_total per phase)."""
+        if name not in self._families:
+            self._families[name] = self._family_cls(name=name, description=DESCRIPTIONS[name], kind=kind)
+        return self._families[name].Metric(labels={**self._labels, **(extra or {})}, **kw)
+
+    def first_token(self, ttft_seconds: float, queue_seconds: float) -> None:
+        self._ttft.observe(ttft_seconds)
+        self._queue.observe(queue_seconds)
+
+    def inter_token(self, gap_seconds: float, tokens: int) -> None:
+        """A step that delivered several tokens at once counts as that many equal gaps."""
+        for _ in range(tokens):
+            self._itl.observe(gap_seconds / tokens)
+
+    def request_finished(self, e2e_seconds: float, finish_reason: str) -> None:
+        self._e2e.observe(e2e_seconds)
+        if finish_reason in self._success:
+            self._success[finish_reason].increment(1)
+
+    def request_aborted(self) -> None:
+        self._aborted.increment(1)
+
+    def engine_stats(self, stats: EngineStats) -> None:
+        for field, counter in self._stat_counters.items():
+            value = getattr(stats, field)
+            if value > self._last[field]:
+                counter.increment(value - self._last[field])
+            self._last[field] = value
+        for field, gauge in self._stat_gauges.items():
+            gauge.set(float(getattr(stats, field)))
