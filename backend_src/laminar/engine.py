@@ -11,6 +11,7 @@ import torch
 
 from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, ModelConfig
+from laminar.energy import EnergyMeter
 from laminar.model_runner import ModelRunner
 from laminar.outputs import EngineStats, RequestOutput, StepRecord
 from laminar.sampler import make_generator
@@ -21,7 +22,8 @@ from laminar.tokenizer import IncrementalDetokenizer, Tokenizer, load_tokenizer
 
 
 class LLMEngine:
-    def __init__(self, args: EngineArgs) -> None:
+    def __init__(self, args: EngineArgs, runner: ModelRunner | None = None) -> None:
+        """runner: reuse another engine's model and KV cache (benchmarks compare modes on one set of weights)."""
         self.args = args
         self.model_config = cfg = ModelConfig.from_dir(args.model)
         self.max_model_len = args.max_model_len or cfg.max_position_embeddings
@@ -33,7 +35,7 @@ class LLMEngine:
         torch.manual_seed(args.seed)
         self.tokenizer: Tokenizer | None = load_tokenizer(args.model) if _has_tokenizer(args.model) else None
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) if self.tokenizer else set(cfg.eos_token_id)
-        self.runner = ModelRunner(cfg, args, self.max_model_len)
+        self.runner = runner or ModelRunner(cfg, args, self.max_model_len)
         self.blocks = BlockManager(self.runner.num_blocks, args.block_size)
         if self.runner.num_blocks * args.block_size < self.max_model_len:
             raise ValueError(
@@ -45,6 +47,8 @@ class LLMEngine:
         self.seqs: dict[str, Sequence] = {}
         self.stats = EngineStats(kv_blocks_total=self.runner.num_blocks)
         self.last_step: StepRecord | None = None
+        self.energy = EnergyMeter([self.runner.device])
+        self.energy_start = self.energy.read_joules()
 
     def add_request(
         self, request_id: str, prompt: str | list[int], params: SamplingParams, arrival_time: float | None = None
@@ -111,6 +115,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Runs one iteration and returns the requests that got a token in it."""
+        start = time.perf_counter()
         plan = self.scheduler.schedule()
         self.stats.num_preemptions += len(plan.preempted)
         if plan.is_empty:
@@ -121,11 +126,16 @@ class LLMEngine:
             for chunk in plan.prefill.chunks:
                 chunk.seq.admitted_time = chunk.seq.admitted_time or now
         sample_seqs = plan.sample_seqs
+        group_index = plan.prefill.next_group if plan.prefill else 0
+        forward_start = time.perf_counter()
         result = self.runner.execute(plan)
-        self._account(plan, sample_seqs, result.experts_touched)
+        forward_s = time.perf_counter() - forward_start - result.prepare_s
         self.scheduler.advance(plan)
         done = time.monotonic()
-        return [self._append(seq, token, done) for seq, token in zip(sample_seqs, result.tokens)]
+        outputs = [self._append(seq, token, done) for seq, token in zip(sample_seqs, result.tokens)]
+        total_s = time.perf_counter() - start
+        self._account(plan, group_index, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
+        return outputs
 
     def _append(self, seq: Sequence, token: int, now: float) -> RequestOutput:
         """Adds a sampled token, detokenizes it, and finishes the request if a stop condition holds."""
@@ -157,7 +167,11 @@ class LLMEngine:
             first_token_time=seq.first_token_time,
         )
 
-    def _account(self, plan: StepPlan, sample_seqs: list[Sequence], experts_touched: int) -> None:
+    def _account(
+        self, plan: StepPlan, group_index: int, sample_seqs: list[Sequence], experts_touched: int,
+        cpu_s: float, total_s: float,
+    ) -> None:
+        """Counters and the step record; plan.prefill has already advanced, so its group comes as group_index."""
         stats, batch = self.stats, plan.prefill
         prefill = batch is not None and bool(batch.chunks)
         stats.iterations += 1
@@ -169,7 +183,7 @@ class LLMEngine:
             stats.decode_iterations += 1
         if prefill:
             stats.groups_run[len(batch.groups)] = stats.groups_run.get(len(batch.groups), 0) + 1
-            if batch.on_last_group:
+            if group_index == len(batch.groups) - 1:
                 stats.prompt_tokens += batch.num_tokens
         stats.generated_tokens += len(sample_seqs)
         stats.expert_bytes_last_step = experts_touched * self.expert_bytes
@@ -178,11 +192,13 @@ class LLMEngine:
             decode_ids=[s.request_id for s in plan.decode],
             prefill_ids=[c.seq.request_id for c in batch.chunks] if prefill else [],
             prefill_tokens=batch.num_tokens if prefill else 0,
-            prefill_layers=plan.prefill_layers if prefill else range(0),
-            group_index=batch.next_group if prefill else 0,
+            prefill_layers=batch.groups[group_index] if prefill else range(0),
+            group_index=group_index,
             num_groups=len(batch.groups) if prefill else 0,
             sampled_ids=[s.request_id for s in sample_seqs],
             experts_touched=experts_touched,
+            cpu_s=cpu_s,
+            total_s=total_s,
         )
 
     def get_stats(self) -> EngineStats:
@@ -190,6 +206,8 @@ class LLMEngine:
         stats.num_running = len(self.scheduler.running) + len(self.scheduler.prefilling)
         stats.num_waiting = len(self.scheduler.waiting)
         stats.kv_blocks_free = self.blocks.num_free
+        if self.energy_start is not None:
+            stats.energy_joules = self.energy.read_joules() - self.energy_start
         return stats
 
     def shutdown(self) -> None:

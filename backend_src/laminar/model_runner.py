@@ -1,6 +1,7 @@
 """Owns the model, its KV cache and the sampler; turns a StepPlan into sampled tokens."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ CPU_DEFAULT_KV_BYTES = 256 << 20
 class StepResult:
     tokens: list[int]          # one per plan.sample_seqs
     experts_touched: int       # sum over the MoE layers run of distinct experts their tokens hit
+    prepare_s: float           # host time spent building the input tensors
 
 
 class ModelRunner:
@@ -71,7 +73,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
+        start = time.perf_counter()
         batch = self._prepare(plan)
+        prepare_s = time.perf_counter() - start
         self.expert_hits.zero_()
         result = self.model(batch, self.kv_caches, self.expert_hits)
         if plan.prefill is not None:
@@ -79,9 +83,9 @@ class ModelRunner:
         experts = int(self.expert_hits.sum().item()) if self.cfg.num_experts else 0
         seqs = plan.sample_seqs
         if result.logits is None:
-            return StepResult([], experts)
+            return StepResult([], experts, prepare_s)
         tokens = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs])
-        return StepResult(tokens.tolist(), experts)
+        return StepResult(tokens.tolist(), experts, prepare_s)
 
     def _prepare(self, plan: StepPlan) -> ForwardBatch:
         """Flattens the plan into token, position and KV-slot tensors (decode rows first)."""

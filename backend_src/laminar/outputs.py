@@ -43,6 +43,8 @@ class StepRecord:
     num_groups: int
     sampled_ids: list[str]
     experts_touched: int
+    cpu_s: float       # host time outside the model's forward: scheduling, input preparation, outputs
+    total_s: float     # wall time of the whole step, the GPU work included
 
 
 @dataclass
@@ -68,7 +70,23 @@ class EngineStats:
     num_waiting: int = 0
     kv_blocks_total: int = 0
     kv_blocks_free: int = 0
+    energy_joules: float | None = None  # GPU energy since the engine started (NVML); None on CPU
 
     @property
     def kv_usage(self) -> float:
         return 1.0 - self.kv_blocks_free / self.kv_blocks_total if self.kv_blocks_total else 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.generated_tokens
+
+    @property
+    def expert_bytes_per_token(self) -> float:
+        return self.expert_bytes_total / self.tokens if self.tokens else 0.0
+
+    @property
+    def energy_per_token(self) -> float | None:
+        """Joules per (prompt + generated) token."""
+        if self.energy_joules is None or not self.tokens:
+            return None
+        return self.energy_joules / self.tokens

@@ -63,6 +63,8 @@ class PrefillBatch:
 
     def remove(self, seq: Sequence) -> None:
         """Drops seq's chunk and its carried rows (abort while its batch is in flight)."""
+        if all(c.seq is not seq for c in self.chunks):
+            return
         keep, offset, rows = [], 0, []
         for c in self.chunks:
             if c.seq is not seq:
@@ -176,7 +178,7 @@ class Scheduler:
             else:
                 self.blocks.grow(seq, seq.num_tokens)
                 decode.append(seq)
-        self.running = decode
+        self.running = list(decode)  # the plan keeps its own list: running changes as requests end
         return decode
 
     def _preempt(self, seq: Sequence) -> None:
