@@ -1,0 +1,226 @@
+"""Offline engine benchmark: both schedule modes on one set of weights, in one process.
+
+Workload per mode: a batch of decoding requests at a fixed context keeps generating
+while long prompts arrive one after another. Reports decode step time against its
+memory floor, host overhead per step, TBT while a prompt is prefilled, TTFT, energy
+per token, and expert bytes; plus the expert bytes of one long prompt prefilled alone.
+
+GPU (Qwen3-30B-A3B shapes, random weights):
+  python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy
+CPU (the demo model):
+  python perf/bench_offline.py --model demo_model --preset cpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from laminar import EngineArgs, LLMEngine, SamplingParams
+
+PRESETS = {
+    "gpu": dict(decode_batch=64, decode_context=2048, prompts=[2048, 8192, 16384], alone_prompt=8192,
+                decode_steps=30, modes=["layered:8192", "chunked:512", "chunked:2048"], num_stages=16),
+    "cpu": dict(decode_batch=8, decode_context=128, prompts=[256, 1024], alone_prompt=1024,
+                decode_steps=10, modes=["layered:1024", "chunked:128", "chunked:256"], num_stages=4),
+}
+
+
+def measure_bandwidth(device: torch.device) -> float | None:
+    """Device copy bandwidth in bytes/s, counting bytes read and written."""
+    if device.type != "cuda":
+        return None
+    x = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    return 2 * x.numel() * 10 / (time.perf_counter() - start)
+
+
+def random_prompt(rng: random.Random, n: int, vocab: int) -> list[int]:
+    return [rng.randrange(1000, vocab - 1000) for _ in range(n)]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class Run:
+    """Drives one engine and records per-step and per-request timings."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.first_token: dict[str, float] = {}
+
+    def step(self) -> float:
+        for out in self.engine.step():
+            if out.num_output_tokens == 1:
+                self.first_token[out.request_id] = time.perf_counter()
+        return self.engine.last_step.total_s if self.engine.last_step else 0.0
+
+
+def non_expert_bytes(engine: LLMEngine) -> int:
+    """Weights every decode step reads besides experts (attention, router, norms, LM head)."""
+    total = 0
+    for name, p in engine.runner.model.named_parameters():
+        if name.endswith(("w13", "w2")) or name == "embed_tokens":
+            continue
+        total += p.numel() * p.element_size()
+    if engine.runner.model.lm_head is None:
+        total += engine.runner.model.embed_tokens.numel() * engine.runner.model.embed_tokens.element_size()
+    return total
+
+
+def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int) -> dict:
+    rng = random.Random(seed)
+    vocab = engine.model_config.vocab_size
+    mc = engine.model_config
+    kv_token_bytes = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * engine.runner.dtype.itemsize
+    run = Run(engine)
+    long_gen = SamplingParams(max_tokens=100_000, temperature=0.0, ignore_eos=True)
+    for i in range(cfg["decode_batch"]):
+        engine.add_request(f"d{i}", random_prompt(rng, cfg["decode_context"], vocab), long_gen)
+    while len(run.first_token) < cfg["decode_batch"]:
+        run.step()
+
+    # Decode-only window.
+    s0 = engine.get_stats()
+    e0, tok0, exp0 = s0.energy_joules, s0.tokens, s0.expert_bytes_total
+    steps, cpu = [], []
+    for _ in range(cfg["decode_steps"]):
+        steps.append(run.step())
+        cpu.append(engine.last_step.cpu_s)
+    s1 = engine.get_stats()
+    decode_step = statistics.mean(steps)
+    experts_per_step = (s1.expert_bytes_total - exp0) / len(steps)
+    context = cfg["decode_context"] + cfg["decode_steps"]
+    floor_bytes = non_expert_bytes(engine) + experts_per_step + cfg["decode_batch"] * context * kv_token_bytes
+    result = {
+        "decode_step_ms": 1e3 * decode_step,
+        "decode_step_floor_ms": 1e3 * floor_bytes / bandwidth if bandwidth else None,
+        "decode_host_overhead_frac": statistics.mean(cpu) / decode_step,
+        "decode_tokens_per_s": cfg["decode_batch"] / decode_step,
+        "decode_energy_j_per_token": (s1.energy_joules - e0) / (s1.tokens - tok0) if e0 is not None else None,
+    }
+
+    # Long prompts arrive one at a time while the decodes continue.
+    prompts = []
+    for n in cfg["prompts"]:
+        rid = f"p{n}"
+        s_before = engine.get_stats()
+        exp_before, e_before, tok_before = s_before.expert_bytes_total, s_before.energy_joules, s_before.tokens
+        arrival = time.perf_counter()
+        engine.add_request(rid, random_prompt(rng, n, vocab), SamplingParams(max_tokens=1, ignore_eos=True,
+                                                                             temperature=0.0))
+        tbt = []
+        while rid not in run.first_token:
+            tbt.append(run.step())
+        s_after = engine.get_stats()
+        prompts.append({
+            "prompt_tokens": n,
+            "ttft_ms": 1e3 * (run.first_token[rid] - arrival),
+            "iterations": len(tbt),
+            "tbt_mean_ms": 1e3 * statistics.mean(tbt),
+            "tbt_p99_ms": 1e3 * pct(tbt, 0.99),
+            "tbt_max_ms": 1e3 * max(tbt),
+            "expert_gb": (s_after.expert_bytes_total - exp_before) / 1e9,
+            "energy_j_per_token": ((s_after.energy_joules - e_before) / (s_after.tokens - tok_before)
+                                   if e_before is not None else None),
+        })
+    result["prompts"] = prompts
+    engine.shutdown()
+
+    # One long prompt alone: the expert traffic of its prefill and nothing else.
+    before = engine.get_stats().expert_bytes_total
+    engine.add_request("alone", random_prompt(rng, cfg["alone_prompt"], vocab),
+                       SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0))
+    start = time.perf_counter()
+    while engine.has_unfinished_requests():
+        engine.step()
+    result["alone_prompt_tokens"] = cfg["alone_prompt"]
+    result["alone_ttft_ms"] = 1e3 * (time.perf_counter() - start)
+    result["alone_expert_gb"] = (engine.get_stats().expert_bytes_total - before) / 1e9
+    return result
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Offline engine benchmark ({report['device']})", "", f"Command: `{report['command']}`", "",
+             "| mode | decode step ms | floor ms | host overhead | decode tok/s | J/token (decode) | "
+             "alone-prompt expert GB | alone TTFT ms |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
+    for mode, r in report["modes"].items():
+        lines.append(f"| {mode} | {fmt(r['decode_step_ms'])} | {fmt(r['decode_step_floor_ms'])} | "
+                     f"{fmt(100 * r['decode_host_overhead_frac'], '{:.1f}%')} | {fmt(r['decode_tokens_per_s'], '{:.1f}')} | "
+                     f"{fmt(r['decode_energy_j_per_token'], '{:.3f}')} | {fmt(r['alone_expert_gb'])} | "
+                     f"{fmt(r['alone_ttft_ms'], '{:.0f}')} |")
+    lines += ["", "Prompts arriving while the decode batch runs:", "",
+              "| mode | prompt | TTFT ms | iterations | TBT mean ms | TBT p99 ms | TBT max ms | expert GB | J/token |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for mode, r in report["modes"].items():
+        for p in r["prompts"]:
+            lines.append(f"| {mode} | {p['prompt_tokens']} | {p['ttft_ms']:.0f} | {p['iterations']} | "
+                         f"{p['tbt_mean_ms']:.2f} | {p['tbt_p99_ms']:.2f} | {p['tbt_max_ms']:.2f} | "
+                         f"{p['expert_gb']:.2f} | {fmt(p['energy_j_per_token'], '{:.3f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--load-format", default="safetensors")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
+    ap.add_argument("--modes", nargs="*", help="mode:budget entries, e.g. layered:8192 chunked:512")
+    ap.add_argument("--num-stages", type=int)
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--out-dir", default="perf/results")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    cfg = dict(PRESETS[args.preset])
+    cfg["modes"] = args.modes or cfg["modes"]
+    cfg["num_stages"] = args.num_stages or cfg["num_stages"]
+    max_len = max(cfg["prompts"] + [cfg["decode_context"]]) + 2048
+    base = dict(model=args.model, load_format=args.load_format, max_model_len=max_len,
+                tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
+                num_stages=cfg["num_stages"])
+    runner = None
+    device_name = "cpu"
+    report: dict = {"command": "python " + " ".join(sys.argv), "preset": cfg, "modes": {}}
+    for entry in cfg["modes"]:
+        mode, budget = entry.split(":")
+        budget = int(budget)
+        engine = LLMEngine(EngineArgs(**base, schedule_mode=mode, max_num_batched_tokens=budget,
+                                      max_num_seqs=min(256, budget)), runner=runner)
+        runner = engine.runner
+        if "bandwidth" not in report:
+            report["bandwidth_gbs"] = (measure_bandwidth(runner.device) or 0) / 1e9 or None
+            device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
+                f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+        print(f"== {entry}", flush=True)
+        bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
+        report["modes"][entry] = bench_mode(engine, cfg, bandwidth, seed=0)
+        print(json.dumps(report["modes"][entry], indent=1), flush=True)
+    report["device"] = device_name
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = device_name.split(" (")[0].replace(" ", "-").lower() + (f"-{args.tag}" if args.tag else "")
+    (out / f"offline-{slug}.json").write_text(json.dumps(report, indent=1))
+    (out / f"offline-{slug}.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
