@@ -55,7 +55,7 @@ def main() -> int:
            "--measurement-request-count", str(args.requests),
            "--stability-percentage", str(args.stability), *args.extra]
     print("+", " ".join(cmd), file=sys.stderr)
-    rc = subprocess.run(cmd).returncode
+    rc = subprocess.run(cmd, stdout=sys.stderr).returncode  # stdout is kept for the summary
     if rc == 0:
         print(json.dumps(summarize(json.loads(export.read_text())), indent=2))
     return rc

@@ -1,0 +1,55 @@
+"""Session fixtures: the demo checkpoint, a model repository holding the shipped model in both
+schedule modes, and one real tritonserver serving it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from triton_server import ROOT, TritonServer, write_variant
+
+from laminar import EngineArgs, LLMEngine
+
+MODES = {"layered": "laminar", "chunked": "laminar_chunked"}
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    shipped = ROOT / "demo_model"
+    if (shipped / "config.json").is_file():
+        return shipped
+    out = tmp_path_factory.mktemp("demo") / "demo_model"
+    subprocess.run([sys.executable, "-m", "laminar.demo", "--out", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("model_repository")
+    for mode, name in MODES.items():
+        write_variant(repo, name, {"schedule_mode": mode})
+    return repo
+
+
+def start_server(repo: Path, demo_model: Path, log: Path) -> TritonServer:
+    server = TritonServer(repo, {"LAMINAR_MODEL": str(demo_model), "LAMINAR_DEVICE": "cpu"}, log)
+    try:
+        server.wait_ready()
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(model_repo, demo_model, tmp_path_factory) -> TritonServer:
+    server = start_server(model_repo, demo_model, tmp_path_factory.mktemp("logs") / "tritonserver.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def offline_engines(demo_model) -> dict[str, LLMEngine]:
+    """The engine run in the test process with the served configuration's defaults."""
+    return {mode: LLMEngine(EngineArgs(model=str(demo_model), device="cpu", schedule_mode=mode)) for mode in MODES}
