@@ -17,7 +17,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 def config_file_name(n_experts: int, hidden: int, inter: int, device_name: str) -> str:
     """One table per expert shape and GPU model (tile choices differ across both)."""
-    return f"E={n_experts},H={hidden},I={inter},device={device_name.replace(' ', '_')}.json"
+    return f"E{n_experts}_H{hidden}_I{inter}_{device_name.replace(' ', '_')}.json"
 
 
 def device_name(device: torch.device) -> str:
