@@ -111,7 +111,7 @@ def prefill_attention(
     on_gpu = q.is_cuda
     fp32 = q.dtype == torch.float32
     block_m = block_m or (128 if on_gpu and not fp32 else 64 if on_gpu else 32)
-    block_n = block_n or (64 if on_gpu and block_d <= 128 and not fp32 else 32 if on_gpu else 32)
+    block_n = block_n or (128 if on_gpu and block_d <= 128 and not fp32 else 32)
     grid = (triton.cdiv(meta.max_query_len * group, block_m), meta.num_seqs, n_kv_heads)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, meta.query_start_loc,
@@ -119,6 +119,7 @@ def prefill_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
-        num_warps=num_warps or (8 if block_m >= 128 else 4), num_stages=num_stages or (3 if block_d <= 128 else 2),
+        num_warps=num_warps or (8 if block_m >= 128 else 4),
+        num_stages=num_stages or (2 if block_n >= 128 or block_d > 128 else 3),
     )
     return out

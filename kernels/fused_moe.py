@@ -8,6 +8,7 @@ from .common import dot_precision
 from .moe_align import max_padded_rows, moe_align
 from .moe_config import get_config
 from .moe_gemm import moe_gemm_kernel
+from .moe_reduce import topk_sum
 
 
 def _launch_gemm(
@@ -54,4 +55,4 @@ def fused_moe(
     _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False)
     partial = torch.empty((n_valid, hidden), dtype=x.dtype, device=x.device)
     _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True)
-    return partial.view(n_tok, top_k, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    return topk_sum(partial, n_tok, top_k)

@@ -37,6 +37,14 @@ def ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
+def graph_ms(fn) -> float:
+    """Replay time of a captured CUDA graph: the op's GPU time without Python launch overhead."""
+    try:
+        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+    except Exception:
+        return float("nan")
+
+
 def measure_floors() -> dict:
     n = 1 << 30  # 2 GiB of bf16 each way
     src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
@@ -64,16 +72,17 @@ def bench_moe(floors: dict) -> list[dict]:
             agree = ((ref.float() - base_out.float()).norm() / base_out.float().norm()).item()
         except Exception as exc:  # recorded, not fatal: the table says why
             base, agree = float("nan"), repr(exc)[:120]
+        graph = graph_ms(lambda: K.fused_moe(x, w13, w2, weights, ids))
         touched = int(torch.unique(ids).numel())
         hbm = (touched * expert_bytes + 2 * n_tok * H * 2) / bw * 1e3
         comp = 2 * n_tok * TOP_K * 3 * H * I / rate * 1e3
         floor, bound = (hbm, "hbm") if hbm >= comp else (comp, "gemm")
-        rows.append({"tokens": n_tok, "ms": ours, "grouped_mm_ms": base, "experts_touched": touched,
+        rows.append({"tokens": n_tok, "ms": ours, "graph_ms": graph, "grouped_mm_ms": base, "experts_touched": touched,
                      "hbm_floor_ms": hbm, "gemm_floor_ms": comp, "bound": bound,
                      "pct_floor": 100 * floor / ours, "pct_hbm": 100 * hbm / ours, "pct_gemm": 100 * comp / ours,
                      "speedup_vs_grouped_mm": base / ours, "rel_diff_vs_grouped_mm": agree})
         r = rows[-1]
-        print(f"moe T={n_tok:5d} {ours * 1e3:9.1f} us  {r['pct_floor']:5.1f}% of {bound} floor  "
+        print(f"moe T={n_tok:5d} {ours * 1e3:9.1f} us (graph {graph * 1e3:.1f})  {r['pct_floor']:5.1f}% of {bound} floor  "
               f"grouped_mm {base * 1e3:9.1f} us  x{r['speedup_vs_grouped_mm']:.2f}", flush=True)
         del x, w13, w2
     return rows
@@ -116,28 +125,27 @@ def bench_decode(floors: dict) -> list[dict]:
             except Exception:
                 base = float("nan")
             floor = 2 * n_seqs * ctx * HK * D * 2 / bw * 1e3
-            rows.append({"batch": n_seqs, "ctx": ctx, "ms": ours, "sdpa_ms": base, "hbm_floor_ms": floor,
+            graph = graph_ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, D**-0.5))
+            rows.append({"batch": n_seqs, "ctx": ctx, "ms": ours, "graph_ms": graph, "sdpa_ms": base, "hbm_floor_ms": floor,
                          "pct_floor": 100 * floor / ours, "speedup_vs_sdpa": base / ours})
-            print(f"decode B={n_seqs:3d} ctx={ctx:5d} {ours * 1e3:8.1f} us {rows[-1]['pct_floor']:5.1f}% hbm "
+            print(f"decode B={n_seqs:3d} ctx={ctx:5d} {ours * 1e3:8.1f} us (graph {graph * 1e3:.1f}) "
+                  f"{rows[-1]['pct_floor']:5.1f}% hbm "
                   f"sdpa {base * 1e3:8.1f} us x{base / ours:.2f}", flush=True)
             del k_cache, v_cache
     return rows
 
 
 def decode_variants() -> list[dict]:
-    """Small sweep at the target point (B=64, 4k) to check the default tiles."""
-    k_cache, v_cache, meta = paged_cache(64, 4096, 1)
-    q = torch.randn(64, HQ, D, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty_like(q)
+    """Split counts at mid-size points, to check the split heuristic (default tiles)."""
     res = []
-    for bn, w, s in ((32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 2), (128, 8, 3)):
-        for splits in (None, 1, 2, 4):
-            try:
-                t = ms(lambda: decode_attention(q, k_cache, v_cache, meta, 0.1, out, n_splits=splits, block_n=bn,
-                                                num_warps=w, num_stages=s))
-            except Exception:
-                t = float("nan")
-            res.append({"block_n": bn, "warps": w, "stages": s, "splits": splits, "ms": t})
+    for n_seqs, ctx in ((16, 4096), (64, 1024), (64, 4096)):
+        k_cache, v_cache, meta = paged_cache(n_seqs, ctx, 1)
+        q = torch.randn(n_seqs, HQ, D, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        for splits in (None, 1, 2, 4, 8, 16):
+            fn = lambda: decode_attention(q, k_cache, v_cache, meta, 0.1, out, n_splits=splits)  # noqa: E731
+            res.append({"batch": n_seqs, "ctx": ctx, "splits": splits, "ms": ms(fn), "graph_ms": graph_ms(fn)})
+            print("decode variant", res[-1], flush=True)
     return res
 
 
@@ -178,17 +186,19 @@ def write_markdown(path: Path, res: dict) -> None:
              f"Floors measured in this run: copy {f['copy_bw_GBps']:.0f} GB/s (read+write), "
              f"bf16 GEMM {f['bf16_gemm_TFLOPs']:.0f} TFLOP/s (8192^3).", "",
              "## Fused MoE, Qwen3-30B-A3B (E=128, top-8, H=2048, I=768), uniform random routing", "",
-             "| tokens | experts touched | ours (us) | HBM floor (us) | GEMM floor (us) | % of floor (bound) | torch._grouped_mm (us) | speedup |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| tokens | experts touched | ours (us) | ours, CUDA graph (us) | HBM floor (us) | GEMM floor (us) | % of floor (bound) | torch._grouped_mm (us) | speedup |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["moe"]:
-        lines.append(f"| {r['tokens']} | {r['experts_touched']} | {r['ms'] * 1e3:.1f} | {r['hbm_floor_ms'] * 1e3:.1f} | "
+        lines.append(f"| {r['tokens']} | {r['experts_touched']} | {r['ms'] * 1e3:.1f} | {r['graph_ms'] * 1e3:.1f} | "
+                     f"{r['hbm_floor_ms'] * 1e3:.1f} | "
                      f"{r['gemm_floor_ms'] * 1e3:.1f} | {r['pct_floor']:.1f} ({r['bound']}) | "
                      f"{r['grouped_mm_ms'] * 1e3:.1f} | {r['speedup_vs_grouped_mm']:.2f} |")
     lines += ["", "## Paged decode attention (32 q heads, 4 kv heads, D=128, block 16)", "",
-              "| batch | context | ours (us) | KV-read floor (us) | % of HBM floor | SDPA (us) | speedup |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "| batch | context | ours (us) | ours, CUDA graph (us) | KV-read floor (us) | % of HBM floor | SDPA (us) | speedup |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["decode"]:
-        lines.append(f"| {r['batch']} | {r['ctx']} | {r['ms'] * 1e3:.1f} | {r['hbm_floor_ms'] * 1e3:.1f} | "
+        lines.append(f"| {r['batch']} | {r['ctx']} | {r['ms'] * 1e3:.1f} | {r['graph_ms'] * 1e3:.1f} | "
+                     f"{r['hbm_floor_ms'] * 1e3:.1f} | "
                      f"{r['pct_floor']:.1f} | {r['sdpa_ms'] * 1e3:.1f} | {r['speedup_vs_sdpa']:.2f} |")
     lines += ["", "## Paged prefill attention (one causal prompt, same heads)", "",
               "| prompt | ours (ms) | causal GEMM floor (ms) | % of floor | SDPA (ms) | speedup |",
