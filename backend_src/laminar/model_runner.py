@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from laminar.config import EngineArgs, ModelConfig
+from laminar.cuda_graphs import DecodeGraphs
 from laminar.loader import load_dummy, load_safetensors
 from laminar.models import ForwardBatch, Qwen3ForCausalLM
 from laminar.ops import AttentionMetadata, get_ops
@@ -15,6 +16,7 @@ from laminar.scheduler import StepPlan
 from laminar.sequence import Sequence
 
 CPU_DEFAULT_KV_BYTES = 256 << 20
+MAX_GRAPH_BATCH = 256  # larger decode batches run eagerly, where launch overhead matters less
 
 
 @dataclass
@@ -54,6 +56,10 @@ class ModelRunner:
             (max(self.model.num_moe_layers, 1), max(cfg.num_experts, 1)), dtype=torch.bool, device=self.device
         )
         self.sampler = Sampler()
+        self.decode_graphs = None
+        if self.device.type == "cuda" and not args.enforce_eager:
+            self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.expert_hits,
+                                              min(args.max_num_seqs, MAX_GRAPH_BATCH), max_model_len, args.block_size)
 
     def _num_kv_blocks(self) -> int:
         """Blocks from an explicit count, a byte budget, or (CUDA) the free memory left after the weights."""
@@ -77,7 +83,12 @@ class ModelRunner:
         batch = self._prepare(plan)
         prepare_s = time.perf_counter() - start
         self.expert_hits.zero_()
-        result = self.model(batch, self.kv_caches, self.expert_hits)
+        graphs = self.decode_graphs
+        if graphs is not None and graphs.fits(len(plan.decode)):
+            graphs.load(batch.decode_positions, batch.decode_meta)
+        else:
+            graphs = None
+        result = self.model(batch, self.kv_caches, self.expert_hits, graphs)
         if plan.prefill is not None:
             plan.prefill.carry = result.prefill_carry
         experts = int(self.expert_hits.sum().item()) if self.cfg.num_experts else 0

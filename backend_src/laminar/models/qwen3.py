@@ -2,7 +2,8 @@
 
 One forward runs the decode tokens through every layer and joins the prefill
 tokens for one contiguous range of layers (all layers in chunked mode, one
-group in layered mode). The prefill tokens enter either as token ids (their
+group in layered mode): decode-only layers before that range, the mixed
+range, then decode-only layers after it. The prefill tokens enter either as token ids (their
 group starts at layer 0) or as the hidden state and residual they left the
 previous group with, and leave the same way when their group is not the last.
 """
@@ -154,36 +155,54 @@ class Qwen3ForCausalLM(nn.Module):
         return len(self.moe_index)
 
     def forward(
-        self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], expert_hits: torch.Tensor
+        self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], expert_hits: torch.Tensor,
+        decode_graphs=None,
     ) -> ForwardResult:
-        num_layers = self.cfg.num_layers
-        pre = batch.prefill_layers
+        """Decode rows cross every layer; prefill rows join for batch.prefill_layers.
+
+        decode_graphs (a loaded DecodeGraphs, or None) replays the decode-only layers.
+        """
+        num_layers, pre = self.cfg.num_layers, batch.prefill_layers
         num_decode = batch.decode_ids.shape[0]
         hidden = F.embedding(batch.decode_ids, self.embed_tokens)
         residual = torch.zeros_like(hidden)
-        positions, meta = batch.decode_positions, batch.decode_meta
         carry = None
-        # Without decode tokens only the prefill group has work to do.
-        layers = range(num_layers) if num_decode else pre
-        for i in layers:
-            if len(pre) and i == pre.start:
-                if batch.prefill_ids is not None:
-                    p_hidden = F.embedding(batch.prefill_ids, self.embed_tokens)
-                    p_residual = torch.zeros_like(p_hidden)
-                else:
-                    p_hidden, p_residual = batch.prefill_hidden, batch.prefill_residual
-                hidden, residual = torch.cat((hidden, p_hidden)), torch.cat((residual, p_residual))
-                positions, meta = batch.mixed_positions, batch.mixed_meta
-            hidden, residual = self.layers[i](
-                hidden, residual, positions, kv_caches[i], meta, self.rotary.cos_sin, expert_hits
-            )
-            if len(pre) and i == pre.stop - 1 and pre.stop < num_layers:
+        before, after = (range(pre.start), range(pre.stop, num_layers)) if len(pre) else (range(num_layers), range(0))
+        if num_decode:
+            hidden, residual = self._decode_layers(before, hidden, residual, batch, kv_caches, expert_hits,
+                                                   decode_graphs)
+        if len(pre):
+            if batch.prefill_ids is not None:
+                p_hidden = F.embedding(batch.prefill_ids, self.embed_tokens)
+                p_residual = torch.zeros_like(p_hidden)
+            else:
+                p_hidden, p_residual = batch.prefill_hidden, batch.prefill_residual
+            hidden, residual = torch.cat((hidden, p_hidden)), torch.cat((residual, p_residual))
+            for i in pre:
+                hidden, residual = self.layers[i](hidden, residual, batch.mixed_positions, kv_caches[i],
+                                                  batch.mixed_meta, self.rotary.cos_sin, expert_hits)
+            if pre.stop < num_layers:
                 carry = (hidden[num_decode:], residual[num_decode:])
                 hidden, residual = hidden[:num_decode], residual[:num_decode]
-                positions, meta = batch.decode_positions, batch.decode_meta
+        if num_decode:
+            hidden, residual = self._decode_layers(after, hidden, residual, batch, kv_caches, expert_hits,
+                                                   decode_graphs)
         if batch.logits_rows.numel() == 0:
             return ForwardResult(None, carry)
         rows = batch.logits_rows
         final = self.ops.rms_norm(hidden[rows] + residual[rows], self.norm, self.cfg.rms_norm_eps)
         head = self.embed_tokens if self.lm_head is None else self.lm_head
         return ForwardResult(F.linear(final, head).float(), carry)
+
+    def _decode_layers(
+        self, layers: range, hidden: torch.Tensor, residual: torch.Tensor, batch: ForwardBatch,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]], expert_hits: torch.Tensor, decode_graphs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not len(layers):
+            return hidden, residual
+        if decode_graphs is not None:
+            return decode_graphs.run(layers, hidden, residual)
+        for i in layers:
+            hidden, residual = self.layers[i](hidden, residual, batch.decode_positions, kv_caches[i],
+                                              batch.decode_meta, self.rotary.cos_sin, expert_hits)
+        return hidden, residual
