@@ -1,0 +1,39 @@
+"""Stopping tritonserver mid-stream ends the in-flight request with an error and leaves no stub
+process (and so no engine thread) behind.
+
+Triton 2.51 only finalizes a model once no gRPC stream is open on it, so the client closes its
+stream when its request ends, as a client must; without the engine loop ending in-flight
+requests on unload, the request would stream on until the exit timeout kills the server."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import start_server
+from grpc_stream import Stream
+from test_serving_server import greedy_tensors, wait_for
+from triton_server import write_variant
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_shutdown_leaves_nothing_behind(demo_model, tmp_path, sig):
+    repo = tmp_path / "repo"
+    write_variant(repo, "laminar", {})
+    server = start_server(repo, demo_model, tmp_path / "server.log")
+    stream = Stream(server.grpc_url)
+    try:
+        stubs = server.descendants()
+        assert stubs, "the Python backend stub should run below the server"
+        result = stream.send("inflight", greedy_tensors("The quick brown fox", 5000))
+        assert wait_for(lambda: len(result.responses) >= 2)
+        server.proc.send_signal(sig)
+        assert result.done.wait(10) and "unloaded" in (result.error or ""), result.error
+        stream.close()
+        assert server.stop(sig, timeout=30) == 0, server.log()[-3000:]
+    finally:
+        stream.close()
+        server.stop()
+    alive = [pid for pid in stubs if os.path.exists(f"/proc/{pid}")]
+    assert not alive, f"left behind: {alive}"
+    assert len(result.responses) < 5000
