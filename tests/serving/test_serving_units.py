@@ -1,0 +1,193 @@
+"""The serving layer without Triton: request parsing, engine config, response assembly, and the
+engine loop thread driving a real engine on the demo checkpoint."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from grpc_stream import text
+
+from laminar import EngineArgs, LLMEngine, RequestOutput, SamplingParams
+from laminar.serving import (
+    EngineLoop, RequestError, ResponseBuilder, engine_field_types, parse_request, resolve_engine_config,
+)
+
+
+def test_parse_merges_json_and_field_tensors():
+    parsed = parse_request({
+        "text_input": text("hi"), "stream": np.array([True]),
+        "sampling_parameters": text('{"temperature": 0.5, "top_k": 4}'),
+        "max_tokens": np.array([7], dtype=np.int32), "random_seed": np.array([3], dtype=np.uint64),
+        "stop_words": np.array([b"x", b"yz"], dtype=np.object_), "end_id": np.array([2], dtype=np.int32),
+    })
+    assert parsed.prompt == "hi" and parsed.stream and not parsed.exclude_input_in_output
+    p = parsed.params
+    assert (p.temperature, p.top_k, p.max_tokens, p.seed, p.stop, p.stop_token_ids) == (0.5, 4, 7, 3, ["x", "yz"], [2])
+
+
+def test_parse_defaults_and_token_prompt():
+    parsed = parse_request({"input_ids": np.array([[4, 5, 6]], dtype=np.int32)})
+    assert parsed.prompt == [4, 5, 6] and not parsed.stream
+    assert parsed.params == SamplingParams()
+
+
+@pytest.mark.parametrize("inputs, needle", [
+    ({"text_input": text("a"), "max_tokens": np.array([1.5], dtype=np.float32)}, "'max_tokens' has dtype"),
+    ({"text_input": text("a"), "top_k": np.array([1, 2], dtype=np.int32)}, "exactly one value"),
+    ({"input_ids": np.ones((2, 3), dtype=np.int32)}, "one sequence"),
+    ({"text_input": np.array([b"\xff"], dtype=np.object_)}, "UTF-8"),
+    ({"text_input": text("a"), "sampling_parameters": text("[1]")}, "JSON object"),
+    ({"text_input": text("a"), "beam_width": np.array([2], dtype=np.int32)}, "unknown input(s): beam_width"),
+])
+def test_parse_errors_name_the_problem(inputs, needle):
+    with pytest.raises(RequestError) as e:
+        parse_request(inputs)
+    assert needle in str(e.value)
+
+
+def test_engine_config_types_parameters_and_env_overrides(tmp_path):
+    types = engine_field_types(EngineArgs)
+    params = {"model": "../m", "num_stages": "4", "max_model_len": "", "enforce_eager": "true",
+              "gpu_memory_utilization": "0.5", "num_kv_blocks": "none"}
+    env = {"LAMINAR_NUM_STAGES": "8", "LAMINAR_DEVICE": "cuda", "LAMINAR_UNRELATED": "x"}
+    got = resolve_engine_config(params, types, str(tmp_path / "repo" / "laminar"), env)
+    assert got == {"model": str(tmp_path / "repo" / "m"), "num_stages": 8, "enforce_eager": True,
+                   "gpu_memory_utilization": 0.5, "num_kv_blocks": None, "device": "cuda"}
+    with pytest.raises(ValueError, match="'num_stages'"):
+        resolve_engine_config({"model": "/m", "num_stages": "many"}, types, "/", {})
+    with pytest.raises(ValueError, match="bogus"):
+        EngineArgs.from_dict(resolve_engine_config({"model": "/m", "bogus": "1"}, types, "/", {}))
+
+
+def _out(ids, text_, reason=None) -> RequestOutput:
+    return RequestOutput("r", ids, text_, reason is not None, reason, 3, 0, 0.0, None, None)
+
+
+def test_non_streaming_response_accumulates_and_prefixes_the_prompt():
+    builder = ResponseBuilder(parse_request({"input_ids": np.array([1, 2], dtype=np.int32),
+                                             "return_num_output_tokens": np.array([True])}), lambda ids: "P")
+    assert builder.feed(_out([7], "a")) is None
+    final = builder.feed(_out([8], "b", "stop"))
+    assert final["text_output"][0] == b"Pab" and final["output_ids"].tolist() == [7, 8]
+    assert final["finish_reason"][0] == b"stop" and final["num_output_tokens"].tolist() == [2]
+
+
+class Sink:
+    """Records what the loop delivers; can cancel after some outputs."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.ids: list[int] = []
+        self.error: str | None = None
+        self.finish_reason: str | None = None
+        self.cancel_after = cancel_after
+        self.done = threading.Event()
+
+    def send(self, out: RequestOutput) -> None:
+        self.ids += out.new_token_ids
+        if out.finished:
+            self.finish_reason = out.finish_reason
+            self.done.set()
+
+    def fail(self, message: str) -> None:
+        self.error = message
+        self.done.set()
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.ids) >= self.cancel_after
+
+
+@pytest.fixture
+def engine(demo_model) -> LLMEngine:
+    return LLMEngine(EngineArgs(model=str(demo_model), device="cpu", num_kv_blocks=300, block_size=16))
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+
+
+def run_alone(engine: LLMEngine, prompt: list[int], params: SamplingParams) -> list[int]:
+    engine.add_request("alone", prompt, params)
+    ids = []
+    while engine.has_unfinished_requests():
+        ids += [t for o in engine.step() for t in o.new_token_ids]
+    return ids
+
+
+def test_loop_serves_submissions_from_many_threads(engine, demo_model):
+    expected = LLMEngine(EngineArgs(model=str(demo_model), device="cpu"))
+    loop = EngineLoop(engine)
+    loop.start()
+    sinks = [Sink() for _ in range(6)]
+    threads = [threading.Thread(target=loop.submit, args=([i + 1, 7, 9], greedy(5 + i), s)) for i, s in enumerate(sinks)]
+    for t in threads:
+        t.start()
+    assert all(s.done.wait(60) for s in sinks)
+    loop.shutdown()
+    for i, s in enumerate(sinks):
+        assert (s.error, s.finish_reason, s.ids) == (None, "length", run_alone(expected, [i + 1, 7, 9], greedy(5 + i)))
+
+
+def test_loop_aborts_cancelled_requests_and_frees_their_blocks(engine):
+    loop = EngineLoop(engine)
+    loop.start()
+    cancelled, bad, good = Sink(cancel_after=2), Sink(), Sink()
+    loop.submit([1, 2, 3], greedy(500), cancelled)
+    loop.submit([1] * 5000, greedy(3), bad)
+    loop.submit([4, 5], greedy(4), good)
+    assert good.done.wait(60) and bad.done.wait(1)
+    deadline = time.monotonic() + 30
+    while engine.has_unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loop.shutdown()
+    assert 2 <= len(cancelled.ids) < 500 and cancelled.error is None and not cancelled.done.is_set()
+    assert "max_model_len" in bad.error and good.ids and good.error is None
+    stats = engine.get_stats()
+    assert stats.kv_blocks_free == stats.kv_blocks_total
+
+
+def test_idle_loop_sleeps(engine):
+    loop = EngineLoop(engine)
+    loop.start()
+    time.sleep(0.1)
+    cpu = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - cpu < 0.05, "the idle loop must wait, not spin"
+    loop.shutdown()
+
+
+class FailingEngine(LLMEngine):
+    """The real engine with a fault injected at its third step."""
+
+    def step(self) -> list[RequestOutput]:
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps == 3:
+            raise RuntimeError("device lost")
+        return super().step()
+
+
+def test_engine_failure_fails_everything_and_reports_unhealthy(demo_model):
+    failures: list[str] = []
+    loop = EngineLoop(FailingEngine(EngineArgs(model=str(demo_model), device="cpu", num_kv_blocks=300)),
+                      on_failure=failures.append)
+    loop.start()
+    sinks = [Sink(), Sink()]
+    for s in sinks:
+        loop.submit([1, 2], greedy(100), s)
+    assert all(s.done.wait(30) for s in sinks)
+    assert all("device lost" in s.error for s in sinks) and failures and not loop.healthy
+    late = Sink()
+    loop.submit([1], greedy(1), late)
+    assert late.done.is_set() and "device lost" in late.error
+    loop.shutdown()
+
+
+def test_unloading_ends_in_flight_requests(engine):
+    loop = EngineLoop(engine, unloading=lambda: True, unload_poll_s=0.0)
+    loop.start()
+    sink = Sink()
+    loop.submit([1, 2], greedy(1000), sink)
+    assert sink.done.wait(30) and "unloaded" in sink.error
+    loop.shutdown()
+    assert not engine.has_unfinished_requests()
