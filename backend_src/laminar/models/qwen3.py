@@ -105,7 +105,7 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor, expert_hits: torch.Tensor) -> torch.Tensor:
         weights, ids = self.ops.route_topk(F.linear(x, self.gate), self.top_k, self.renormalize)
-        expert_hits[self.moe_index, ids.flatten()] = True
+        expert_hits[self.moe_index].index_fill_(0, ids.flatten(), True)  # scalar fill: capturable in graphs
         return self.ops.fused_moe(x, self.w13, self.w2, weights, ids)
 
 
