@@ -16,7 +16,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=$ROOT/.venv
 TOOLS=$ROOT/.cache/tools
 PY_PINS=("numpy==1.26.4" "tritonclient[all]==2.73.0" "nvidia-pytriton==0.7.0" "pytest==9.2.*"
-         "safetensors==0.8.0" "tokenizers==0.23.3" "transformers==5.23.0")
+         "safetensors==0.8.0" "tokenizers==0.23.3" "transformers==5.23.0" "triton==3.9.0"
+         "nvidia-ml-py==13.615.71" "matplotlib==3.11.2")
 TORCH_PIN="torch==2.13.0"
 PA_PIN="perf-analyzer==2.60.0"
 
