@@ -96,6 +96,13 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     while len(run.first_token) < cfg["decode_batch"]:
         run.step()
 
+    # Warm-up: one prompt of the first size, so that kernel compilation for the mixed shapes
+    # happens before anything is measured.
+    engine.add_request("warmup", random_prompt(rng, cfg["prompts"][0], vocab),
+                       SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0))
+    while "warmup" not in run.first_token:
+        run.step()
+
     # Decode-only window.
     s0 = engine.get_stats()
     e0, tok0, exp0 = s0.energy_joules, s0.tokens, s0.expert_bytes_total
