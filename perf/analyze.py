@@ -1,0 +1,180 @@
+"""Latency, SLO, goodput, energy and expert-traffic summary of a sweep directory (sweep.py).
+
+Definitions (times from perf_analyzer's profile export: the send time of each request and the
+receive time of each streamed response; genai-perf's definitions where it has one):
+  TTFT        first response - request sent.
+  E2E         last response - request sent (genai-perf "request latency").
+  TBT         every inter-token gap: the gap between consecutive responses; a response carrying k
+              tokens adds k-1 gaps of 0 (those tokens reached the client together), so a request
+              with n output tokens has n-1 gaps. Percentiles are over all gaps of all requests.
+  TPOT        per request (E2E - TTFT) / (n - 1), requests with n >= 2 (genai-perf
+              "inter token latency").
+  Percentiles numpy linear interpolation (as genai-perf): p50, p90, p99, plus mean and max.
+  duration    last response of any request - first request sent (genai-perf benchmark duration).
+  throughput  requests / duration and output tokens / duration.
+  SLO         a request meets the TTFT SLO when TTFT <= ttft_ms, the TBT SLO when the p99 of its
+              own gaps (nearest rank; the max gap below 100 tokens) <= tbt_ms; attainment is the
+              share of requests meeting both. Defaults 2000 ms and 100 ms (GPU, Qwen3-30B-A3B
+              class); a sweep config's "slo" or --ttft-slo-ms/--tbt-slo-ms override them.
+  goodput     requests meeting both SLOs / duration.
+  energy/token  change of the energy counter (lp:energy_joules_total, else Triton's GPU
+              nv_energy_consumption) over the run / change of lp prompt + generation tokens;
+              also per output token. Absent (null) on CPU.
+  expert GB/request  change of lp:expert_weight_bytes_total / change of lp:request_success_total.
+A request succeeded when its last response carries a finish reason and it made max_tokens tokens.
+
+    python perf/analyze.py /tmp/sweep [--ttft-slo-ms 2000 --tbt-slo-ms 100]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SLO = {"ttft_ms": 2000.0, "tbt_ms": 100.0}
+STATS = ("mean", "p50", "p90", "p99", "max")
+
+
+def tokens_in(response: dict) -> int:
+    ids = response.get("output_ids", "")
+    return len(ids) if isinstance(ids, list) else (0 if ids == "" else 1)
+
+
+def request_record(req: dict) -> dict:
+    """One request's latencies (ms) from its profile-export entry."""
+    sent, stamps = req["timestamp"], req["response_timestamps"]
+    outputs = req.get("response_outputs") or [{"output_ids": 0}] * len(stamps)
+    counts = [tokens_in(o) for o in outputs]
+    gaps: list[float] = []
+    for i, (t, k) in enumerate(zip(stamps, counts)):
+        if i and k:
+            gaps.append((t - stamps[i - 1]) / 1e6)
+        gaps.extend([0.0] * max(0, k - 1))
+    inputs = req.get("request_inputs", {})
+    n = sum(counts)
+    ttft = (stamps[0] - sent) / 1e6 if stamps else math.nan
+    e2e = (stamps[-1] - sent) / 1e6 if stamps else math.nan
+    finish = outputs[-1].get("finish_reason", "") if outputs else ""
+    return {
+        "sent_ns": sent, "prompt_tokens": len(inputs.get("input_ids") or []) or None,
+        "max_tokens": inputs.get("max_tokens"), "output_tokens": n, "ttft_ms": ttft, "e2e_ms": e2e,
+        "tpot_ms": (e2e - ttft) / (n - 1) if n >= 2 else None, "tbt_ms": gaps,
+        "finish_reason": finish, "last_ns": stamps[-1] if stamps else sent,
+        "ok": bool(stamps) and bool(finish) and inputs.get("max_tokens") in (None, n),
+    }
+
+
+def stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {k: None for k in STATS}
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else 0.0
+
+
+def meets(rec: dict, slo: dict) -> tuple[bool, bool]:
+    return rec["ttft_ms"] <= slo["ttft_ms"], nearest_rank(rec["tbt_ms"], 0.99) <= slo["tbt_ms"]
+
+
+def summarize_run(records: list[dict], metrics_delta: dict[str, float], slo: dict) -> dict:
+    """The per-run numbers of the analysis table."""
+    start = min((r["sent_ns"] for r in records), default=0)
+    end = max((r["last_ns"] for r in records), default=0)
+    duration = (end - start) / 1e9
+    hits = [meets(r, slo) for r in records if r["ok"]]
+    good = sum(a and b for a, b in hits)
+    out_tokens = sum(r["output_tokens"] for r in records)
+    energy = metrics_delta.get("lp:energy_joules_total") or metrics_delta.get("nv_energy_consumption")
+    served = metrics_delta.get("lp:prompt_tokens_total", 0) + metrics_delta.get("lp:generation_tokens_total", 0)
+    finished = metrics_delta.get("lp:request_success_total", 0)
+    n = len(records)
+    return {
+        "requests": n, "succeeded": sum(r["ok"] for r in records), "output_tokens": out_tokens,
+        "duration_s": duration,
+        "request_throughput": n / duration if duration > 0 else None,
+        "output_token_throughput": out_tokens / duration if duration > 0 else None,
+        "ttft_ms": stats([r["ttft_ms"] for r in records]),
+        "tbt_ms": stats([g for r in records for g in r["tbt_ms"]]),
+        "tpot_ms": stats([r["tpot_ms"] for r in records if r["tpot_ms"] is not None]),
+        "e2e_ms": stats([r["e2e_ms"] for r in records]),
+        "slo_ttft_attainment": sum(a for a, _ in hits) / n if n else None,
+        "slo_tbt_attainment": sum(b for _, b in hits) / n if n else None,
+        "slo_attainment": good / n if n else None,
+        "goodput": good / duration if duration > 0 else None,
+        "energy_j_per_token": energy / served if energy and served else None,
+        "energy_j_per_output_token": energy / metrics_delta["lp:generation_tokens_total"]
+        if energy and metrics_delta.get("lp:generation_tokens_total") else None,
+        "expert_gb_per_request": metrics_delta.get("lp:expert_weight_bytes_total", 0) / 1e9 / finished
+        if finished else None,
+        "preemptions": metrics_delta.get("lp:num_preemptions_total"),
+    }
+
+
+def load_records(sweep_dir: Path, run: dict) -> list[dict]:
+    export = json.loads((sweep_dir / run["export"]).read_text())
+    return [request_record(req) for exp in export["experiments"] for req in exp["requests"]]
+
+
+def analyze_sweep(sweep_dir: Path, slo: dict | None = None) -> dict:
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    slo = {**DEFAULT_SLO, **manifest["config"].get("slo", {}), **(slo or {})}
+    rows = []
+    for run in manifest["runs"]:
+        keys = {k: run[k] for k in ("engine", "schedule_mode", "workload", "request_rate", "rc")}
+        if not (sweep_dir / run["export"]).is_file():
+            rows.append({**keys, "error": "no profile export"})
+            continue
+        rows.append({**keys, **summarize_run(load_records(sweep_dir, run), run["metrics_delta"], slo)})
+    return {"slo": slo, "runs": rows}
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(analysis: dict) -> str:
+    slo = analysis["slo"]
+    head = ("| engine | workload | rate | ok/n | TTFT p50/p99 ms | TBT p50/p99 ms | TPOT mean ms | E2E p50 ms "
+            f"| SLO att. (TTFT<={slo['ttft_ms']:g}, TBT<={slo['tbt_ms']:g}) | goodput req/s | out tok/s "
+            "| J/token | expert GB/req |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in analysis["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['engine']} | {r['workload']} | {r['request_rate']:g} | {r['error']} |")
+            continue
+        lines.append(
+            f"| {r['engine']} | {r['workload']} | {r['request_rate']:g} | {r['succeeded']}/{r['requests']} "
+            f"| {fmt(r['ttft_ms']['p50'])} / {fmt(r['ttft_ms']['p99'])} | {fmt(r['tbt_ms']['p50'])} / "
+            f"{fmt(r['tbt_ms']['p99'])} | {fmt(r['tpot_ms']['mean'])} | {fmt(r['e2e_ms']['p50'])} "
+            f"| {fmt(r['slo_attainment'], 2)} | {fmt(r['goodput'], 2)} | {fmt(r['output_token_throughput'])} "
+            f"| {fmt(r['energy_j_per_token'], 4)} | {fmt(r['expert_gb_per_request'], 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(sweep_dir: Path, analysis: dict) -> None:
+    (sweep_dir / "analysis.json").write_text(json.dumps(analysis, indent=1))
+    (sweep_dir / "analysis.md").write_text(markdown(analysis))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--ttft-slo-ms", type=float)
+    parser.add_argument("--tbt-slo-ms", type=float)
+    args = parser.parse_args()
+    override = {k: v for k, v in (("ttft_ms", args.ttft_slo_ms), ("tbt_ms", args.tbt_slo_ms)) if v is not None}
+    analysis = analyze_sweep(args.sweep_dir, override)
+    write(args.sweep_dir, analysis)
+    print(markdown(analysis))
+
+
+if __name__ == "__main__":
+    main()
