@@ -1,9 +1,8 @@
-"""Stopping tritonserver mid-stream ends the in-flight request with an error and leaves no stub
-process (and so no engine thread) behind.
+"""Stopping tritonserver mid-stream drains the in-flight request (it completes normally), then the
+server exits and leaves no stub process (and so no engine thread) behind.
 
-Triton 2.51 only finalizes a model once no gRPC stream is open on it, so the client closes its
-stream when its request ends, as a client must; without the engine loop ending in-flight
-requests on unload, the request would stream on until the exit timeout kills the server."""
+Triton 2.51 finalizes a decoupled model once its in-flight requests are complete and no gRPC
+stream is open on it, so the client closes its stream when its request ends, as a client must."""
 from __future__ import annotations
 
 import os
@@ -25,10 +24,10 @@ def test_shutdown_leaves_nothing_behind(demo_model, tmp_path, sig):
     try:
         stubs = server.descendants()
         assert stubs, "the Python backend stub should run below the server"
-        result = stream.send("inflight", greedy_tensors("The quick brown fox", 5000))
+        result = stream.send("inflight", greedy_tensors("The quick brown fox", 60))
         assert wait_for(lambda: len(result.responses) >= 2)
         server.proc.send_signal(sig)
-        assert result.done.wait(10) and "unloaded" in (result.error or ""), result.error
+        assert result.done.wait(15) and result.error is None, result.error
         stream.close()
         assert server.stop(sig, timeout=30) == 0, server.log()[-3000:]
     finally:
@@ -36,4 +35,4 @@ def test_shutdown_leaves_nothing_behind(demo_model, tmp_path, sig):
         stream.close()
     alive = [pid for pid in stubs if os.path.exists(f"/proc/{pid}")]
     assert not alive, f"left behind: {alive}"
-    assert len(result.responses) < 5000
+    assert len(result.ids) == 60 and result.finish_reason == "length"

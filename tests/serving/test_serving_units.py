@@ -183,11 +183,12 @@ def test_engine_failure_fails_everything_and_reports_unhealthy(demo_model):
     loop.shutdown()
 
 
-def test_unloading_ends_in_flight_requests(engine):
-    loop = EngineLoop(engine, unloading=lambda: True, unload_poll_s=0.0)
+def test_shutdown_fails_in_flight_requests(engine):
+    loop = EngineLoop(engine)
     loop.start()
     sink = Sink()
     loop.submit([1, 2], greedy(1000), sink)
-    assert sink.done.wait(30) and "unloaded" in sink.error
     loop.shutdown()
+    assert sink.done.wait(30) and "shutting down" in sink.error
     assert not engine.has_unfinished_requests()
+    assert engine.blocks.num_free == engine.blocks.num_blocks

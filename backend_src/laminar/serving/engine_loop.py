@@ -58,17 +58,12 @@ class EngineLoop:
         engine: LLMEngine,
         metrics: ServingMetrics | None = None,
         on_failure: Callable[[str], None] | None = None,
-        unloading: Callable[[], bool] | None = None,
-        unload_poll_s: float = 1.0,
     ) -> None:
-        """`unloading` is polled (every unload_poll_s while requests are in flight): Triton only
-        finalizes a decoupled model once its in-flight requests are complete, so on unload or
-        server shutdown the loop must end them itself instead of generating on until the exit
-        timeout kills the server."""
+        """On unload or server shutdown, Triton finalizes a decoupled model once its in-flight
+        requests are complete: they drain (bounded by tritonserver's --exit-timeout-secs). The
+        loop asks Triton nothing from its own thread but responses and metrics: polling the
+        server's state from here raced the stub's teardown and crashed it."""
         self._engine = engine
-        self._unloading = unloading
-        self._unload_poll_s = unload_poll_s
-        self._next_unload_poll = 0.0
         self._metrics = metrics
         self._on_failure = on_failure
         self._cv = threading.Condition()
@@ -137,7 +132,6 @@ class EngineLoop:
             batch, self._pending = self._pending, []
         self._admit(batch)
         self._reap_cancelled()
-        self._end_all_if_unloading()
         if self._engine.has_unfinished_requests():
             self._dispatch(self._engine.step())
         if self._metrics is not None:
@@ -161,19 +155,6 @@ class EngineLoop:
                 cancelled = True
             if cancelled:
                 self._abort(request_id, "cancelled by the client")
-
-    def _end_all_if_unloading(self) -> None:
-        now = time.monotonic()
-        if self._unloading is None or not self._active or now < self._next_unload_poll:
-            return
-        self._next_unload_poll = now + self._unload_poll_s
-        if not self._unloading():
-            return
-        logger.info("model is unloading: ending %d in-flight request(s)", len(self._active))
-        for request_id, active in list(self._active.items()):
-            self._engine.abort(request_id)
-            del self._active[request_id]
-            active.sink.fail("the model is being unloaded (server shutting down)")
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         now = time.monotonic()

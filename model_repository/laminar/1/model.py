@@ -60,8 +60,7 @@ class TritonPythonModel:
         logging.getLogger(__name__).info("engine arguments: %s", engine_args)
         self._engine = LLMEngine(engine_args)
         metrics = ServingMetrics(pb_utils, {"model": args["model_name"], "version": args["model_version"]})
-        self._loop = EngineLoop(self._engine, metrics, on_failure=self._unload_self,
-                                unloading=self._unloading)
+        self._loop = EngineLoop(self._engine, metrics, on_failure=self._unload_self)
         self._loop.start()
 
     def execute(self, requests: list) -> None:
@@ -82,13 +81,6 @@ class TritonPythonModel:
     def _builder(self, parsed) -> ResponseBuilder:
         tokenizer = self._engine.tokenizer
         return ResponseBuilder(parsed, tokenizer.decode if tokenizer else lambda ids: "")
-
-    def _unloading(self) -> bool:
-        """True once Triton unloads the model or shuts down (it then answers "not ready")."""
-        try:
-            return not pb_utils.is_model_ready(self._model_name)
-        except pb_utils.TritonModelException:  # raised with "Server not ready" during shutdown
-            return True
 
     def _unload_self(self, error: str) -> None:
         """The engine died: unload the model so readiness reports it (explicit model control mode,
