@@ -23,6 +23,7 @@ _STAT_COUNTERS = {
     "prompt_tokens": ("lp:prompt_tokens_total", {}),
     "generated_tokens": ("lp:generation_tokens_total", {}),
     "expert_bytes_total": ("lp:expert_weight_bytes_total", {}),
+    "energy_joules": ("lp:gpu_energy_joules_total", {}),
     "num_preemptions": ("lp:num_preemptions_total", {}),
     "prefill_iterations": ("lp:iterations_total", {"phase": "prefill"}),
     "decode_iterations": ("lp:iterations_total", {"phase": "decode"}),
@@ -42,6 +43,7 @@ DESCRIPTIONS = {
     "lp:prompt_tokens_total": "Prompt tokens processed",
     "lp:generation_tokens_total": "Tokens generated",
     "lp:expert_weight_bytes_total": "Bytes of MoE expert weights read by the engine",
+    "lp:gpu_energy_joules_total": "Energy of the engine's GPUs since it started (NVML; absent on CPU)",
     "lp:num_preemptions_total": "Requests preempted for lack of KV cache",
     "lp:iterations_total": "Engine iterations by schedule phase (prefill, decode, mixed)",
     "lp:request_success_total": "Requests finished, by finish reason",
@@ -73,7 +75,7 @@ class ServingMetrics:
                          for r in FINISH_REASONS}
         self._stat_counters = {f: self._metric(n, counter, extra) for f, (n, extra) in _STAT_COUNTERS.items()}
         self._stat_gauges = {f: self._metric(n, gauge) for f, n in _STAT_GAUGES.items()}
-        self._last: dict[str, int] = {f: 0 for f in _STAT_COUNTERS}
+        self._last: dict[str, float] = {f: 0 for f in _STAT_COUNTERS}
 
     def _metric(self, name: str, kind: Any, extra: dict[str, str] | None = None, **kw: Any) -> Any:
         """One labelled metric; families are shared by name (e.g. iterations_total per phase)."""
@@ -101,6 +103,8 @@ class ServingMetrics:
     def engine_stats(self, stats: EngineStats) -> None:
         for field, counter in self._stat_counters.items():
             value = getattr(stats, field)
+            if value is None:  # energy on a machine without NVML
+                continue
             if value > self._last[field]:
                 counter.increment(value - self._last[field])
             self._last[field] = value
