@@ -72,6 +72,7 @@ def plot_slo(runs: list[dict], slo: dict, path: Path) -> None:
             if rows:
                 ax.plot([r["request_rate"] for r in rows], [100 * r["slo_attainment"] for r in rows],
                         "o-", color=color, label=engine)
+        ax.set_xticks(sorted({r["request_rate"] for r in runs if r["workload"] == name}))
         ax.set(xlabel="request rate (req/s, Poisson)", ylabel="requests meeting both SLOs (%)", ylim=(-3, 103),
                title=f"{name}: SLO attainment (TTFT<={slo['ttft_ms']:g} ms, p99 TBT<={slo['tbt_ms']:g} ms)")
         ax.grid(alpha=0.3)

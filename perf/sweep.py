@@ -62,6 +62,19 @@ def scrape(url: str) -> dict[str, float]:
         return parse_metrics(r.read().decode())
 
 
+def settled_scrape(url: str, tries: int = 20, pause: float = 0.25) -> dict[str, float]:
+    """A scrape once two in a row agree: the engine publishes its counters just after the last
+    response, so an immediate scrape can miss the final step."""
+    last = scrape(url)
+    for _ in range(tries):
+        time.sleep(pause)
+        now = scrape(url)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before.get(k, 0.0) for k in after}
 
@@ -164,10 +177,10 @@ class Sweep:
             if self.remaining() <= 0:
                 print(f"[sweep] deadline reached, skipping {label}/{stem}", file=sys.stderr)
                 continue
-            before, t0 = scrape(metrics_url), time.time()
+            before, t0 = settled_scrape(metrics_url), time.time()
             cmd = perf_analyzer_cmd(url, data, edir / f"{stem}.json", rate, spec.requests, self.pa)
             rc = run_logged(cmd, edir / f"{stem}.log", min(timeout, self.remaining()))
-            after = scrape(metrics_url)
+            after = settled_scrape(metrics_url)
             print(f"[sweep] {label}/{stem}: rc={rc} in {time.time() - t0:.1f}s", file=sys.stderr)
             self.runs.append({
                 "engine": label, "schedule_mode": params.get("schedule_mode"), "parameters": params,

@@ -1,0 +1,79 @@
+"""CPU smoke of the whole serving sweep (perf/sweep.py) on the demo model: two schedule modes, one
+request rate, a token-exact ShareGPT workload and a text workload, then analysis and plots."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "perf"))
+from analyze import load_records  # noqa: E402
+
+CONFIG = ROOT / "perf" / "sweep_configs" / "cpu_smoke.json"
+
+
+def _tool(name: str) -> bool:
+    return (ROOT / ".venv" / "bin" / name).exists() or shutil.which(name) is not None
+
+
+pytestmark = pytest.mark.skipif(not (_tool("tritonserver") and _tool("perf_analyzer")),
+                                reason="tritonserver/perf_analyzer not set up (./build.sh)")
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    proc = subprocess.run([sys.executable, str(ROOT / "perf" / "sweep.py"), "--config", str(CONFIG),
+                           "--out-dir", str(out)], capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_every_run_present(sweep_dir: Path) -> None:
+    config = json.loads(CONFIG.read_text())
+    analysis = json.loads((sweep_dir / "analysis.json").read_text())
+    want = {(e["label"], w["name"], r) for e in config["engines"] for w in config["workloads"]
+            for r in config["request_rates"][w["name"]]}
+    assert {(r["engine"], r["workload"], r["request_rate"]) for r in analysis["runs"]} == want
+    assert "| engine |" in (sweep_dir / "analysis.md").read_text()
+
+
+def test_requests_succeed_with_sane_latencies(sweep_dir: Path) -> None:
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    for run in manifest["runs"]:
+        records = load_records(sweep_dir, run)
+        assert len(records) >= run["requests"], run["export"]
+        for rec in records:
+            assert rec["ok"], rec["finish_reason"]
+            assert rec["output_tokens"] == rec["max_tokens"] >= 1
+            assert len(rec["tbt_ms"]) == rec["output_tokens"] - 1
+            assert 0 < rec["ttft_ms"] <= rec["e2e_ms"]
+            assert all(g >= 0 for g in rec["tbt_ms"])
+        # The server counted at least the requests and tokens the client recorded (perf_analyzer
+        # may send a request past its window that it does not export).
+        delta = run["metrics_delta"]
+        assert delta["lp:request_success_total"] >= len(records)
+        assert delta["lp:generation_tokens_total"] >= sum(r["output_tokens"] for r in records)
+
+
+def test_summary_values(sweep_dir: Path) -> None:
+    for row in json.loads((sweep_dir / "analysis.json").read_text())["runs"]:
+        assert row["rc"] == 0 and row["succeeded"] == row["requests"] > 0
+        assert 0 < row["ttft_ms"]["p50"] <= row["ttft_ms"]["p99"] <= row["ttft_ms"]["max"]
+        assert row["tbt_ms"]["p50"] <= row["tbt_ms"]["p99"]
+        assert row["tpot_ms"]["mean"] > 0 and row["e2e_ms"]["p50"] > 0
+        assert 0 <= row["slo_attainment"] <= 1 and row["goodput"] <= row["request_throughput"]
+        assert row["output_token_throughput"] > 0
+        assert row["expert_gb_per_request"] > 0
+        assert row["energy_j_per_token"] is None  # no energy counter on CPU
+
+
+def test_plots_written(sweep_dir: Path) -> None:
+    for name in ("pareto_ttft_tbt.png", "slo_attainment.png", "timeline.png"):
+        png = sweep_dir / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
