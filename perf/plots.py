@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import accumulate
 from pathlib import Path
 
 import matplotlib
@@ -100,7 +101,7 @@ def plot_timeline(sweep_dir: Path, manifest_runs: list[dict], path: Path) -> Non
         if r["workload"] != workload or r["request_rate"] != rate:
             continue
         req = longest_request(loaded[id(r)])
-        times = [(req["ttft_ms"] + sum(req["tbt_ms"][:i])) / 1e3 for i in range(req["output_tokens"])]
+        times = [t / 1e3 for t in accumulate(req["tbt_ms"], initial=req["ttft_ms"])]
         ax.step(times, range(1, len(times) + 1), where="post", color=colors[r["engine"]],
                 label=f"{r['engine']} (prompt {req['prompt_tokens'] or '?'} tok, TTFT {req['ttft_ms']:.0f} ms)")
         ax.plot(times[:1], [1], "o", color=colors[r["engine"]])

@@ -157,7 +157,7 @@ class Sweep:
         start = time.monotonic()
         server = TritonServer(edir / "repo", {}, edir / "server.log")
         try:
-            server.wait_ready(self.config.get("server_ready_timeout_s", 600))
+            server.wait_ready(max(1.0, min(self.config.get("server_ready_timeout_s", 600), self.remaining())))
             print(f"[sweep] {label}: server ready in {time.monotonic() - start:.1f}s", file=sys.stderr)
             metrics_url = f"http://localhost:{server.metrics_port}/metrics"
             for spec in self.workloads:
