@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -79,11 +81,20 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return {k: after[k] - before.get(k, 0.0) for k in after}
 
 
+def threads_for(rate: float, cap: int) -> int:
+    """Few sender threads: each keeps its own Poisson schedule and perf_analyzer waits about one
+    inter-arrival gap per thread after the last request, so 16 threads at 0.5 req/s idle ~30 s.
+    Sends are asynchronous, so one thread per 4 req/s keeps up."""
+    return max(1, min(cap, math.ceil(rate / 4)))
+
+
 def perf_analyzer_cmd(url: str, data: Path, export: Path, rate: float, count: int, pa: dict) -> list[str]:
+    """One measured run at one rate; the range is spelled R:R:1 because a bare R < 1 would range
+    up to the default end 1.0, which perf_analyzer refuses with --request-count."""
     return [find_perf_analyzer(), "-m", MODEL_NAME, "-u", url, "-i", "grpc", "--streaming",
             "--input-data", str(data), "--profile-export-file", str(export),
-            "--request-rate-range", str(rate), "--request-distribution", "poisson",
-            "--request-count", str(count), "--max-threads", str(pa.get("max_threads", 16)),
+            "--request-rate-range", f"{rate:g}:{rate:g}:1", "--request-distribution", "poisson",
+            "--request-count", str(count), "--max-threads", str(threads_for(rate, pa.get("max_threads", 16))),
             *pa.get("extra_args", [])]
 
 
@@ -212,6 +223,8 @@ def main() -> int:
     out = args.out_dir or ROOT / "perf" / "results" / "sweeps" / config["name"]
     out.mkdir(parents=True, exist_ok=True)
     budget = args.deadline_s or config.get("deadline_s") or float("inf")
+    # SIGTERM (e.g. from timeout(1)) unwinds like Ctrl-C, so the running server is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sweep = Sweep(config, out, time.monotonic() + budget)
     sweep.save()
     sweep.run()
