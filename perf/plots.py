@@ -38,25 +38,25 @@ def workloads_of(runs: list[dict]) -> list[str]:
 
 
 def plot_pareto(runs: list[dict], path: Path) -> None:
+    """Each engine's points joined in rate order; black rings mark the Pareto-optimal engines at a rate."""
     colors, names = engine_colors(runs), workloads_of(runs)
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names):
         rows = [r for r in runs if r["workload"] == name and r["tbt_ms"]["p99"] is not None]
+        point = {id(r): (r["tbt_ms"]["p99"], r["ttft_ms"]["p50"]) for r in rows}
+        for engine, color in colors.items():
+            mine = sorted((r for r in rows if r["engine"] == engine), key=lambda r: r["request_rate"])
+            if mine:
+                ax.plot(*zip(*(point[id(r)] for r in mine)), "o-", color=color, lw=1, ms=7, label=engine)
+            for r in mine:
+                ax.annotate(f"{r['request_rate']:g}/s", point[id(r)], textcoords="offset points",
+                            xytext=(6, 4), fontsize=8)
         for rate in sorted({r["request_rate"] for r in rows}):
-            pts = [(r["tbt_ms"]["p99"], r["ttft_ms"]["p50"]) for r in rows if r["request_rate"] == rate]
-            front = pareto_front(pts)
-            ax.plot(*zip(*front), ls="--", color="0.6", lw=1, zorder=1)
-        for r in rows:
-            ax.scatter(r["tbt_ms"]["p99"], r["ttft_ms"]["p50"], color=colors[r["engine"]], s=50, zorder=2,
-                       label=r["engine"])
-            ax.annotate(f"{r['request_rate']:g}/s", (r["tbt_ms"]["p99"], r["ttft_ms"]["p50"]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=8, title="engine (label: request rate)",
-                  title_fontsize=8)
-        ax.set(xlabel="p99 TBT (ms)", ylabel="p50 TTFT (ms)",
-               title=f"{name}: TTFT vs p99 TBT (dashed: Pareto front per rate)")
+            front = pareto_front([point[id(r)] for r in rows if r["request_rate"] == rate])
+            ax.scatter(*zip(*front), s=170, facecolors="none", edgecolors="black", lw=1.2,
+                       label="Pareto-optimal at its rate" if rate == min(r["request_rate"] for r in rows) else None)
+        ax.legend(fontsize=8, title="engine (labels: request rate)", title_fontsize=8)
+        ax.set(xlabel="p99 TBT (ms)", ylabel="p50 TTFT (ms)", title=f"{name}: TTFT vs p99 TBT")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
