@@ -124,16 +124,20 @@ def load_records(sweep_dir: Path, run: dict) -> list[dict]:
 
 
 def analyze_sweep(sweep_dir: Path, slo: dict | None = None) -> dict:
+    """Per-run summaries ("runs") and, per run, every request's latencies ("requests")."""
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
     slo = {**DEFAULT_SLO, **manifest["config"].get("slo", {}), **(slo or {})}
-    rows = []
+    rows, per_request = [], []
     for run in manifest["runs"]:
         keys = {k: run[k] for k in ("engine", "schedule_mode", "workload", "request_rate", "rc")}
         if not (sweep_dir / run["export"]).is_file():
             rows.append({**keys, "error": "no profile export"})
             continue
-        rows.append({**keys, **summarize_run(load_records(sweep_dir, run), run["metrics_delta"], slo)})
-    return {"slo": slo, "runs": rows}
+        records = load_records(sweep_dir, run)
+        rows.append({**keys, **summarize_run(records, run["metrics_delta"], slo)})
+        per_request.append({**keys, "requests": [{k: v for k, v in r.items() if not k.endswith("_ns")}
+                                                 for r in records]})
+    return {"slo": slo, "runs": rows, "requests": per_request}
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -160,7 +164,10 @@ def markdown(analysis: dict) -> str:
 
 
 def write(sweep_dir: Path, analysis: dict) -> None:
-    (sweep_dir / "analysis.json").write_text(json.dumps(analysis, indent=1))
+    """analysis.json (summaries), requests.json (per request) and analysis.md (the table)."""
+    summary = {k: v for k, v in analysis.items() if k != "requests"}
+    (sweep_dir / "analysis.json").write_text(json.dumps(summary, indent=1))
+    (sweep_dir / "requests.json").write_text(json.dumps(analysis["requests"]))
     (sweep_dir / "analysis.md").write_text(markdown(analysis))
 
 
