@@ -137,7 +137,8 @@ def analyze_sweep(sweep_dir: Path, slo: dict | None = None) -> dict:
         rows.append({**keys, **summarize_run(records, run["metrics_delta"], slo)})
         per_request.append({**keys, "requests": [{k: v for k, v in r.items() if not k.endswith("_ns")}
                                                  for r in records]})
-    return {"slo": slo, "runs": rows, "requests": per_request}
+    return {"slo": slo, "runs": rows, "skipped": manifest.get("skipped", []),
+            "failures": manifest.get("failures", []), "requests": per_request}
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -160,7 +161,9 @@ def markdown(analysis: dict) -> str:
             f"{fmt(r['tbt_ms']['p99'])} | {fmt(r['tpot_ms']['mean'])} | {fmt(r['e2e_ms']['p50'])} "
             f"| {fmt(r['slo_attainment'], 2)} | {fmt(r['goodput'], 2)} | {fmt(r['output_token_throughput'])} "
             f"| {fmt(r['energy_j_per_token'], 4)} | {fmt(r['expert_gb_per_request'], 2)} |")
-    return "\n".join(lines) + "\n"
+    notes = [f"\nSkipped (deadline): {', '.join(analysis['skipped'])}"] if analysis.get("skipped") else []
+    notes += [f"\nEngine failed: {f.splitlines()[0]}" for f in analysis.get("failures", [])]
+    return "\n".join(lines + notes) + "\n"
 
 
 def write(sweep_dir: Path, analysis: dict) -> None:

@@ -127,6 +127,7 @@ class Sweep:
         self.config, self.out, self.deadline = config, out, deadline
         self.runs: list[dict] = []
         self.failures: list[str] = []
+        self.skipped: list[str] = []  # runs the deadline left no time for
         self.pa = config.get("perf_analyzer", {})
         self.model = resolve_model(config["parameters"]["model"])
         self.workloads = [WorkloadSpec(**w) for w in config["workloads"]]
@@ -149,7 +150,7 @@ class Sweep:
         data = self.write_workloads()
         for engine in self.config["engines"]:
             if time.monotonic() > self.deadline:
-                print(f"[sweep] deadline reached, skipping engine {engine['label']}", file=sys.stderr)
+                self.skip(f"{engine['label']}/*")
                 continue
             try:
                 self.run_engine(engine, data)
@@ -180,13 +181,13 @@ class Sweep:
                      metrics_url: str, edir: Path) -> None:
         timeout = self.pa.get("timeout_s", 600)
         warm = self.pa.get("warmup_requests", 1)
-        if warm:
+        if warm and self.remaining() > 0:
             run_logged(warmup_cmd(url, data, edir / f"{spec.name}-warmup.json", warm),
                        edir / f"{spec.name}-warmup.log", min(timeout, self.remaining()))
         for rate in self.config["request_rates"][spec.name]:
             stem = f"{spec.name}-r{rate:g}"
-            if self.remaining() <= 0:
-                print(f"[sweep] deadline reached, skipping {label}/{stem}", file=sys.stderr)
+            if self.remaining() < spec.requests / rate + 10:  # it would be cut off: skip it whole
+                self.skip(f"{label}/{stem}")
                 continue
             before, t0 = settled_scrape(metrics_url), time.time()
             cmd = perf_analyzer_cmd(url, data, edir / f"{stem}.json", rate, spec.requests, self.pa)
@@ -200,12 +201,16 @@ class Sweep:
                 "metrics_delta": delta(before, after),
             })
 
+    def skip(self, what: str) -> None:
+        self.skipped.append(what)
+        print(f"[sweep] deadline: skipping {what}", file=sys.stderr)
+
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
     def save(self) -> None:
-        (self.out / "sweep.json").write_text(json.dumps({"config": self.config, "runs": self.runs, "failures": self.failures},
-                                                    indent=1))
+        manifest = {"config": self.config, "runs": self.runs, "failures": self.failures, "skipped": self.skipped}
+        (self.out / "sweep.json").write_text(json.dumps(manifest, indent=1))
 
 
 def config_int(value: object) -> int | None:
