@@ -17,7 +17,7 @@ receive time of each streamed response; genai-perf's definitions where it has on
               share of requests meeting both. Defaults 2000 ms and 100 ms (GPU, Qwen3-30B-A3B
               class); a sweep config's "slo" or --ttft-slo-ms/--tbt-slo-ms override them.
   goodput     requests meeting both SLOs / duration.
-  energy/token  change of the energy counter (lp:energy_joules_total, else Triton's GPU
+  energy/token  change of the energy counter (lp:gpu_energy_joules_total, else Triton's GPU
               nv_energy_consumption) over the run / change of lp prompt + generation tokens;
               also per output token. Absent (null) on CPU.
   expert GB/request  change of lp:expert_weight_bytes_total / change of lp:request_success_total.
@@ -92,7 +92,7 @@ def summarize_run(records: list[dict], metrics_delta: dict[str, float], slo: dic
     hits = [meets(r, slo) for r in records if r["ok"]]
     good = sum(a and b for a, b in hits)
     out_tokens = sum(r["output_tokens"] for r in records)
-    energy = metrics_delta.get("lp:energy_joules_total") or metrics_delta.get("nv_energy_consumption")
+    energy = metrics_delta.get("lp:gpu_energy_joules_total") or metrics_delta.get("nv_energy_consumption")
     served = metrics_delta.get("lp:prompt_tokens_total", 0) + metrics_delta.get("lp:generation_tokens_total", 0)
     finished = metrics_delta.get("lp:request_success_total", 0)
     n = len(records)
