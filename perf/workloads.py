@@ -9,7 +9,8 @@ Length sources (all seeded, so a workload is reproducible from its spec):
   sharegpt  rows drawn with replacement from a ShareGPT length trace (CSV with columns
             num_prefill_tokens, num_decode_tokens), e.g. perf/traces/sharegpt_8k_lengths.csv.
   arxiv     arXiv-summarization-like long prompts: prompt = exp(N(ln 8192, 0.35)) clipped to
-            [2048, 16384] (98% fall in 4k-16k, 2% at 16384; median 8192, mean 8660); output uniform in [200, 300].
+            [2048, 16384] (98% fall in 4k-16k, 2% at 16384; median 8192, mean 8660); output
+            uniform in [200, 300].
 Then `scale` multiplies both lengths (CPU smoke runs use e.g. 0.02), `max_output_tokens` caps
 outputs, and prompt + output is clipped to the model's max_model_len (the prompt is shortened).
 
