@@ -33,7 +33,7 @@ def test_abort_mid_prefill_at_every_group(moe_checkpoint_5, abort_at):
             (got if out.request_id == "other" else []).extend(out.new_token_ids)
     if 1 <= abort_at <= 3:  # the batch is in flight, its rows carried between groups
         assert "victim" in engine.last_step.prefill_ids and engine.last_step.group_index == abort_at - 1
-        assert engine.scheduler.batch.carry is not None
+        assert engine.runner.carry is not None and engine.scheduler.batch.next_group == abort_at
     assert engine.abort("victim")
     assert not engine.abort("victim")
     while engine.has_unfinished_requests():

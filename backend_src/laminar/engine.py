@@ -35,6 +35,7 @@ class LLMEngine:
         torch.manual_seed(args.seed)
         self.tokenizer: Tokenizer | None = load_tokenizer(args.model) if _has_tokenizer(args.model) else None
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) if self.tokenizer else set(cfg.eos_token_id)
+        self.owns_runner = runner is None
         self.runner = runner or ModelRunner(cfg, args, self.max_model_len)
         self.blocks = BlockManager(self.runner.num_blocks, args.block_size)
         if self.runner.num_blocks * args.block_size < self.max_model_len:
@@ -47,7 +48,7 @@ class LLMEngine:
         self.seqs: dict[str, Sequence] = {}
         self.stats = EngineStats(kv_blocks_total=self.runner.num_blocks)
         self.last_step: StepRecord | None = None
-        self.energy = EnergyMeter([self.runner.device])
+        self.energy = EnergyMeter(self.runner.devices)
         self.energy_start = self.energy.read_joules()
 
     def add_request(
@@ -211,9 +212,11 @@ class LLMEngine:
         return stats
 
     def shutdown(self) -> None:
-        """Aborts what is left so every KV block is back in the pool."""
+        """Aborts what is left so every KV block is back in the pool; stops the TP workers it started."""
         for request_id in list(self.seqs):
             self.abort(request_id)
+        if self.owns_runner:
+            self.runner.shutdown()
 
 
 def _has_tokenizer(model_dir: str) -> bool:

@@ -1,19 +1,26 @@
-"""Owns the model, its KV cache and the sampler; turns a StepPlan into sampled tokens."""
+"""Owns one rank's model shard, its KV cache and (rank 0) the sampler; turns a StepPlan into tokens.
+
+Rank 0 flattens the plan into StepInputs, sends them to the tensor-parallel
+workers, and runs the same forward as they do; only rank 0 samples.
+"""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from laminar.config import EngineArgs, ModelConfig
 from laminar.cuda_graphs import DecodeGraphs
+from laminar.distributed import ShardLayout, TensorParallel
 from laminar.loader import load_dummy, load_safetensors
 from laminar.models import ForwardBatch, Qwen3ForCausalLM
+from laminar.models.qwen3 import ForwardResult
 from laminar.ops import AttentionMetadata, get_ops
 from laminar.sampler import Sampler
 from laminar.scheduler import StepPlan
-from laminar.sequence import Sequence
+from laminar.step_inputs import StepInputs
 
 CPU_DEFAULT_KV_BYTES = 256 << 20
 MAX_GRAPH_BATCH = 256  # larger decode batches run eagerly, where launch overhead matters less
@@ -23,13 +30,24 @@ MAX_GRAPH_BATCH = 256  # larger decode batches run eagerly, where launch overhea
 class StepResult:
     tokens: list[int]          # one per plan.sample_seqs
     experts_touched: int       # sum over the MoE layers run of distinct experts their tokens hit
-    prepare_s: float           # host time spent building the input tensors
+    prepare_s: float           # host time spent building and sending the inputs
 
 
 class ModelRunner:
-    def __init__(self, cfg: ModelConfig, args: EngineArgs, max_model_len: int) -> None:
+    def __init__(self, cfg: ModelConfig, args: EngineArgs, max_model_len: int, tp: TensorParallel | None = None) -> None:
+        """tp: given by a worker process; rank 0 (tp None) starts the workers itself when TP > 1."""
         self.cfg, self.args = cfg, args
+        self.workers = None
+        if tp is None and args.tensor_parallel_size > 1:
+            from laminar.tp_worker import WorkerGroup  # noqa: PLC0415  (spawns processes: only when asked)
+
+            ShardLayout.of(cfg, TensorParallel(0, args.tensor_parallel_size))  # shape errors before any spawn
+            self.workers = WorkerGroup(args, max_model_len)
+            tp = self.workers.tp
+        self.tp = tp or TensorParallel()
         self.device = args.resolved_device()
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.tp.rank)
         self.dtype = args.resolved_dtype(self.device)
         self.block_size = args.block_size
         ops = get_ops(self.device)
@@ -37,7 +55,7 @@ class ModelRunner:
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(self.device):
-                self.model = Qwen3ForCausalLM(cfg, ops, max_model_len)
+                self.model = Qwen3ForCausalLM(cfg, ops, max_model_len, self.tp)
         finally:
             torch.set_default_dtype(default_dtype)
         self.model.requires_grad_(False)
@@ -46,7 +64,7 @@ class ModelRunner:
         else:
             load_safetensors(self.model, args.model)
         self.num_blocks = self._num_kv_blocks()
-        shape = (self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
+        shape = (self.num_blocks, self.block_size, self.model.layout.num_kv_heads, cfg.head_dim)
         self.kv_caches = [
             (torch.zeros(shape, dtype=self.dtype, device=self.device),
              torch.zeros(shape, dtype=self.dtype, device=self.device))
@@ -55,16 +73,25 @@ class ModelRunner:
         self.expert_hits = torch.zeros(
             (max(self.model.num_moe_layers, 1), max(cfg.num_experts, 1)), dtype=torch.bool, device=self.device
         )
+        self.carry: tuple[torch.Tensor, torch.Tensor] | None = None  # the prefill batch's rows between groups
         self.sampler = Sampler()
         self.decode_graphs = None
         if self.device.type == "cuda" and not args.enforce_eager:
             self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.expert_hits,
                                               min(args.max_num_seqs, MAX_GRAPH_BATCH), max_model_len, args.block_size)
 
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device of the engine, the workers' included (for energy metering)."""
+        if self.device.type != "cuda":
+            return [self.device]
+        return [torch.device("cuda", r) for r in range(self.tp.size)]
+
     def _num_kv_blocks(self) -> int:
         """Blocks from an explicit count, a byte budget, or (CUDA) the free memory left after the weights."""
         cfg, args = self.cfg, self.args
-        block_bytes = 2 * cfg.num_layers * self.block_size * cfg.num_kv_heads * cfg.head_dim * self.dtype.itemsize
+        kv_heads = self.model.layout.num_kv_heads
+        block_bytes = 2 * cfg.num_layers * self.block_size * kv_heads * cfg.head_dim * self.dtype.itemsize
         if args.num_kv_blocks is not None:
             return args.num_kv_blocks
         if args.kv_cache_bytes is not None:
@@ -75,22 +102,21 @@ class ModelRunner:
             budget = free - total * (1 - args.gpu_memory_utilization) - activations
         else:
             budget = CPU_DEFAULT_KV_BYTES
-        return max(int(budget // block_bytes), 0)
+        blocks = torch.tensor([max(int(budget // block_bytes), 0)], dtype=torch.int64)
+        if self.tp.size > 1:  # every rank must hold the same block ids
+            dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=self.tp.control)
+        return int(blocks.item())
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
+        """Rank 0: one iteration of the plan, workers included; samples the plan's tokens."""
         start = time.perf_counter()
-        batch = self._prepare(plan)
+        inputs = step_inputs(plan)
+        if self.workers is not None:
+            self.workers.send(inputs)
+        batch = self.build_batch(inputs)
         prepare_s = time.perf_counter() - start
-        self.expert_hits.zero_()
-        graphs = self.decode_graphs
-        if graphs is not None and graphs.fits(len(plan.decode)):
-            graphs.load(batch.decode_positions, batch.decode_meta)
-        else:
-            graphs = None
-        result = self.model(batch, self.kv_caches, self.expert_hits, graphs)
-        if plan.prefill is not None:
-            plan.prefill.carry = result.prefill_carry
+        result = self.run(batch)
         experts = int(self.expert_hits.sum().item()) if self.cfg.num_experts else 0
         seqs = plan.sample_seqs
         if result.logits is None:
@@ -98,54 +124,62 @@ class ModelRunner:
         tokens = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs])
         return StepResult(tokens.tolist(), experts, prepare_s)
 
-    def _prepare(self, plan: StepPlan) -> ForwardBatch:
-        """Flattens the plan into token, position and KV-slot tensors (decode rows first)."""
-        entries: list[tuple[Sequence, int, int]] = [(s, s.num_computed, 1) for s in plan.decode]
-        pre = plan.prefill
-        layers = plan.prefill_layers
-        if pre is not None:
-            entries += [(c.seq, c.start, c.length) for c in pre.chunks]
-        num_decode = len(plan.decode)
-        ids = [tok for seq, start, n in entries for tok in seq.token_ids(start, start + n)]
-        meta, decode_meta, positions = self._metadata(entries, num_decode)
-        ids_t = torch.tensor(ids, dtype=torch.long, device=self.device)
-        has_prefill = pre is not None and bool(pre.chunks)
-        rows = list(range(num_decode))
-        if has_prefill and pre.on_last_group:
-            offset = num_decode
-            for c in pre.chunks:
-                offset += c.length
-                if c.completes:
-                    rows.append(offset - 1)
-        first_group = has_prefill and layers.start == 0
-        carry = pre.carry if has_prefill and not first_group else None
+    @torch.inference_mode()
+    def run(self, batch: ForwardBatch) -> ForwardResult:
+        """Every rank: the forward pass; keeps the prefill rows that continue to the next group."""
+        self.expert_hits.zero_()
+        graphs = self.decode_graphs
+        if graphs is not None and graphs.fits(batch.decode_ids.shape[0]):
+            graphs.load(batch.decode_positions, batch.decode_meta)
+        else:
+            graphs = None
+        result = self.model(batch, self.kv_caches, self.expert_hits, graphs)
+        if len(batch.prefill_layers):
+            self.carry = result.prefill_carry
+        return result
+
+    def build_batch(self, inputs: StepInputs) -> ForwardBatch:
+        """Device tensors of one step (decode rows first), identical on every rank."""
+        meta, decode_meta, positions = self._metadata(inputs)
+        ids = torch.tensor(inputs.token_ids, dtype=torch.long, device=self.device)
+        nd = inputs.num_decode
+        has_prefill = len(inputs.prefill_layers) > 0
+        carry = None
+        if has_prefill and not inputs.first_group:
+            carry = self.carry
+            if inputs.carry_rows is not None:
+                rows = torch.tensor(inputs.carry_rows, dtype=torch.long, device=self.device)
+                carry = (carry[0].index_select(0, rows), carry[1].index_select(0, rows))
         return ForwardBatch(
-            decode_ids=ids_t[:num_decode],
-            decode_positions=positions[:num_decode],
+            decode_ids=ids[:nd],
+            decode_positions=positions[:nd],
             decode_meta=decode_meta,
-            prefill_layers=layers if has_prefill else range(0),
-            prefill_ids=ids_t[num_decode:] if first_group else None,
+            prefill_layers=inputs.prefill_layers,
+            prefill_ids=ids[nd:] if inputs.first_group else None,
             prefill_hidden=carry[0] if carry else None,
             prefill_residual=carry[1] if carry else None,
             mixed_positions=positions if has_prefill else None,
             mixed_meta=meta if has_prefill else None,
-            logits_rows=torch.tensor(rows, dtype=torch.long, device=self.device),
+            logits_rows=torch.tensor(inputs.logits_rows, dtype=torch.long, device=self.device),
         )
 
-    def _metadata(
-        self, entries: list[tuple[Sequence, int, int]], num_decode: int
-    ) -> tuple[AttentionMetadata, AttentionMetadata | None, torch.Tensor]:
+    def shutdown(self) -> None:
+        """Stops the tensor-parallel workers (idempotent)."""
+        if self.workers is not None:
+            self.workers.stop()
+
+    def _metadata(self, inputs: StepInputs) -> tuple[AttentionMetadata, AttentionMetadata | None, torch.Tensor]:
         """Metadata of all rows, and of the leading decode rows alone (a view of the same tensors)."""
-        bs = self.block_size
-        q_lens = torch.tensor([n for _, _, n in entries], dtype=torch.int64)
-        starts = torch.tensor([start for _, start, _ in entries], dtype=torch.int64)
+        bs, num_decode, entries = self.block_size, inputs.num_decode, len(inputs.starts)
+        q_lens = torch.tensor(inputs.q_lens, dtype=torch.int64)
+        starts = torch.tensor(inputs.starts, dtype=torch.int64)
         seq_lens = starts + q_lens
-        max_blocks = max((len(s.block_table) for s, _, _ in entries), default=0)
-        tables = torch.zeros((len(entries), max(max_blocks, 1)), dtype=torch.int32)
-        for i, (seq, _, _) in enumerate(entries):
-            tables[i, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
-        seq_index = torch.repeat_interleave(torch.arange(len(entries)), q_lens)
-        query_start = torch.zeros(len(entries) + 1, dtype=torch.int64)
+        max_blocks = max((len(t) for t in inputs.block_tables), default=0)
+        tables = torch.zeros((entries, max(max_blocks, 1)), dtype=torch.int32)
+        for i, table in enumerate(inputs.block_tables):
+            tables[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        seq_index = torch.repeat_interleave(torch.arange(entries), q_lens)
+        query_start = torch.zeros(entries + 1, dtype=torch.int64)
         torch.cumsum(q_lens, 0, out=query_start[1:])
         positions = starts[seq_index] + torch.arange(int(q_lens.sum())) - query_start[:-1][seq_index]
         slots = tables[seq_index, positions // bs].long() * bs + positions % bs
@@ -169,3 +203,34 @@ class ModelRunner:
                 max_seq_len=int(seq_lens[:num_decode].max()),
             )
         return meta, decode_meta, positions.to(dev)
+
+
+def step_inputs(plan: StepPlan) -> StepInputs:
+    """Flattens a plan: decode entries, then the prefill chunks; logits rows per the plan's samples."""
+    entries = [(s, s.num_computed, 1) for s in plan.decode]
+    pre = plan.prefill
+    has_prefill = pre is not None and bool(pre.chunks)
+    if has_prefill:
+        entries += [(c.seq, c.start, c.length) for c in pre.chunks]
+    num_decode = len(plan.decode)
+    rows = list(range(num_decode))
+    if has_prefill and pre.on_last_group:
+        offset = num_decode
+        for c in pre.chunks:
+            offset += c.length
+            if c.completes:
+                rows.append(offset - 1)
+    layers = pre.layers if has_prefill else range(0)
+    first_group = has_prefill and layers.start == 0
+    return StepInputs(
+        # Carried prefill rows enter as hidden states: their token ids are not needed.
+        token_ids=[t for i, (seq, start, n) in enumerate(entries) if i < num_decode or first_group
+                   for t in seq.token_ids(start, start + n)],
+        starts=[start for _, start, _ in entries],
+        q_lens=[n for _, _, n in entries],
+        block_tables=[list(seq.block_table) for seq, _, _ in entries],
+        num_decode=num_decode,
+        prefill_layers=layers,
+        carry_rows=pre.carry_rows if has_prefill else None,
+        logits_rows=rows,
+    )

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-import torch
-
 from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, split_layers
 from laminar.sequence import Sequence, Status
@@ -40,14 +38,15 @@ class Chunk:
 class PrefillBatch:
     """Prompt chunks that cross the layer groups together.
 
-    carry holds their (hidden, residual) rows between groups; it stays on the
-    model's device and is owned by the model runner.
+    Between groups their (hidden, residual) rows stay on the device, held by the
+    model runner of every rank; carry_rows lists the rows still in the batch when
+    chunks were dropped since the last group ran (None: all of them).
     """
 
     chunks: list[Chunk]
     groups: list[range]
     next_group: int = 0
-    carry: tuple[torch.Tensor, torch.Tensor] | None = None
+    carry_rows: list[int] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -71,9 +70,9 @@ class PrefillBatch:
                 keep.append(c)
                 rows.extend(range(offset, offset + c.length))
             offset += c.length
-        if self.carry is not None:
-            index = torch.tensor(rows, dtype=torch.long, device=self.carry[0].device)
-            self.carry = (self.carry[0].index_select(0, index), self.carry[1].index_select(0, index))
+        if self.next_group > 0:
+            current = self.carry_rows if self.carry_rows is not None else range(offset)
+            self.carry_rows = [current[r] for r in rows]
         self.chunks = keep
 
 
@@ -139,6 +138,7 @@ class Scheduler:
         if batch is None:
             return
         batch.next_group += 1
+        batch.carry_rows = None  # the runner now holds exactly this batch's rows
         if batch.next_group < len(batch.groups):
             return
         for chunk in batch.chunks:

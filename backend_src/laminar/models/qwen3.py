@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from laminar.config import ModelConfig
+from laminar.distributed import ShardLayout, TensorParallel
 from laminar.ops import AttentionMetadata
 
 
@@ -53,10 +54,12 @@ class RotaryCache(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: ModuleType) -> None:
+    """Column-parallel qkv (this rank's heads), row-parallel o_proj, one all-reduce."""
+
+    def __init__(self, cfg: ModelConfig, ops: ModuleType, tp: TensorParallel, layout: ShardLayout) -> None:
         super().__init__()
-        self.ops = ops
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.ops, self.tp = ops, tp
+        self.num_heads, self.num_kv_heads, self.head_dim = layout.num_heads, layout.num_kv_heads, cfg.head_dim
         self.eps = cfg.rms_norm_eps
         self.scale = cfg.head_dim**-0.5
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -77,28 +80,35 @@ class Attention(nn.Module):
         q, k = ops.rope(q, k, positions, cos_sin)
         ops.store_kv(k, v.reshape(t, self.num_kv_heads, self.head_dim), kv_cache[0], kv_cache[1], meta.slot_mapping)
         out = ops.paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
-        return F.linear(out.reshape(t, -1), self.o_proj)
+        return self.tp.all_reduce(F.linear(out.reshape(t, -1), self.o_proj))
 
 
 class DenseMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, ops: ModuleType) -> None:
+    """SwiGLU over this rank's slice of the intermediate dimension, one all-reduce."""
+
+    def __init__(self, hidden: int, intermediate: int, ops: ModuleType, tp: TensorParallel) -> None:
         super().__init__()
-        self.ops = ops
+        self.ops, self.tp = ops, tp
         self.gate_up_proj = nn.Parameter(torch.empty(2 * intermediate, hidden))
         self.down_proj = nn.Parameter(torch.empty(hidden, intermediate))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.ops.silu_and_mul(F.linear(x, self.gate_up_proj)), self.down_proj)
+        return self.tp.all_reduce(F.linear(self.ops.silu_and_mul(F.linear(x, self.gate_up_proj)), self.down_proj))
 
 
 class SparseMoE(nn.Module):
-    """Softmax top-k router over SwiGLU experts; marks which experts its tokens touched."""
+    """Softmax top-k router over SwiGLU experts; marks which experts its tokens touched.
 
-    def __init__(self, cfg: ModelConfig, ops: ModuleType, moe_index: int) -> None:
+    The router is replicated; every expert holds this rank's slice of its
+    intermediate dimension (the TP-sharded fused MoE), so one all-reduce follows.
+    """
+
+    def __init__(self, cfg: ModelConfig, ops: ModuleType, moe_index: int, tp: TensorParallel,
+                 layout: ShardLayout) -> None:
         super().__init__()
-        self.ops, self.moe_index = ops, moe_index
+        self.ops, self.moe_index, self.tp = ops, moe_index, tp
         self.top_k, self.renormalize = cfg.top_k, cfg.norm_topk_prob
-        e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        e, h, i = cfg.num_experts, cfg.hidden_size, layout.moe_intermediate_size
         self.gate = nn.Parameter(torch.empty(e, h))
         self.w13 = nn.Parameter(torch.empty(e, 2 * i, h))
         self.w2 = nn.Parameter(torch.empty(e, h, i))
@@ -106,19 +116,20 @@ class SparseMoE(nn.Module):
     def forward(self, x: torch.Tensor, expert_hits: torch.Tensor) -> torch.Tensor:
         weights, ids = self.ops.route_topk(F.linear(x, self.gate), self.top_k, self.renormalize)
         expert_hits[self.moe_index].index_fill_(0, ids.flatten(), True)  # scalar fill: capturable in graphs
-        return self.ops.fused_moe(x, self.w13, self.w2, weights, ids)
+        return self.tp.all_reduce(self.ops.fused_moe(x, self.w13, self.w2, weights, ids))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, moe_index: int | None, ops: ModuleType) -> None:
+    def __init__(self, cfg: ModelConfig, moe_index: int | None, ops: ModuleType, tp: TensorParallel,
+                 layout: ShardLayout) -> None:
         super().__init__()
         self.ops, self.eps = ops, cfg.rms_norm_eps
         self.input_layernorm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.post_attention_layernorm = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.self_attn = Attention(cfg, ops)
+        self.self_attn = Attention(cfg, ops, tp, layout)
         self.mlp = (
-            SparseMoE(cfg, ops, moe_index) if moe_index is not None
-            else DenseMLP(cfg.hidden_size, cfg.intermediate_size, ops)
+            SparseMoE(cfg, ops, moe_index, tp, layout) if moe_index is not None
+            else DenseMLP(cfg.hidden_size, layout.intermediate_size, ops, tp)
         )
 
     def forward(
@@ -135,19 +146,29 @@ class DecoderLayer(nn.Module):
 
 
 class Qwen3ForCausalLM(nn.Module):
-    """Qwen3 (dense) and Qwen3-MoE: the layer layout comes from the config."""
+    """Qwen3 (dense) and Qwen3-MoE: the layer layout comes from the config.
 
-    def __init__(self, cfg: ModelConfig, ops: ModuleType, max_positions: int) -> None:
+    Under tensor parallelism this module is one rank's shard: embedding and LM
+    head split the vocabulary, attention and MLPs split heads and intermediate
+    sizes; the residual stream is replicated on every rank.
+    """
+
+    def __init__(self, cfg: ModelConfig, ops: ModuleType, max_positions: int,
+                 tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.cfg, self.ops = cfg, ops
-        self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.tp = tp = tp or TensorParallel()
+        self.layout = layout = ShardLayout.of(cfg, tp)
+        self.embed_tokens = nn.Parameter(torch.empty(layout.vocab_per_rank, cfg.hidden_size))
         moe_layers = [i for i in range(cfg.num_layers) if cfg.is_moe_layer(i)]
         self.moe_index = {layer: n for n, layer in enumerate(moe_layers)}
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, i, self.moe_index.get(i), ops) for i in range(cfg.num_layers)
+            DecoderLayer(cfg, self.moe_index.get(i), ops, tp, layout) for i in range(cfg.num_layers)
         )
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else nn.Parameter(torch.empty(layout.vocab_per_rank, cfg.hidden_size))
+        )
         self.rotary = RotaryCache(cfg.head_dim, max_positions, cfg.rope_theta)
 
     @property
@@ -164,7 +185,7 @@ class Qwen3ForCausalLM(nn.Module):
         """
         num_layers, pre = self.cfg.num_layers, batch.prefill_layers
         num_decode = batch.decode_ids.shape[0]
-        hidden = F.embedding(batch.decode_ids, self.embed_tokens)
+        hidden = self._embed(batch.decode_ids)
         residual = torch.zeros_like(hidden)
         carry = None
         before, after = (range(pre.start), range(pre.stop, num_layers)) if len(pre) else (range(num_layers), range(0))
@@ -173,7 +194,7 @@ class Qwen3ForCausalLM(nn.Module):
                                                    decode_graphs)
         if len(pre):
             if batch.prefill_ids is not None:
-                p_hidden = F.embedding(batch.prefill_ids, self.embed_tokens)
+                p_hidden = self._embed(batch.prefill_ids)
                 p_residual = torch.zeros_like(p_hidden)
             else:
                 p_hidden, p_residual = batch.prefill_hidden, batch.prefill_residual
@@ -192,7 +213,17 @@ class Qwen3ForCausalLM(nn.Module):
         rows = batch.logits_rows
         final = self.ops.rms_norm(hidden[rows] + residual[rows], self.norm, self.cfg.rms_norm_eps)
         head = self.embed_tokens if self.lm_head is None else self.lm_head
-        return ForwardResult(F.linear(final, head).float(), carry)
+        logits = self.tp.gather_columns(F.linear(final, head))[:, : self.cfg.vocab_size]
+        return ForwardResult(logits.float(), carry)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Vocab-parallel lookup: each rank fills the rows of its vocabulary range, the sum joins them."""
+        if self.tp.size == 1:
+            return F.embedding(ids, self.embed_tokens)
+        local = ids - self.layout.vocab_start
+        mine = (local >= 0) & (local < self.layout.vocab_per_rank)
+        hidden = F.embedding(torch.where(mine, local, 0), self.embed_tokens)
+        return self.tp.all_reduce(hidden * mine.unsqueeze(-1).to(hidden.dtype))
 
     def _decode_layers(
         self, layers: range, hidden: torch.Tensor, residual: torch.Tensor, batch: ForwardBatch,

@@ -132,10 +132,11 @@ class EngineLoop:
             batch, self._pending = self._pending, []
         self._admit(batch)
         self._reap_cancelled()
-        if self._engine.has_unfinished_requests():
-            self._dispatch(self._engine.step())
+        outputs = self._engine.step() if self._engine.has_unfinished_requests() else []
+        # Metrics first: a client that just got its last token must already see them.
         if self._metrics is not None:
             self._metrics.engine_stats(self._engine.get_stats())
+        self._dispatch(outputs)
         return True
 
     def _admit(self, batch: list[_Pending]) -> None:
@@ -163,16 +164,15 @@ class EngineLoop:
             if active is None:
                 continue
             self._observe_tokens(active, out, now)
+            if out.finished:
+                del self._active[out.request_id]
+                if self._metrics is not None:
+                    self._metrics.request_finished(now - active.arrival, out.finish_reason or "")
             try:
                 active.sink.send(out)
             except Exception as e:
                 if not out.finished:
                     self._abort(out.request_id, f"response could not be sent ({e})")
-                    continue
-            if out.finished:
-                del self._active[out.request_id]
-                if self._metrics is not None:
-                    self._metrics.request_finished(now - active.arrival, out.finish_reason or "")
 
     def _observe_tokens(self, active: _Active, out: RequestOutput, now: float) -> None:
         """Latencies as the client sees them: from arrival in `execute` to dispatch."""

@@ -1,0 +1,133 @@
+"""Tensor-parallel worker processes: ranks 1..N-1 of the engine's model.
+
+The engine's process is rank 0. Workers are plain `python -m laminar.tp_worker`
+subprocesses rather than multiprocessing children: inside Triton's Python
+backend `sys.executable` is the backend stub, which cannot run them. Each worker
+builds its model shard and KV cache, then replays whatever step rank 0 sends
+until told to stop; it exits by itself if rank 0's process goes away.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from laminar import step_inputs
+from laminar.config import EngineArgs, ModelConfig
+from laminar.distributed import TensorParallel, destroy_tensor_parallel, free_port, init_tensor_parallel
+
+logger = logging.getLogger(__name__)
+SPEC_ENV = "LAMINAR_TP_WORKER"
+STOP_TIMEOUT_S = 30.0
+
+
+def _python() -> str:
+    """A Python interpreter for the workers: this one, unless it is an embedding binary."""
+    if Path(sys.executable).name.startswith("python"):
+        return sys.executable
+    found = shutil.which("python3")
+    if found is None:
+        raise RuntimeError("tensor parallelism needs a python3 on PATH to start its workers")
+    return found
+
+
+class WorkerGroup:
+    """Rank 0's handle on the workers: start, send steps, watch, stop."""
+
+    def __init__(self, args: EngineArgs, max_model_len: int) -> None:
+        size = args.tensor_parallel_size
+        if args.resolved_device().type == "cuda" and torch.cuda.device_count() < size:
+            raise ValueError(f"tensor_parallel_size {size} needs {size} GPUs, {torch.cuda.device_count()} visible")
+        port = free_port()
+        spec = {"args": dataclasses.asdict(args), "max_model_len": max_model_len, "port": port,
+                "parent": os.getpid()}
+        self.procs: list[subprocess.Popen] = []
+        self.stopped = False
+        try:
+            for rank in range(1, size):
+                env = dict(os.environ, **{SPEC_ENV: json.dumps({**spec, "rank": rank})})
+                self.procs.append(subprocess.Popen([_python(), "-m", "laminar.tp_worker"], env=env))
+            device = args.resolved_device()
+            self.tp = init_tensor_parallel(0, size, port, torch.device("cuda", 0) if device.type == "cuda" else device)
+        except BaseException:
+            self._kill()
+            raise
+        atexit.register(self.stop)
+
+    def check(self) -> None:
+        """Raises if a worker has exited: its collectives would never complete."""
+        for rank, proc in enumerate(self.procs, start=1):
+            code = proc.poll()
+            if code is not None:
+                self.stopped = True
+                raise RuntimeError(f"tensor-parallel worker rank {rank} exited with code {code}")
+
+    def send(self, inputs: step_inputs.StepInputs) -> None:
+        self.check()
+        step_inputs.send(self.tp, inputs)
+
+    def stop(self) -> None:
+        """Asks the workers to exit, waits for them, kills stragglers; leaves no process behind."""
+        if self.stopped:
+            self._kill()
+            return
+        self.stopped = True
+        try:
+            if all(p.poll() is None for p in self.procs):
+                step_inputs.send(self.tp, None)
+            for proc in self.procs:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        except Exception:  # a worker is gone or stuck: the kill below covers both
+            logger.exception("tensor-parallel workers did not stop cleanly")
+        finally:
+            self._kill()
+            destroy_tensor_parallel(self.tp)
+
+    def _kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this worker when rank 0's process dies, even if it is killed outright."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != parent:  # died before the call above took effect
+        sys.exit(1)
+
+
+def main() -> None:
+    from laminar.model_runner import ModelRunner  # noqa: PLC0415  (avoids an import cycle)
+
+    spec = json.loads(os.environ[SPEC_ENV])
+    _exit_with_parent(spec["parent"])
+    values = spec["args"]
+    values["group_token_thresholds"] = tuple(values["group_token_thresholds"])
+    args = EngineArgs(**values)
+    rank, size = spec["rank"], args.tensor_parallel_size
+    device = args.resolved_device()
+    tp: TensorParallel = init_tensor_parallel(rank, size, spec["port"], torch.device("cuda", rank)
+                                              if device.type == "cuda" else device)
+    torch.manual_seed(args.seed)
+    runner = ModelRunner(ModelConfig.from_dir(args.model), args, spec["max_model_len"], tp)
+    while (inputs := step_inputs.receive(tp)) is not None:
+        runner.run(runner.build_batch(inputs))
+    destroy_tensor_parallel(tp)
+
+
+if __name__ == "__main__":
+    main()
