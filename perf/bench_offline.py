@@ -73,7 +73,7 @@ class Run:
 
 
 def non_expert_bytes(engine: LLMEngine) -> int:
-    """Weights every decode step reads besides experts (attention, router, norms, LM head)."""
+    """Weights of rank 0's shard that every decode step reads besides experts (attention, router, norms, LM head)."""
     total = 0
     for name, p in engine.runner.model.named_parameters():
         if name.endswith(("w13", "w2")) or name == "embed_tokens":
@@ -88,7 +88,9 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     rng = random.Random(seed)
     vocab = engine.model_config.vocab_size
     mc = engine.model_config
-    kv_token_bytes = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * engine.runner.dtype.itemsize
+    tp = engine.runner.tp.size
+    # The floor is per GPU: each rank reads its own shard of weights and KV (rank 0's, measured).
+    kv_token_bytes = 2 * mc.num_layers * engine.runner.model.layout.num_kv_heads * mc.head_dim * engine.runner.dtype.itemsize
     run = Run(engine)
     long_gen = SamplingParams(max_tokens=100_000, temperature=0.0, ignore_eos=True)
     for i in range(cfg["decode_batch"]):
@@ -114,7 +116,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     decode_step = statistics.median(steps)  # robust to a stray slow step on a shared CPU
     experts_per_step = (s1.expert_bytes_total - exp0) / len(steps)
     context = cfg["decode_context"] + cfg["decode_steps"]
-    floor_bytes = non_expert_bytes(engine) + experts_per_step + cfg["decode_batch"] * context * kv_token_bytes
+    floor_bytes = non_expert_bytes(engine) + experts_per_step / tp + cfg["decode_batch"] * context * kv_token_bytes
     result = {
         "decode_step_ms": 1e3 * decode_step,
         "decode_step_floor_ms": 1e3 * floor_bytes / bandwidth if bandwidth else None,
@@ -220,10 +222,12 @@ def main() -> None:
         bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
         report["modes"][entry] = bench_mode(engine, cfg, bandwidth, seed=0)
         print(json.dumps(report["modes"][entry], indent=1), flush=True)
+    runner.shutdown()
     report["device"] = device_name
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    slug = device_name.split(" (")[0].replace(" ", "-").lower() + (f"-{args.tag}" if args.tag else "")
+    slug = device_name.split(" (")[0].replace(" ", "-").lower()
+    slug += (f"-tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else "") + (f"-{args.tag}" if args.tag else "")
     (out / f"offline-{slug}.json").write_text(json.dumps(report, indent=1))
     (out / f"offline-{slug}.md").write_text(markdown(report))
     print(markdown(report))

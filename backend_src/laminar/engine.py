@@ -37,6 +37,14 @@ class LLMEngine:
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) if self.tokenizer else set(cfg.eos_token_id)
         self.owns_runner = runner is None
         self.runner = runner or ModelRunner(cfg, args, self.max_model_len)
+        try:
+            self._init_state(args, cfg)
+        except BaseException:
+            if self.owns_runner:  # do not leave TP workers behind a failed construction
+                self.runner.shutdown()
+            raise
+
+    def _init_state(self, args: EngineArgs, cfg: ModelConfig) -> None:
         self.blocks = BlockManager(self.runner.num_blocks, args.block_size)
         if self.runner.num_blocks * args.block_size < self.max_model_len:
             raise ValueError(

@@ -69,7 +69,6 @@ class WorkerGroup:
         for rank, proc in enumerate(self.procs, start=1):
             code = proc.poll()
             if code is not None:
-                self.stopped = True
                 raise RuntimeError(f"tensor-parallel worker rank {rank} exited with code {code}")
 
     def send(self, inputs: step_inputs.StepInputs) -> None:
@@ -77,16 +76,15 @@ class WorkerGroup:
         step_inputs.send(self.tp, inputs)
 
     def stop(self) -> None:
-        """Asks the workers to exit, waits for them, kills stragglers; leaves no process behind."""
+        """Asks the workers to exit, waits for them, kills stragglers; leaves no process behind. Idempotent."""
         if self.stopped:
-            self._kill()
             return
         self.stopped = True
         try:
             if all(p.poll() is None for p in self.procs):
                 step_inputs.send(self.tp, None)
-            for proc in self.procs:
-                proc.wait(timeout=STOP_TIMEOUT_S)
+                for proc in self.procs:
+                    proc.wait(timeout=STOP_TIMEOUT_S)
         except Exception:  # a worker is gone or stuck: the kill below covers both
             logger.exception("tensor-parallel workers did not stop cleanly")
         finally:

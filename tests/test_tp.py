@@ -1,0 +1,144 @@
+"""Tensor parallelism on the CPU (gloo): real worker processes, sharded weights, same tokens as TP1."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from laminar import SamplingParams
+from laminar.config import EngineArgs
+from laminar.engine import LLMEngine
+from laminar.step_inputs import StepInputs, pack, unpack
+from laminar.tp_worker import SPEC_ENV
+
+PROMPTS = [[(7 * i + 3 * j) % 250 + 1 for j in range(n)] for i, n in enumerate((5, 33, 12, 70, 2, 41))]
+
+
+def make_engine(model: Path, tp: int, **overrides) -> LLMEngine:
+    values = dict(model=str(model), dtype="float32", device="cpu", tensor_parallel_size=tp,
+                  max_num_batched_tokens=64, max_num_seqs=8, num_stages=3, group_token_thresholds=(),
+                  num_kv_blocks=64, block_size=4, max_model_len=256)
+    values.update(overrides)
+    return LLMEngine(EngineArgs(**values))
+
+
+def run_script(engine: LLMEngine, abort_after: dict[str, int] | None = None, max_tokens: int = 6) -> dict[str, list[int]]:
+    """Half the prompts at once, the rest two steps later; optional aborts after n steps. Always shuts down."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    got: dict[str, list[int]] = {}
+    try:
+        for i, prompt in enumerate(PROMPTS[:3]):
+            engine.add_request(f"r{i}", prompt, params)
+        step = 0
+        while engine.has_unfinished_requests() or step < 3:
+            if step == 2:
+                for i, prompt in enumerate(PROMPTS[3:], start=3):
+                    engine.add_request(f"r{i}", prompt, params)
+            for rid, at in (abort_after or {}).items():
+                if step == at:
+                    engine.abort(rid)
+            for out in engine.step():
+                got.setdefault(out.request_id, []).extend(out.new_token_ids)
+            step += 1
+        assert engine.blocks.num_free == engine.runner.num_blocks
+    finally:
+        engine.shutdown()
+    return got
+
+
+@pytest.mark.parametrize("mode", ["layered", "chunked"])
+def test_tp2_matches_tp1(moe_checkpoint_5, mode):
+    expected = run_script(make_engine(moe_checkpoint_5, 1, schedule_mode=mode))
+    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode)
+    assert [p.poll() for p in engine.runner.workers.procs] == [None]
+    assert run_script(engine) == expected
+    assert [p.returncode for p in engine.runner.workers.procs] == [0]  # stopped on request, not killed
+    assert worker_pids() == []
+
+
+def test_tp4_replicates_kv_heads_dense(dense_checkpoint):
+    """2 KV heads over 4 ranks: each KV head lives on two ranks; vocab 257 pads the last rank."""
+    expected = run_script(make_engine(dense_checkpoint, 1))
+    engine = make_engine(dense_checkpoint, 4)
+    assert engine.runner.model.layout.num_kv_heads == 1 and engine.runner.model.layout.vocab_per_rank == 65
+    assert run_script(engine) == expected
+
+
+def test_abort_mid_prefill_selects_carried_rows(moe_checkpoint_5):
+    """r1 is dropped while its batch is between groups: the other rows continue on every rank."""
+    aborts = {"r1": 1}
+    expected = run_script(make_engine(moe_checkpoint_5, 1), aborts)
+    assert "r1" not in expected
+    assert run_script(make_engine(moe_checkpoint_5, 2), aborts) == expected
+
+
+def stacked_copy(src: Path, dst: Path) -> Path:
+    """The same weights under transformers' stacked expert names ([E, 2I, H] and [E, H, I])."""
+    shutil.copytree(src, dst)
+    for path in dst.glob("*.safetensors"):
+        tensors = load_file(path)
+        layers = {k.split(".mlp.experts.")[0] for k in tensors if ".mlp.experts." in k}
+        for layer in layers:
+            n = len({k for k in tensors if k.startswith(f"{layer}.mlp.experts.") and k.endswith("down_proj.weight")})
+            pick = lambda e, proj: tensors.pop(f"{layer}.mlp.experts.{e}.{proj}.weight")  # noqa: E731
+            gate_up = [torch.cat((pick(e, "gate_proj"), pick(e, "up_proj"))) for e in range(n)]
+            tensors[f"{layer}.mlp.experts.gate_up_proj"] = torch.stack(gate_up)
+            tensors[f"{layer}.mlp.experts.down_proj"] = torch.stack([pick(e, "down_proj") for e in range(n)])
+        save_file(tensors, path)
+    return dst
+
+
+def test_stacked_expert_checkpoint_shards(moe_checkpoint_5, tmp_path):
+    expected = run_script(make_engine(moe_checkpoint_5, 1))
+    stacked = stacked_copy(moe_checkpoint_5, tmp_path / "stacked")
+    assert run_script(make_engine(stacked, 2)) == expected
+
+
+def test_dead_worker_fails_the_step_and_leaves_nothing(moe_checkpoint_5):
+    engine = make_engine(moe_checkpoint_5, 2)
+    engine.add_request("a", PROMPTS[1], SamplingParams(max_tokens=4))
+    engine.step()
+    worker = engine.runner.workers.procs[0]
+    worker.kill()
+    worker.wait()
+    with pytest.raises(RuntimeError, match="worker rank 1 exited"):
+        engine.step()
+    engine.shutdown()
+    assert engine.blocks.num_free == engine.runner.num_blocks
+    assert worker_pids() == []
+
+
+def worker_pids() -> list[int]:
+    """This process's live tensor-parallel workers, found through /proc rather than the engine."""
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if SPEC_ENV.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                    pids.append(int(pid))
+            except OSError:  # exited meanwhile
+                pass
+    return pids
+
+
+def test_failed_construction_stops_the_workers(moe_checkpoint_5):
+    with pytest.raises(ValueError, match="KV cache holds"):
+        make_engine(moe_checkpoint_5, 2, num_kv_blocks=8)
+    assert worker_pids() == []
+
+
+@pytest.mark.parametrize("tp, what", [(8, "num_attention_heads"), (3, "num_key_value_heads")])
+def test_indivisible_shapes_are_rejected_before_spawning(moe_checkpoint_5, tp, what):
+    with pytest.raises(ValueError, match=what):
+        make_engine(moe_checkpoint_5, tp)
+
+
+def test_step_inputs_round_trip():
+    inputs = StepInputs(token_ids=[5, 6, 7, 8], starts=[9, 0, 3], q_lens=[1, 1, 2], block_tables=[[4, 2, 7], [1], []],
+                        num_decode=2, prefill_layers=range(2, 4), carry_rows=[0, 2], logits_rows=[0, 1])
+    assert unpack(pack(inputs)) == inputs
+    inputs.carry_rows, inputs.prefill_layers = None, range(0)
+    assert unpack(pack(inputs)) == inputs
