@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 from laminar import EngineArgs, LLMEngine, SamplingParams
+from laminar.config import ModelConfig
+from laminar.model_runner import ModelRunner
 
 PRESETS = {
     "gpu": dict(decode_batch=64, decode_context=2048, prompts=[2048, 8192, 16384], alone_prompt=8192,
@@ -205,24 +207,26 @@ def main() -> None:
     base = dict(model=args.model, load_format=args.load_format, max_model_len=max_len,
                 tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
                 num_stages=cfg["num_stages"])
-    runner = None
-    device_name = "cpu"
     report: dict = {"command": "python " + " ".join(sys.argv), "preset": cfg, "modes": {}}
+    modes = {}
     for entry in cfg["modes"]:
         mode, budget = entry.split(":")
-        budget = int(budget)
-        engine = LLMEngine(EngineArgs(**base, schedule_mode=mode, max_num_batched_tokens=budget,
-                                      max_num_seqs=min(256, budget)), runner=runner)
-        runner = engine.runner
-        if "bandwidth" not in report:
-            report["bandwidth_gbs"] = (measure_bandwidth(runner.device) or 0) / 1e9 or None
-            device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
-                f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
-        print(f"== {entry}", flush=True)
+        modes[entry] = EngineArgs(**base, schedule_mode=mode, max_num_batched_tokens=int(budget),
+                                  max_num_seqs=min(256, int(budget)))
+    # One set of weights (and TP workers) for every mode; the engines borrow it.
+    first = next(iter(modes.values()))
+    runner = ModelRunner(ModelConfig.from_dir(args.model), first, max_len)
+    try:
+        report["bandwidth_gbs"] = (measure_bandwidth(runner.device) or 0) / 1e9 or None
+        device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
+            f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
         bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
-        report["modes"][entry] = bench_mode(engine, cfg, bandwidth, seed=0)
-        print(json.dumps(report["modes"][entry], indent=1), flush=True)
-    runner.shutdown()
+        for entry, engine_args in modes.items():
+            print(f"== {entry}", flush=True)
+            report["modes"][entry] = bench_mode(LLMEngine(engine_args, runner=runner), cfg, bandwidth, seed=0)
+            print(json.dumps(report["modes"][entry], indent=1), flush=True)
+    finally:
+        runner.shutdown()
     report["device"] = device_name
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +145,29 @@ def test_step_inputs_round_trip():
     assert unpack(pack(inputs)) == inputs
     inputs.carry_rows, inputs.prefill_layers = None, range(0)
     assert unpack(pack(inputs)) == inputs
+
+
+def test_workers_exit_when_rank0_is_killed(moe_checkpoint_5):
+    """SIGKILL of the engine's process (no shutdown at all): its worker still goes away."""
+    script = (
+        "import os, sys, signal; sys.path.insert(0, sys.argv[2]); from test_tp import make_engine\n"
+        "e = make_engine(sys.argv[1], 2)\n"
+        "print(e.runner.workers.procs[0].pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(moe_checkpoint_5), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    worker = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _running(worker):
+        time.sleep(0.2)
+    assert not _running(worker)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by init, but not instantly)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -9,15 +9,15 @@ until told to stop; it exits by itself if rank 0's process goes away.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import dataclasses
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from laminar.distributed import TensorParallel, destroy_tensor_parallel, free_po
 logger = logging.getLogger(__name__)
 SPEC_ENV = "LAMINAR_TP_WORKER"
 STOP_TIMEOUT_S = 30.0
+PARENT_POLL_S = 1.0
 
 
 def _python() -> str:
@@ -99,13 +100,18 @@ class WorkerGroup:
 
 
 def _exit_with_parent(parent: int) -> None:
-    """Linux: SIGTERM this worker when rank 0's process dies, even if it is killed outright."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != parent:  # died before the call above took effect
-        sys.exit(1)
+    """Exits this worker once rank 0's process is gone, even if it was killed outright.
+
+    A watcher thread rather than PR_SET_PDEATHSIG, which fires when the spawning
+    *thread* exits, not the process.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="laminar-parent-watch", daemon=True).start()
 
 
 def main() -> None:
