@@ -195,6 +195,7 @@ def main() -> None:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
     ap.add_argument("--modes", nargs="*", help="mode:budget entries, e.g. layered:8192 chunked:512")
     ap.add_argument("--num-stages", type=int)
+    ap.add_argument("--prompts", type=int, nargs="*", help="prompt lengths arriving during decode (preset's if unset)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--out-dir", default="perf/results")
@@ -203,6 +204,7 @@ def main() -> None:
     cfg = dict(PRESETS[args.preset])
     cfg["modes"] = args.modes or cfg["modes"]
     cfg["num_stages"] = args.num_stages or cfg["num_stages"]
+    cfg["prompts"] = args.prompts or cfg["prompts"]
     max_len = max(cfg["prompts"] + [cfg["decode_context"]]) + 2048
     base = dict(model=args.model, load_format=args.load_format, max_model_len=max_len,
                 tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
