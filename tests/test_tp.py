@@ -171,3 +171,20 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_idle_longer_than_the_collective_timeout(moe_checkpoint_5, monkeypatch):
+    """Workers wait for the next step without a deadline: an idle server must not lose them."""
+    monkeypatch.setenv("LAMINAR_TP_TIMEOUT_S", "2")  # the workers read it at import
+    engine = make_engine(moe_checkpoint_5, 2)
+    try:
+        engine.add_request("a", PROMPTS[1], SamplingParams(max_tokens=2, ignore_eos=True))
+        while engine.has_unfinished_requests():
+            engine.step()
+        time.sleep(4)
+        engine.add_request("b", PROMPTS[2], SamplingParams(max_tokens=2, ignore_eos=True))
+        while engine.has_unfinished_requests():
+            engine.step()
+        assert engine.runner.workers.procs[0].poll() is None
+    finally:
+        engine.shutdown()

@@ -7,6 +7,7 @@ group so that it never waits behind device work.
 """
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,8 +15,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-# A peer that stops answering fails the collective after this long instead of hanging the engine.
-COLLECTIVE_TIMEOUT = timedelta(seconds=120)
+# A peer that stops answering fails an activation collective after this long instead of hanging.
+COLLECTIVE_TIMEOUT = timedelta(seconds=float(os.environ.get("LAMINAR_TP_TIMEOUT_S", "120")))
+# Workers wait for the next step on the control group for as long as the server stays idle.
+CONTROL_TIMEOUT = timedelta(days=3650)
 
 
 @dataclass
@@ -99,7 +102,7 @@ def init_tensor_parallel(rank: int, size: int, port: int, device: torch.device) 
         torch.cuda.set_device(device)
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
                             timeout=COLLECTIVE_TIMEOUT)
-    control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if backend != "gloo" else dist.group.WORLD
+    control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     return TensorParallel(rank, size, control)
 
 
