@@ -112,11 +112,16 @@ class ModelRunner:
         """Rank 0: one iteration of the plan, workers included; samples the plan's tokens."""
         start = time.perf_counter()
         inputs = step_inputs(plan)
-        if self.workers is not None:
-            self.workers.send(inputs)
-        batch = self.build_batch(inputs)
-        prepare_s = time.perf_counter() - start
-        result = self.run(batch)
+        try:
+            if self.workers is not None:
+                self.workers.send(inputs)
+            batch = self.build_batch(inputs)
+            prepare_s = time.perf_counter() - start
+            result = self.run(batch)
+        except Exception as e:
+            if self.workers is None:
+                raise
+            raise self.workers.explain(e)  # noqa: B904  (explain chains e itself)
         experts = int(self.expert_hits.sum().item()) if self.cfg.num_experts else 0
         seqs = plan.sample_seqs
         if result.logits is None:

@@ -72,6 +72,19 @@ class WorkerGroup:
             if code is not None:
                 raise RuntimeError(f"tensor-parallel worker rank {rank} exited with code {code}")
 
+    def explain(self, error: Exception, wait_s: float = 2.0) -> Exception:
+        """A collective failed: name the worker that died (it may take a moment to be reaped)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.check()
+            except RuntimeError as dead:
+                dead.__cause__ = error
+                return dead
+            if time.monotonic() > deadline:
+                return error
+            time.sleep(0.05)
+
     def send(self, inputs: step_inputs.StepInputs) -> None:
         self.check()
         step_inputs.send(self.tp, inputs)
