@@ -180,6 +180,11 @@ def test_metrics_move_as_requests_are_served(server):
     assert metric(after, "lp:request_success_total", finish_reason="length") > 0
     for gauge in ("lp:num_requests_running", "lp:num_requests_waiting", "lp:kv_cache_usage_perc"):
         assert f"{gauge}{{" in after
+    per_token = metric(after, "lp:expert_weight_bytes_per_token")
+    total = metric(after, "lp:expert_weight_bytes_total")
+    tokens = metric(after, "lp:prompt_tokens_total") + metric(after, "lp:generation_tokens_total")
+    assert per_token == pytest.approx(total / tokens, rel=1e-3)
+    assert metric(after, "lp:gpu_energy_joules_per_token") == 0.0, "no energy without NVML"
 
 
 def test_perf_analyzer_streaming_export(server, demo_model, tmp_path):

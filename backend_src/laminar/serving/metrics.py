@@ -34,6 +34,8 @@ _STAT_GAUGES = {
     "num_waiting": "lp:num_requests_waiting",
     "kv_usage": "lp:kv_cache_usage_perc",
     "kv_blocks_free": "lp:kv_cache_blocks_free",
+    "expert_bytes_per_token": "lp:expert_weight_bytes_per_token",
+    "energy_per_token": "lp:gpu_energy_joules_per_token",
 }
 DESCRIPTIONS = {
     "lp:time_to_first_token_seconds": "Time from request arrival to its first generated token",
@@ -43,7 +45,7 @@ DESCRIPTIONS = {
     "lp:prompt_tokens_total": "Prompt tokens processed",
     "lp:generation_tokens_total": "Tokens generated",
     "lp:expert_weight_bytes_total": "Bytes of MoE expert weights read by the engine",
-    "lp:gpu_energy_joules_total": "Energy of the engine's GPUs since it started (NVML; absent on CPU)",
+    "lp:gpu_energy_joules_total": "Energy of the engine's GPUs since it started (NVML; stays 0 on CPU)",
     "lp:num_preemptions_total": "Requests preempted for lack of KV cache",
     "lp:iterations_total": "Engine iterations by schedule phase (prefill, decode, mixed)",
     "lp:request_success_total": "Requests finished, by finish reason",
@@ -52,6 +54,8 @@ DESCRIPTIONS = {
     "lp:num_requests_waiting": "Requests waiting in the engine's queue",
     "lp:kv_cache_usage_perc": "Fraction of KV cache blocks in use (0..1)",
     "lp:kv_cache_blocks_free": "Free KV cache blocks",
+    "lp:expert_weight_bytes_per_token": "Expert weight bytes read per prompt or generated token, since the engine started",
+    "lp:gpu_energy_joules_per_token": "GPU energy per prompt or generated token, since the engine started (NVML; stays 0 on CPU)",
 }
 
 
@@ -109,4 +113,6 @@ class ServingMetrics:
                 counter.increment(value - self._last[field])
             self._last[field] = value
         for field, gauge in self._stat_gauges.items():
-            gauge.set(float(getattr(stats, field)))
+            value = getattr(stats, field)
+            if value is not None:
+                gauge.set(float(value))
