@@ -1,4 +1,5 @@
-"""paged_attention entry point: decode-only batches take the split-K kernel, any other mix the varlen one."""
+"""paged_attention entry point: flash-attn where it can serve the batch; otherwise decode-only
+batches take the split-K kernel, any other mix the varlen one."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -7,6 +8,7 @@ import torch
 
 from .attention_decode import decode_attention
 from .attention_prefill import prefill_attention
+from .flash import flash_can_serve, flash_paged_attention
 
 if TYPE_CHECKING:
     from laminar.ops.metadata import AttentionMetadata
@@ -21,6 +23,8 @@ def paged_attention(
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if q.shape[0] == 0 or meta.num_seqs == 0 or meta.max_query_len == 0:
         return out
+    if flash_can_serve(q, k_cache):
+        return flash_paged_attention(q, k_cache, v_cache, meta, scale)
     if meta.max_query_len == 1:
         return decode_attention(q, k_cache, v_cache, meta, scale, out)
     return prefill_attention(q, k_cache, v_cache, meta, scale, out)

@@ -1,0 +1,44 @@
+"""flash-attn's paged varlen attention, used instead of our kernels where it can serve the batch.
+
+Upstream flash-attn 2 reads a paged cache only when the page (our KV block) holds a multiple of
+256 tokens, and computes in fp16/bf16 only; anything else stays on our Triton kernels.
+`LAMINAR_FLASH_ATTN=0` turns it off.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+try:
+    from flash_attn import flash_attn_varlen_func
+except ImportError:  # not installed (the default here): our kernels serve every batch
+    flash_attn_varlen_func = None
+
+if TYPE_CHECKING:
+    from laminar.ops.metadata import AttentionMetadata
+
+PAGE_MULTIPLE = 256
+
+
+def flash_can_serve(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    return (
+        flash_attn_varlen_func is not None
+        and os.environ.get("LAMINAR_FLASH_ATTN", "1") != "0"
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and k_cache.shape[1] % PAGE_MULTIPLE == 0
+    )
+
+
+def flash_paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """Our metadata in flash-attn's terms: key prefix sums from the context lengths; its causal
+    mask is aligned bottom-right, so queries sit at the end of their context as ours do."""
+    cu_seqlens_k = torch.zeros(meta.num_seqs + 1, dtype=torch.int32, device=q.device)
+    torch.cumsum(meta.seq_lens, 0, out=cu_seqlens_k[1:])
+    return flash_attn_varlen_func(
+        q, k_cache, v_cache, meta.query_start_loc, cu_seqlens_k, meta.max_query_len, meta.max_seq_len,
+        softmax_scale=scale, causal=True, block_table=meta.block_tables,
+    )
