@@ -188,3 +188,17 @@ def test_idle_longer_than_the_collective_timeout(moe_checkpoint_5, monkeypatch):
         assert engine.runner.workers.procs[0].poll() is None
     finally:
         engine.shutdown()
+
+
+def test_second_tp_engine_in_one_process_is_refused(moe_checkpoint_5):
+    first = make_engine(moe_checkpoint_5, 2)
+    try:
+        with pytest.raises(ValueError, match="one tensor-parallel engine per process"):
+            make_engine(moe_checkpoint_5, 2)
+        assert worker_pids() == [first.runner.workers.procs[0].pid]
+        first.add_request("a", PROMPTS[0], SamplingParams(max_tokens=2))
+        while first.has_unfinished_requests():
+            first.step()
+    finally:
+        first.shutdown()
+    assert worker_pids() == []

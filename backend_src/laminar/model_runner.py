@@ -22,6 +22,7 @@ from laminar.ops import AttentionMetadata, get_ops
 from laminar.sampler import Sampler
 from laminar.scheduler import StepPlan
 from laminar.step_inputs import StepInputs
+from laminar.tp_worker import WorkerGroup
 
 CPU_DEFAULT_KV_BYTES = 256 << 20
 MAX_GRAPH_BATCH = 256  # larger decode batches run eagerly, where launch overhead matters less
@@ -40,8 +41,6 @@ class ModelRunner:
         self.cfg, self.args = cfg, args
         self.workers = None
         if tp is None and args.tensor_parallel_size > 1:
-            from laminar.tp_worker import WorkerGroup  # noqa: PLC0415  (spawns processes: only when asked)
-
             ShardLayout.of(cfg, TensorParallel(0, args.tensor_parallel_size))  # shape errors before any spawn
             self.workers = WorkerGroup(args, max_model_len)
             tp = self.workers.tp

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from laminar import step_inputs
 from laminar.config import EngineArgs, ModelConfig
@@ -47,6 +48,9 @@ class WorkerGroup:
 
     def __init__(self, args: EngineArgs, max_model_len: int) -> None:
         size = args.tensor_parallel_size
+        if dist.is_initialized():
+            raise ValueError("another tensor-parallel engine is running in this process: shut it down first "
+                             "(one tensor-parallel engine per process)")
         if args.resolved_device().type == "cuda" and torch.cuda.device_count() < size:
             raise ValueError(f"tensor_parallel_size {size} needs {size} GPUs, {torch.cuda.device_count()} visible")
         port = free_port()
