@@ -76,6 +76,10 @@ def test_group_policy():
     assert EngineArgs(model="x", num_stages=3).num_groups(4000, 48) == 3
     assert [len(g) for g in split_layers(5, 3)] == [2, 2, 1]
     assert [list(g) for g in split_layers(48, 16)][-1] == [45, 46, 47]
+    assert EngineArgs(model="x", group_token_thresholds=[100, 200]).num_groups(150, 48) == 2
+    for bad in ((1024, 512), (0, 512), (512, 512), "512"):
+        with pytest.raises(ValueError, match="group_token_thresholds"):
+            EngineArgs(model="x", group_token_thresholds=bad)
 
 
 class LayerRows:

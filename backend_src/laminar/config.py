@@ -146,6 +146,12 @@ class EngineArgs:
             positive_int(name)
         for name in ("max_model_len", "num_kv_blocks", "kv_cache_bytes"):
             positive_int(name, allow_none=True)
+        thresholds = self.group_token_thresholds
+        if (not isinstance(thresholds, (tuple, list))
+                or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in thresholds)
+                or list(thresholds) != sorted(set(thresholds))):
+            raise ValueError(f"group_token_thresholds must be increasing positive token counts, got {thresholds!r}")
+        self.group_token_thresholds = tuple(thresholds)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.schedule_mode == "chunked" and self.max_num_batched_tokens < self.max_num_seqs:
