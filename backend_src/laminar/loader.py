@@ -49,9 +49,10 @@ def load_safetensors(model: Qwen3ForCausalLM, model_dir: str | Path) -> None:
         raise ValueError(f"model: no *.safetensors files in {model_dir!s}")
     params = dict(model.named_parameters())
     filled: dict[str, int] = {}
+    vocab_params = [n for n in ("embed_tokens", "lm_head") if n in params]
     with torch.no_grad():
-        for p in params.values():
-            p.zero_()  # vocabulary padding rows of the last rank stay zero
+        for n in vocab_params:
+            params[n].zero_()  # the last rank's vocabulary padding rows stay zero
         for path in files:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
@@ -65,13 +66,14 @@ def load_safetensors(model: Qwen3ForCausalLM, model_dir: str | Path) -> None:
                         dest.copy_(tensor)
                         filled[pname] = filled.get(pname, 0) + dest.numel()
     expected = {n: p.numel() for n, p in params.items()}
-    for vocab_param in ("embed_tokens", "lm_head"):
-        if vocab_param in params:
-            rows = _vocab_rows(model)
-            expected[vocab_param] = (rows.stop - rows.start) * model.cfg.hidden_size
+    rows = _vocab_rows(model)
+    for n in vocab_params:
+        expected[n] = (rows.stop - rows.start) * model.cfg.hidden_size
     missing = [n for n in params if filled.get(n, 0) != expected[n]]
     if missing:
         raise ValueError(f"checkpoint in {model_dir!s} does not set: {', '.join(missing[:8])}")
+
+
 def _vocab_rows(model: Qwen3ForCausalLM) -> slice:
     """The vocabulary rows this rank holds (the last rank's range may be short)."""
     layout, vocab = model.layout, model.cfg.vocab_size

@@ -240,7 +240,7 @@ def step_inputs(plan: StepPlan) -> StepInputs:
                    for t in seq.token_ids(start, start + n)],
         starts=[start for _, start, _ in entries],
         q_lens=[n for _, _, n in entries],
-        block_tables=[list(seq.block_table) for seq, _, _ in entries],
+        block_tables=[seq.block_table for seq, _, _ in entries],  # read before any sequence grows again
         num_decode=num_decode,
         prefill_layers=layers,
         carry_rows=pre.carry_rows if has_prefill else None,
