@@ -3,7 +3,7 @@
 # Qwen3-30B-A3B shapes with random weights, layered vs chunked prefill, ShareGPT and arXiv-like
 # workloads at three Poisson request rates. Needs .devcarry (carry it; see
 # /work/shared/device/stage.sh). Finishes within 9 minutes: the sweep starts no run after its
-# deadline (SWEEP_DEADLINE_S, default 440 s) and is killed at 480 s. $OUT gets 7 files:
+# deadline (SWEEP_DEADLINE_S, default 440 s) and is killed 40 s after it. $OUT gets 7 files:
 # sweep.tar.gz (everything, profile exports included), analysis.json, analysis.md, the three PNGs
 # and the log.
 set -o pipefail
@@ -18,7 +18,7 @@ SWEEP=/tmp/sweep
   mkdir -p /tmp/pkg && ln -sfn "$PWD/kernels" /tmp/pkg/laminar_kernels
   site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   printf '%s\n%s\n' "$PWD/backend_src" /tmp/pkg > "$site/laminar-backend-src.pth"
-  timeout 480 python3 perf/sweep.py --config "$CONFIG" --out-dir "$SWEEP" --deadline-s "${SWEEP_DEADLINE_S:-440}"
+  timeout $(( ${SWEEP_DEADLINE_S:-440} + 40 )) python3 perf/sweep.py --config "$CONFIG" --out-dir "$SWEEP" --deadline-s "${SWEEP_DEADLINE_S:-440}"
   echo "sweep rc=$?"
   cat "$SWEEP/analysis.md"
 } 2>&1 | tee "$OUT/sweep_log"

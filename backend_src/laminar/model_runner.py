@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from laminar.config import EngineArgs, ModelConfig
-from laminar.cuda_graphs import DecodeGraphs
+from laminar.cuda_graphs import DecodeGraphs, MixedGraphs
 from laminar.distributed import ShardLayout, TensorParallel
 from laminar.loader import load_dummy, load_safetensors
 from laminar.models import ForwardBatch, Qwen3ForCausalLM
@@ -26,6 +26,7 @@ from laminar.tp_worker import WorkerGroup
 
 CPU_DEFAULT_KV_BYTES = 256 << 20
 MAX_GRAPH_BATCH = 256  # larger decode batches run eagerly, where launch overhead matters less
+MAX_MIXED_GRAPH_TOKENS = 2048  # larger mixed batches keep the GPU busier than the host's launches
 
 
 @dataclass
@@ -75,10 +76,14 @@ class ModelRunner:
         )
         self.carry: tuple[torch.Tensor, torch.Tensor] | None = None  # the prefill batch's rows between groups
         self.sampler = Sampler()
-        self.decode_graphs = None
+        self.decode_graphs = self.mixed_graphs = None
         if self.device.type == "cuda" and not args.enforce_eager:
             self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.expert_hits,
                                               min(args.max_num_seqs, MAX_GRAPH_BATCH), max_model_len, args.block_size)
+            # Chunked steps hold at most the budget's tokens; layered ones the decodes besides.
+            mixed_rows = args.max_num_batched_tokens + (args.max_num_seqs if args.schedule_mode == "layered" else 0)
+            self.mixed_graphs = MixedGraphs(self.model, self.kv_caches, self.expert_hits,
+                                            min(mixed_rows, MAX_MIXED_GRAPH_TOKENS))
 
     @property
     def devices(self) -> list[torch.device]:
@@ -138,7 +143,7 @@ class ModelRunner:
             graphs.load(batch.decode_positions, batch.decode_meta)
         else:
             graphs = None
-        result = self.model(batch, self.kv_caches, self.expert_hits, graphs)
+        result = self.model(batch, self.kv_caches, self.expert_hits, graphs, self.mixed_graphs)
         if len(batch.prefill_layers):
             self.carry = result.prefill_carry
         return result

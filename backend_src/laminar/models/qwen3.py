@@ -69,18 +69,24 @@ class Attention(nn.Module):
         self.q_norm = nn.Parameter(torch.ones(self.head_dim))
         self.k_norm = nn.Parameter(torch.ones(self.head_dim))
 
-    def forward(
+    def project(
         self, x: torch.Tensor, positions: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
-        meta: AttentionMetadata, cos_sin: torch.Tensor,
+        slot_mapping: torch.Tensor, cos_sin: torch.Tensor,
     ) -> torch.Tensor:
+        """Queries of the new tokens; their keys and values go into the cache."""
         ops, t = self.ops, x.shape[0]
         q, k, v = F.linear(x, self.qkv_proj).split(self.split, dim=-1)
         q = ops.rms_norm(q.reshape(t, self.num_heads, self.head_dim), self.q_norm, self.eps)
         k = ops.rms_norm(k.reshape(t, self.num_kv_heads, self.head_dim), self.k_norm, self.eps)
         q, k = ops.rope(q, k, positions, cos_sin)
-        ops.store_kv(k, v.reshape(t, self.num_kv_heads, self.head_dim), kv_cache[0], kv_cache[1], meta.slot_mapping)
-        out = ops.paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
-        return self.tp.all_reduce(F.linear(out.reshape(t, -1), self.o_proj))
+        ops.store_kv(k, v.reshape(t, self.num_kv_heads, self.head_dim), kv_cache[0], kv_cache[1], slot_mapping)
+        return q
+
+    def attend(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+        return self.ops.paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
+
+    def output(self, attn: torch.Tensor) -> torch.Tensor:
+        return self.tp.all_reduce(F.linear(attn.reshape(attn.shape[0], -1), self.o_proj))
 
 
 class DenseMLP(nn.Module):
@@ -138,9 +144,23 @@ class DecoderLayer(nn.Module):
         expert_hits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-norm block; (hidden, residual) sum to the residual stream between layers."""
+        q, residual = self.before_attention(hidden, residual, positions, kv_cache, meta.slot_mapping, cos_sin)
+        return self.after_attention(self.self_attn.attend(q, kv_cache, meta), residual, expert_hits)
+
+    # The two halves around attention: the parts whose shapes depend only on the token count
+    # (so mixed batches can replay them as CUDA graphs; see cuda_graphs.MixedGraphs).
+    def before_attention(
+        self, hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor], slot_mapping: torch.Tensor, cos_sin: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x, residual = self.ops.add_rms_norm(hidden, residual, self.input_layernorm, self.eps)
-        x = self.self_attn(x, positions, kv_cache, meta, cos_sin)
-        x, residual = self.ops.add_rms_norm(x, residual, self.post_attention_layernorm, self.eps)
+        return self.self_attn.project(x, positions, kv_cache, slot_mapping, cos_sin), residual
+
+    def after_attention(
+        self, attn: torch.Tensor, residual: torch.Tensor, expert_hits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, residual = self.ops.add_rms_norm(self.self_attn.output(attn), residual, self.post_attention_layernorm,
+                                            self.eps)
         x = self.mlp(x, expert_hits) if isinstance(self.mlp, SparseMoE) else self.mlp(x)
         return x, residual
 
@@ -177,11 +197,12 @@ class Qwen3ForCausalLM(nn.Module):
 
     def forward(
         self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], expert_hits: torch.Tensor,
-        decode_graphs=None,
+        decode_graphs=None, mixed_graphs=None,
     ) -> ForwardResult:
         """Decode rows cross every layer; prefill rows join for batch.prefill_layers.
 
-        decode_graphs (a loaded DecodeGraphs, or None) replays the decode-only layers.
+        decode_graphs (a loaded DecodeGraphs, or None) replays the decode-only layers;
+        mixed_graphs (a MixedGraphs, or None) the layers of the mixed range around attention.
         """
         num_layers, pre = self.cfg.num_layers, batch.prefill_layers
         num_decode = batch.decode_ids.shape[0]
@@ -199,9 +220,12 @@ class Qwen3ForCausalLM(nn.Module):
             else:
                 p_hidden, p_residual = batch.prefill_hidden, batch.prefill_residual
             hidden, residual = torch.cat((hidden, p_hidden)), torch.cat((residual, p_residual))
-            for i in pre:
-                hidden, residual = self.layers[i](hidden, residual, batch.mixed_positions, kv_caches[i],
-                                                  batch.mixed_meta, self.rotary.cos_sin, expert_hits)
+            if mixed_graphs is not None and mixed_graphs.fits(hidden.shape[0]):
+                hidden, residual = mixed_graphs.run(pre, hidden, residual, batch.mixed_positions, batch.mixed_meta)
+            else:
+                for i in pre:
+                    hidden, residual = self.layers[i](hidden, residual, batch.mixed_positions, kv_caches[i],
+                                                      batch.mixed_meta, self.rotary.cos_sin, expert_hits)
             if pre.stop < num_layers:
                 carry = (hidden[num_decode:], residual[num_decode:])
                 hidden, residual = hidden[:num_decode], residual[:num_decode]
