@@ -77,13 +77,43 @@ class ModelRunner:
         self.carry: tuple[torch.Tensor, torch.Tensor] | None = None  # the prefill batch's rows between groups
         self.sampler = Sampler()
         self.decode_graphs = self.mixed_graphs = None
+        # Chunked steps hold at most the budget's tokens; layered ones the decodes besides.
+        mixed_rows = args.max_num_batched_tokens + (args.max_num_seqs if args.schedule_mode == "layered" else 0)
         if self.device.type == "cuda" and not args.enforce_eager:
             self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.expert_hits,
                                               min(args.max_num_seqs, MAX_GRAPH_BATCH), max_model_len, args.block_size)
-            # Chunked steps hold at most the budget's tokens; layered ones the decodes besides.
-            mixed_rows = args.max_num_batched_tokens + (args.max_num_seqs if args.schedule_mode == "layered" else 0)
             self.mixed_graphs = MixedGraphs(self.model, self.kv_caches, self.expert_hits,
                                             min(mixed_rows, MAX_MIXED_GRAPH_TOKENS))
+        if self.device.type == "cuda":
+            self._compile_eager_kernels(self.mixed_graphs.max_rows if self.mixed_graphs else 0, mixed_rows)
+
+    @torch.inference_mode()
+    def _compile_eager_kernels(self, graphed_rows: int, max_rows: int) -> None:
+        """Runs one layer of each kind at the token counts that run outside graphs, so that Triton
+        compiles their kernel variants now and not under the first such batch, where a compile
+        stalls every running request for seconds. Counts: the powers of two (the MoE tile tables'
+        rungs) above the graphed range and the largest, each at three residues mod 16 (Triton
+        specialises integer arguments on divisibility by 16). Writes only to the still unused cache.
+        """
+        max_rows = min(max_rows, self.num_blocks * self.block_size)
+        tops = {1 << k for k in range(max_rows.bit_length()) if 1 << k <= max_rows} | {max_rows}
+        counts = sorted({n for t in tops for n in (t - 2, t - 1, t) if n > max(graphed_rows, 0)})
+        kinds = {type(layer.mlp): i for i, layer in enumerate(self.model.layers)}
+        for n in counts:
+            hidden, residual = torch.zeros(2, n, self.cfg.hidden_size, dtype=self.dtype, device=self.device)
+            positions = torch.zeros(n, dtype=torch.long, device=self.device)
+            tables = torch.arange(-(-n // self.block_size), dtype=torch.int32, device=self.device)
+            meta = AttentionMetadata(
+                query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=self.device),
+                seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
+                block_tables=tables.view(1, -1),
+                slot_mapping=torch.arange(n, device=self.device),
+                max_query_len=n, max_seq_len=n,
+            )
+            for i in kinds.values():
+                self.model.layers[i](hidden, residual, positions, self.kv_caches[i], meta,
+                                     self.model.rotary.cos_sin, self.expert_hits)
+        self.expert_hits.zero_()
 
     @property
     def devices(self) -> list[torch.device]:
