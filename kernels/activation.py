@@ -5,8 +5,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import jit_sized
 
-@triton.jit
+
+@jit_sized("n_rows")
 def _silu_and_mul_kernel(x_ptr, out_ptr, n_rows, inter, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)

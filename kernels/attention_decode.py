@@ -13,13 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import device_sms, dot_precision, next_pow2
+from .common import device_sms, dot_precision, jit_sized, next_pow2
 
 if TYPE_CHECKING:
     from laminar.ops.metadata import AttentionMetadata
 
 
-@triton.jit
+@jit_sized("n_splits", "stride_bt")
 def _decode_split_kernel(
     q_ptr, kc_ptr, vc_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, part_o_ptr, part_lse_ptr,
     scale, head_dim, group, n_splits,
@@ -76,7 +76,7 @@ def _decode_split_kernel(
     tl.store(part_lse_ptr + part_row, lse, mask=g_ok)
 
 
-@triton.jit
+@jit_sized("n_splits")
 def _decode_reduce_kernel(
     part_o_ptr, part_lse_ptr, out_ptr, qsl_ptr, head_dim, n_splits, stride_ot, stride_oh,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot_precision, next_pow2
+from .common import dot_precision, jit_sized, next_pow2
 
 if TYPE_CHECKING:
     from laminar.ops.metadata import AttentionMetadata
@@ -51,7 +51,7 @@ def _tile_step(
     return acc, m_new, l_i
 
 
-@triton.jit
+@jit_sized("stride_bt")
 def _prefill_kernel(
     q_ptr, kc_ptr, vc_ptr, out_ptr, bt_ptr, seq_lens_ptr, qsl_ptr,
     scale, head_dim, group,

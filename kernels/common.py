@@ -8,6 +8,16 @@ import triton
 import triton.language as tl
 
 
+def jit_sized(*per_batch: str):
+    """triton.jit that does not specialise the named arguments (token counts, table widths).
+
+    Triton compiles a variant per value class of each integer argument (== 1, divisible by
+    16); for sizes that change every batch that means compiles in the middle of serving,
+    each stalling every running request for a second or more. One variant serves all sizes.
+    """
+    return triton.jit(do_not_specialize=list(per_batch))
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact (ieee) dots so the fp32 model test stays tight; 16-bit ones use tensor cores."""
     return "ieee" if dtype == torch.float32 else "tf32"

@@ -11,10 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import next_pow2
+from .common import jit_sized, next_pow2
 
 
-@triton.jit
+@jit_sized("n_valid")
 def _count_kernel(ids_ptr, counts_ptr, n_valid, n_experts, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
     c = tl.program_id(0)
     offs = c * CHUNK + tl.arange(0, CHUNK)
@@ -24,7 +24,7 @@ def _count_kernel(ids_ptr, counts_ptr, n_valid, n_experts, CHUNK: tl.constexpr, 
     tl.store(counts_ptr + c * BLOCK_E + experts, tl.sum(onehot, axis=0))
 
 
-@triton.jit
+@jit_sized("n_chunks", "n_blocks")
 def _prefix_kernel(
     counts_ptr, offsets_ptr, expert_ids_ptr, total_ptr, n_chunks, n_blocks,
     BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, ROWS: tl.constexpr,
@@ -53,7 +53,7 @@ def _prefix_kernel(
         tl.store(expert_ids_ptr + b, e, mask=b < n_blocks)
 
 
-@triton.jit
+@jit_sized("n_valid")
 def _scatter_kernel(ids_ptr, offsets_ptr, sorted_ptr, n_valid, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
     c = tl.program_id(0)
     offs = c * CHUNK + tl.arange(0, CHUNK)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .common import jit_sized
 
-@triton.jit
+
+@jit_sized("n_valid", "max_rows")
 def moe_gemm_kernel(
     a_ptr, b_ptr, c_ptr, w_ptr, sorted_ptr, expert_ptr, total_ptr,
     n_out, k_dim, n_valid, max_rows,

@@ -5,10 +5,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import next_pow2
+from .common import jit_sized, next_pow2
 
 
-@triton.jit
+@jit_sized("n_rows")
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, n_rows, n_cols, eps,
     HAS_RESIDUAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,

@@ -212,7 +212,8 @@ class ModelRunner:
         """Metadata of all rows, and of the leading decode rows alone (views of the same tensors).
 
         Built with numpy and moved in two copies (one int32, one int64 buffer): per-op torch
-        overhead on small CPU tensors would otherwise be a visible share of a decode step.
+        overhead on small CPU tensors would otherwise be a visible share of a decode step. Each
+        part starts 16-byte aligned, as Triton compiles a kernel variant per pointer alignment.
         """
         bs, num_decode, entries = self.block_size, inputs.num_decode, len(inputs.starts)
         q_lens = np.asarray(inputs.q_lens, dtype=np.int64)
@@ -227,15 +228,14 @@ class ModelRunner:
         seq_index = np.repeat(np.arange(entries), q_lens)
         positions = starts[seq_index] + np.arange(int(query_start[-1])) - query_start[:-1][seq_index]
         slots = tables[seq_index, positions // bs].astype(np.int64) * bs + positions % bs
-        small = torch.from_numpy(np.concatenate((query_start.astype(np.int32), seq_lens.astype(np.int32),
-                                                 tables.ravel()))).to(self.device)
-        wide = torch.from_numpy(np.concatenate((slots, positions))).to(self.device)
-        n_tokens = len(positions)
+        qsl, lens, flat_tables = _aligned_parts(
+            self.device, query_start.astype(np.int32), seq_lens.astype(np.int32), tables.ravel())
+        slot_mapping, positions_t = _aligned_parts(self.device, slots, positions)
         meta = AttentionMetadata(
-            query_start_loc=small[: entries + 1],
-            seq_lens=small[entries + 1: 2 * entries + 1],
-            block_tables=small[2 * entries + 1:].view(entries, width),
-            slot_mapping=wide[:n_tokens],
+            query_start_loc=qsl,
+            seq_lens=lens,
+            block_tables=flat_tables.view(entries, width),
+            slot_mapping=slot_mapping,
             max_query_len=int(q_lens.max()),
             max_seq_len=int(seq_lens.max()),
         )
@@ -249,7 +249,21 @@ class ModelRunner:
                 max_query_len=1,
                 max_seq_len=int(seq_lens[:num_decode].max()),
             )
-        return meta, decode_meta, wide[n_tokens:]
+        return meta, decode_meta, positions_t
+
+
+def _aligned_parts(device: torch.device, *parts: np.ndarray) -> list[torch.Tensor]:
+    """One host-to-device copy of same-dtype arrays: a view per part, each starting at a 16-byte boundary."""
+    step = 16 // parts[0].itemsize
+    offsets, size = [], 0
+    for part in parts:
+        offsets.append(size)
+        size += -(-len(part) // step) * step
+    host = np.zeros(size, dtype=parts[0].dtype)
+    for part, offset in zip(parts, offsets):
+        host[offset: offset + len(part)] = part
+    buffer = torch.from_numpy(host).to(device)
+    return [buffer[offset: offset + len(part)] for part, offset in zip(parts, offsets)]
 
 
 def step_inputs(plan: StepPlan) -> StepInputs:
