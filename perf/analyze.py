@@ -23,6 +23,9 @@ receive time of each streamed response; genai-perf's definitions where it has on
   expert GB/request  change of lp:expert_weight_bytes_total / change of lp:request_success_total.
 A request succeeded when its last response carries a finish reason and it made max_tokens tokens.
 
+The comparison table puts each layered engine beside each chunked one, workload by workload
+and rate by rate, as ratios layered / chunked (below 1: layered lower).
+
     python perf/analyze.py /tmp/sweep [--ttft-slo-ms 2000 --tbt-slo-ms 100]
 """
 from __future__ import annotations
@@ -147,7 +150,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def markdown(analysis: dict) -> str:
     slo = analysis["slo"]
-    head = ("| engine | workload | rate | ok/n | TTFT p50/p99 ms | TBT p50/p99 ms | TPOT mean ms | E2E p50 ms "
+    head = ("| engine | workload | rate | ok/n | TTFT mean/p50/p99 ms | TBT p50/p99/max ms | TPOT mean ms | E2E p50 ms "
             f"| SLO att. (TTFT<={slo['ttft_ms']:g}, TBT<={slo['tbt_ms']:g}) | goodput req/s | out tok/s "
             "| J/token | expert GB/req |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -157,13 +160,45 @@ def markdown(analysis: dict) -> str:
             continue
         lines.append(
             f"| {r['engine']} | {r['workload']} | {r['request_rate']:g} | {r['succeeded']}/{r['requests']} "
-            f"| {fmt(r['ttft_ms']['p50'])} / {fmt(r['ttft_ms']['p99'])} | {fmt(r['tbt_ms']['p50'])} / "
-            f"{fmt(r['tbt_ms']['p99'])} | {fmt(r['tpot_ms']['mean'])} | {fmt(r['e2e_ms']['p50'])} "
+            f"| {fmt(r['ttft_ms']['mean'], 0)} / {fmt(r['ttft_ms']['p50'], 0)} / {fmt(r['ttft_ms']['p99'], 0)} "
+            f"| {fmt(r['tbt_ms']['p50'])} / {fmt(r['tbt_ms']['p99'])} / {fmt(r['tbt_ms']['max'], 0)} "
+            f"| {fmt(r['tpot_ms']['mean'])} | {fmt(r['e2e_ms']['p50'], 0)} "
             f"| {fmt(r['slo_attainment'], 2)} | {fmt(r['goodput'], 2)} | {fmt(r['output_token_throughput'])} "
             f"| {fmt(r['energy_j_per_token'], 4)} | {fmt(r['expert_gb_per_request'], 2)} |")
+    lines += comparison(analysis)
     notes = [f"\nSkipped (deadline): {', '.join(analysis['skipped'])}"] if analysis.get("skipped") else []
     notes += [f"\nEngine failed: {f.splitlines()[0]}" for f in analysis.get("failures", [])]
     return "\n".join(lines + notes) + "\n"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}"
+
+
+def comparison(analysis: dict) -> list[str]:
+    """Layered / chunked ratios of the headline numbers, for every pair run on the same workload and rate."""
+    runs = [r for r in analysis["runs"] if "error" not in r]
+    cells = {(r["engine"], r["workload"], r["request_rate"]): r for r in runs}
+    layered = list(dict.fromkeys(r["engine"] for r in runs if r["schedule_mode"] == "layered"))
+    chunked = list(dict.fromkeys(r["engine"] for r in runs if r["schedule_mode"] == "chunked"))
+    lines = []
+    for lay in layered:
+        for chk in chunked:
+            for (engine, workload, rate), r in cells.items():
+                base = cells.get((chk, workload, rate))
+                if engine != lay or base is None:
+                    continue
+                lines.append(
+                    f"| {lay} / {chk} | {workload} | {rate:g} | {ratio(r['ttft_ms']['mean'], base['ttft_ms']['mean'])} "
+                    f"| {ratio(r['tbt_ms']['p99'], base['tbt_ms']['p99'])} "
+                    f"| {ratio(r['energy_j_per_token'], base['energy_j_per_token'])} "
+                    f"| {ratio(r['expert_gb_per_request'], base['expert_gb_per_request'])} "
+                    f"| {fmt(r['slo_attainment'], 2)} vs {fmt(base['slo_attainment'], 2)} |")
+    if not lines:
+        return []
+    return ["", "Layered / chunked, same workload and rate:", "",
+            "| pair | workload | rate | mean TTFT | P99 TBT | J/token | expert GB/req | SLO attainment |",
+            "|---|---|---|---|---|---|---|---|", *lines]
 
 
 def write(sweep_dir: Path, analysis: dict) -> None:
