@@ -40,7 +40,12 @@ def test_every_run_present(sweep_dir: Path) -> None:
     want = {(e["label"], w["name"], r) for e in config["engines"] for w in config["workloads"]
             for r in config["request_rates"][w["name"]]}
     assert {(r["engine"], r["workload"], r["request_rate"]) for r in analysis["runs"]} == want
-    assert "| engine |" in (sweep_dir / "analysis.md").read_text()
+    table = (sweep_dir / "analysis.md").read_text()
+    assert "| engine |" in table
+    ratio_rows = [line for line in table.splitlines() if line.startswith("| layered-256 / chunked-64 |")]
+    assert len(ratio_rows) == len([w for w in config["workloads"] for _ in config["request_rates"][w["name"]]])
+    for line in ratio_rows:  # mean TTFT and P99 TBT ratios are numbers (energy is absent on CPU)
+        assert float(line.split("|")[4]) > 0 and float(line.split("|")[5]) > 0
 
 
 def test_requests_succeed_with_sane_latencies(sweep_dir: Path) -> None:
