@@ -91,9 +91,10 @@ class ModelRunner:
     def _compile_eager_kernels(self, graphed_rows: int, max_rows: int) -> None:
         """Runs one layer of each kind at the token counts that run outside graphs, so that Triton
         compiles their kernel variants now and not under the first such batch, where a compile
-        stalls every running request for seconds. Counts: the powers of two (the MoE tile tables'
-        rungs) above the graphed range and the largest, each at three residues mod 16 (Triton
-        specialises integer arguments on divisibility by 16). Writes only to the still unused cache.
+        stalls every running request for seconds. Counts: the powers of two above the graphed range
+        (the MoE tile tables' rungs, each a variant) and the largest, each also one and two below
+        (odd and even sizes, for integer arguments still specialised on divisibility by 16).
+        Writes only to the still unused cache.
         """
         max_rows = min(max_rows, self.num_blocks * self.block_size)
         tops = {1 << k for k in range(max_rows.bit_length()) if 1 << k <= max_rows} | {max_rows}
