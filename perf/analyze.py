@@ -182,18 +182,18 @@ def comparison(analysis: dict) -> list[str]:
     layered = list(dict.fromkeys(r["engine"] for r in runs if r["schedule_mode"] == "layered"))
     chunked = list(dict.fromkeys(r["engine"] for r in runs if r["schedule_mode"] == "chunked"))
     lines = []
-    for lay in layered:
-        for chk in chunked:
-            for (engine, workload, rate), r in cells.items():
-                base = cells.get((chk, workload, rate))
-                if engine != lay or base is None:
-                    continue
-                lines.append(
-                    f"| {lay} / {chk} | {workload} | {rate:g} | {ratio(r['ttft_ms']['mean'], base['ttft_ms']['mean'])} "
-                    f"| {ratio(r['tbt_ms']['p99'], base['tbt_ms']['p99'])} "
-                    f"| {ratio(r['energy_j_per_token'], base['energy_j_per_token'])} "
-                    f"| {ratio(r['expert_gb_per_request'], base['expert_gb_per_request'])} "
-                    f"| {fmt(r['slo_attainment'], 2)} vs {fmt(base['slo_attainment'], 2)} |")
+    for lay, chk in ((lay, chk) for lay in layered for chk in chunked):
+        for r in (r for r in runs if r["engine"] == lay):
+            base = cells.get((chk, r["workload"], r["request_rate"]))
+            if base is None:
+                continue
+            lines.append(
+                f"| {lay} / {chk} | {r['workload']} | {r['request_rate']:g} "
+                f"| {ratio(r['ttft_ms']['mean'], base['ttft_ms']['mean'])} "
+                f"| {ratio(r['tbt_ms']['p99'], base['tbt_ms']['p99'])} "
+                f"| {ratio(r['energy_j_per_token'], base['energy_j_per_token'])} "
+                f"| {ratio(r['expert_gb_per_request'], base['expert_gb_per_request'])} "
+                f"| {fmt(r['slo_attainment'], 2)} vs {fmt(base['slo_attainment'], 2)} |")
     if not lines:
         return []
     return ["", "Layered / chunked, same workload and rate:", "",

@@ -91,14 +91,12 @@ class ModelRunner:
     def _compile_eager_kernels(self, graphed_rows: int, max_rows: int) -> None:
         """Runs one layer of each kind at the token counts that run outside graphs, so that Triton
         compiles their kernel variants now and not under the first such batch, where a compile
-        stalls every running request for seconds. Counts: the powers of two above the graphed range
-        (the MoE tile tables' rungs, each a variant) and the largest, each also one and two below
-        (odd and even sizes, for integer arguments still specialised on divisibility by 16).
-        Writes only to the still unused cache.
+        stalls every running request for seconds. Sizes themselves are not specialised on
+        (kernels.common.jit_sized); what still differs by token count is the MoE tile config, one
+        per power of two (the tuned tables' rungs). Writes only to the still unused cache.
         """
         max_rows = min(max_rows, self.num_blocks * self.block_size)
-        tops = {1 << k for k in range(max_rows.bit_length()) if 1 << k <= max_rows} | {max_rows}
-        counts = sorted({n for t in tops for n in (t - 2, t - 1, t) if n > max(graphed_rows, 0)})
+        counts = sorted(n for n in {1 << k for k in range(max_rows.bit_length())} | {max_rows} if n > graphed_rows)
         kinds = {type(layer.mlp): i for i, layer in enumerate(self.model.layers)}
         for n in counts:
             hidden, residual = torch.zeros(2, n, self.cfg.hidden_size, dtype=self.dtype, device=self.device)
