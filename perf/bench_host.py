@@ -14,10 +14,10 @@ import random
 import statistics
 import time
 
-from laminar.config import EngineArgs, ModelConfig, split_layers
+from laminar.config import EngineArgs, ModelConfig
+from laminar.layered_prefill import Chunk, Segment, StepPlan
 from laminar.model_runner import ModelRunner, step_inputs
 from laminar.sampling_params import SamplingParams
-from laminar.scheduler import Chunk, PrefillBatch, StepPlan
 from laminar.sequence import Sequence
 
 
@@ -35,11 +35,10 @@ def synthetic_plan(decodes: int, context: int, prompt: int, block_size: int, voc
         return s
 
     decode = [seq(f"d{i}", context, context - 1) for i in range(decodes)]
-    prefill = None
+    segments = ()
     if prompt:
-        p = seq("p", prompt, 0)
-        prefill = PrefillBatch([Chunk(p, 0, prompt)], split_layers(48, 16))
-    return StepPlan(decode, prefill)
+        segments = (Segment(0, (Chunk(seq("p", prompt, 0), 0, prompt),), range(3), None, False),)
+    return StepPlan(tuple(decode), segments, carried=(0,))
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ def reference(model_dir, prompts: dict[str, list[int]], n: int) -> dict[str, lis
 
 def assert_pool_full(engine) -> None:
     assert engine.blocks.num_free == engine.blocks.num_blocks
-    assert not engine.seqs and engine.scheduler.num_unfinished == 0 and engine.scheduler.batch is None
+    assert not engine.seqs and engine.scheduler.num_unfinished == 0 and not engine.scheduler.batches
 
 
 @pytest.mark.parametrize("abort_at", range(5))
@@ -32,8 +32,10 @@ def test_abort_mid_prefill_at_every_group(moe_checkpoint_5, abort_at):
         for out in engine.step():
             (got if out.request_id == "other" else []).extend(out.new_token_ids)
     if 1 <= abort_at <= 3:  # the batch is in flight, its rows carried between groups
-        assert "victim" in engine.last_step.prefill_ids and engine.last_step.group_index == abort_at - 1
-        assert engine.runner.carry is not None and engine.scheduler.batch.next_group == abort_at
+        (segment,) = engine.last_step.segments
+        assert "victim" in segment.request_ids and segment.layers.start == [0, 2, 3][abort_at - 1]
+        (batch,) = engine.scheduler.batches
+        assert list(engine.runner.carry) == [batch.id] and batch.layers_done == segment.layers.stop
     assert engine.abort("victim")
     assert not engine.abort("victim")
     while engine.has_unfinished_requests():

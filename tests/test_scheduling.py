@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from engine_utils import greedy, make_engine, run_to_completion
-from laminar.config import split_layers
+from laminar.layered_prefill import paper_num_groups, split_layers
 
 NUM_LAYERS = 5
 
@@ -45,38 +45,51 @@ def test_chunked_matches_hf_generate(moe_checkpoint_5, reference, budget):
     assert engine.blocks.num_free == engine.blocks.num_blocks
 
 
+class SpansPerBatch:
+    """Collects, per prefill batch, the layer spans it crossed (one per iteration)."""
+
+    def __init__(self) -> None:
+        self.spans: dict[int, list[range]] = {}
+
+    def __call__(self, it, engine) -> None:
+        for seg in engine.last_step.segments if engine.last_step else []:
+            self.spans.setdefault(seg.batch_id, []).append(seg.layers)
+
+    def group_counts(self) -> set[int]:
+        return {len(spans) for spans in self.spans.values()}
+
+
 @pytest.mark.parametrize("groups", [1, 2, 3, 4])
 def test_layered_matches_hf_generate(moe_checkpoint_5, reference, groups):
     engine = make_engine(moe_checkpoint_5, schedule_mode="layered", num_stages=groups, group_token_thresholds=(),
                          max_num_batched_tokens=32)
-    seen_groups = set()
-    outputs = run_to_completion(engine, workload(0),
-                                on_step=lambda it, e: e.last_step and seen_groups.add(e.last_step.num_groups))
+    seen = SpansPerBatch()
+    outputs = run_to_completion(engine, workload(0), on_step=seen)
     assert outputs == reference
-    assert seen_groups - {0} == {groups}
+    assert seen.group_counts() == {groups}
     assert engine.blocks.num_free == engine.blocks.num_blocks
 
 
 def test_more_stages_than_layers_is_clamped(moe_checkpoint_5, reference):
     """num_stages above the layer count gives one layer per group."""
     engine = make_engine(moe_checkpoint_5, num_stages=8, group_token_thresholds=(), max_num_batched_tokens=32)
-    groups = set()
-    outputs = run_to_completion(engine, workload(0), on_step=lambda it, e: e.last_step and groups.add(e.last_step.num_groups))
+    seen = SpansPerBatch()
+    outputs = run_to_completion(engine, workload(0), on_step=seen)
     assert outputs == reference
-    assert groups - {0} == {NUM_LAYERS}
+    assert seen.group_counts() == {NUM_LAYERS}
 
 
 def test_group_policy():
     from laminar import EngineArgs
 
     args = EngineArgs(model="x", num_stages=16)
-    picks = [args.num_groups(n, 48) for n in (1, 512, 513, 1024, 2048, 4096, 4097, 100_000)]
+    picks = [paper_num_groups(args, n, 48) for n in (1, 512, 513, 1024, 2048, 4096, 4097, 100_000)]
     assert picks == [1, 1, 2, 2, 4, 8, 16, 16]
-    assert args.num_groups(100_000, 5) == 5
-    assert EngineArgs(model="x", num_stages=3).num_groups(4000, 48) == 3
+    assert paper_num_groups(args, 100_000, 5) == 5
+    assert paper_num_groups(EngineArgs(model="x", num_stages=3), 4000, 48) == 3
     assert [len(g) for g in split_layers(5, 3)] == [2, 2, 1]
     assert [list(g) for g in split_layers(48, 16)][-1] == [45, 46, 47]
-    assert EngineArgs(model="x", group_token_thresholds=[100, 200]).num_groups(150, 48) == 2
+    assert paper_num_groups(EngineArgs(model="x", group_token_thresholds=[100, 200]), 150, 48) == 2
     for bad in ((1024, 512), (0, 512), (512, 512), "512"):
         with pytest.raises(ValueError, match="group_token_thresholds"):
             EngineArgs(model="x", group_token_thresholds=bad)
@@ -117,6 +130,19 @@ def observe(engine, arrivals):
     return trace
 
 
+def assert_each_token_crosses_each_layer_once(trace, prompt_tokens: int) -> None:
+    """Each layer runs the decodes plus the segments whose span covers it; over the run every
+    prompt token crosses every layer exactly once."""
+    prefill_rows = [0] * NUM_LAYERS
+    for it, (record, rows, _, _) in enumerate(trace):
+        decode = len(record.decode_ids)
+        for layer in range(NUM_LAYERS):
+            prefill = sum(seg.tokens for seg in record.segments if layer in seg.layers)
+            assert rows[layer] == decode + prefill, (it, layer)
+            prefill_rows[layer] += prefill
+    assert prefill_rows == [prompt_tokens] * NUM_LAYERS
+
+
 def assert_no_decode_stall(trace):
     """Once a request has its first token, it gains exactly one token per iteration until it finishes."""
     decoding: set[str] = set()
@@ -136,22 +162,19 @@ def test_layered_invariants(moe_checkpoint_5, groups):
     trace = observe(engine, arrivals)
     assert_no_decode_stall(trace)
     layer_groups = split_layers(NUM_LAYERS, groups)
-    prefill_rows = [0] * NUM_LAYERS
+    assert_each_token_crosses_each_layer_once(trace, sum(prompts.values()))
     batch_iters: dict[str, list[int]] = {}
     first_token: dict[str, int] = {}
+    spans: dict[int, list[range]] = {}
     for it, (record, rows, new, _) in enumerate(trace):
-        decode = len(record.decode_ids)
-        for layer in range(NUM_LAYERS):
-            prefill = record.prefill_tokens if layer in record.prefill_layers else 0
-            assert rows[layer] == decode + prefill, (it, layer)
-            prefill_rows[layer] += rows[layer] - decode
-        if record.prefill_ids:
-            assert record.prefill_layers == layer_groups[record.group_index]
+        assert len(record.segments) <= 1  # the static policy moves one batch at a time
+        for seg in record.segments:
+            spans.setdefault(seg.batch_id, []).append(seg.layers)
         for rid in record.prefill_ids:
             batch_iters.setdefault(rid, []).append(it)
         for rid in new:
             first_token.setdefault(rid, it)
-    assert prefill_rows == [sum(prompts.values())] * NUM_LAYERS  # every prompt token, every layer, once
+    assert all(tuple(s) == layer_groups for s in spans.values())
     for rid, iters in batch_iters.items():
         # Each batch (a prompt split by the budget takes several) crosses the G groups in G
         # consecutive iterations; the first token comes at the end of the last one.

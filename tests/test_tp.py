@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from laminar import SamplingParams
 from laminar.config import EngineArgs
 from laminar.engine import LLMEngine
-from laminar.step_inputs import StepInputs, pack, unpack
+from laminar.step_inputs import SegmentInputs, StepInputs, pack, unpack
 from laminar.tp_worker import SPEC_ENV
 
 PROMPTS = [[(7 * i + 3 * j) % 250 + 1 for j in range(n)] for i, n in enumerate((5, 33, 12, 70, 2, 41))]
@@ -52,10 +52,11 @@ def run_script(engine: LLMEngine, abort_after: dict[str, int] | None = None, max
     return got
 
 
-@pytest.mark.parametrize("mode", ["layered", "chunked"])
-def test_tp2_matches_tp1(moe_checkpoint_5, mode):
+@pytest.mark.parametrize("mode, slo", [("layered", None), ("chunked", None), ("layered", 1e-3)])
+def test_tp2_matches_tp1(moe_checkpoint_5, mode, slo):
+    """slo: a target below any step's time, so the SLO policy moves prompts one layer per step."""
     expected = run_script(make_engine(moe_checkpoint_5, 1, schedule_mode=mode))
-    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode)
+    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode, tbt_slo_ms=slo)
     assert [p.poll() for p in engine.runner.workers.procs] == [None]
     assert run_script(engine) == expected
     assert [p.returncode for p in engine.runner.workers.procs] == [0]  # stopped on request, not killed
@@ -140,10 +141,12 @@ def test_indivisible_shapes_are_rejected_before_spawning(moe_checkpoint_5, tp, w
 
 
 def test_step_inputs_round_trip():
-    inputs = StepInputs(token_ids=[5, 6, 7, 8], starts=[9, 0, 3], q_lens=[1, 1, 2], block_tables=[[4, 2, 7], [1], []],
-                        num_decode=2, prefill_layers=range(2, 4), carry_rows=[0, 2], logits_rows=[0, 1])
+    segments = [SegmentInputs(7, 1, range(2, 4), [0, 2]), SegmentInputs(9, 1, range(0, 3), None)]
+    inputs = StepInputs(token_ids=[5, 6, 7, 8], starts=[9, 0, 3, 0], q_lens=[1, 1, 2, 2],
+                        block_tables=[[4, 2, 7], [1], [], [3]], num_decode=2, segments=segments, carried=[7, 9],
+                        logits_rows=[0, 1])
     assert unpack(pack(inputs)) == inputs
-    inputs.carry_rows, inputs.prefill_layers = None, range(0)
+    inputs.segments, inputs.carried = [], []
     assert unpack(pack(inputs)) == inputs
 
 

@@ -99,11 +99,12 @@ class ModelConfig:
 class EngineArgs:
     """Everything that configures an engine; validated on construction.
 
-    num_stages is the largest number of layer groups G a prefill batch is split into
-    (layered mode). The group count of a batch follows the paper's policy by its
-    token count (<=512: 1, <=1024: 2, <=2048: 4, <=4096: 8, more: num_stages), is
-    never above num_stages, and is clamped to the layer count (a group holds at
-    least one layer).
+    tbt_slo_ms, when set, is the time-between-tokens target that chooses how far prompts
+    advance per iteration (layered: how many layers; chunked: how many tokens) from a cost
+    model measured on the device; see layered_prefill.SloPolicy. Unset, the paper's static
+    policy runs: num_stages is the largest number of layer groups G a prefill batch is split
+    into (layered mode), following group_token_thresholds by its token count (<=512: 1,
+    <=1024: 2, <=2048: 4, <=4096: 8, more: num_stages), clamped to the layer count.
     """
 
     model: str
@@ -123,6 +124,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
     group_token_thresholds: tuple[int, ...] = field(default=(512, 1024, 2048, 4096))
+    tbt_slo_ms: float | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_none: bool = False) -> None:
@@ -152,6 +154,9 @@ class EngineArgs:
                 or list(thresholds) != sorted(set(thresholds))):
             raise ValueError(f"group_token_thresholds must be increasing positive token counts, got {thresholds!r}")
         self.group_token_thresholds = tuple(thresholds)
+        slo = self.tbt_slo_ms
+        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float)) or not 0 < slo < 1e6):
+            raise ValueError(f"tbt_slo_ms must be a positive number of milliseconds or unset, got {slo!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.schedule_mode == "chunked" and self.max_num_batched_tokens < self.max_num_seqs:
@@ -180,23 +185,3 @@ class EngineArgs:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-    def num_groups(self, num_prefill_tokens: int, num_layers: int) -> int:
-        """Layer groups for a prefill batch of this many tokens (the paper's policy)."""
-        groups = self.num_stages
-        for i, threshold in enumerate(self.group_token_thresholds):
-            if num_prefill_tokens <= threshold:
-                groups = 2**i
-                break
-        return max(1, min(groups, self.num_stages, num_layers))
-
-
-def split_layers(num_layers: int, num_groups: int) -> list[range]:
-    """Cuts layers into contiguous groups; the first num_layers % num_groups get one more."""
-    base, extra = divmod(num_layers, num_groups)
-    groups, start = [], 0
-    for g in range(num_groups):
-        stop = start + base + (1 if g < extra else 0)
-        groups.append(range(start, stop))
-        start = stop
-    return groups

@@ -4,26 +4,37 @@ Not thread-safe: one thread owns it (the Triton model's engine loop, or LLM).
 """
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from pathlib import Path
 
 import torch
 
 from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, ModelConfig
+from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
+from laminar.layered_prefill import StepPlan
 from laminar.model_runner import ModelRunner
-from laminar.outputs import EngineStats, RequestOutput, StepRecord
+from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
-from laminar.scheduler import Scheduler, StepPlan
+from laminar.scheduler import Scheduler
 from laminar.sequence import Sequence, Status
 from laminar.tokenizer import IncrementalDetokenizer, Tokenizer, load_tokenizer
 
+logger = logging.getLogger(__name__)
+PREEMPTION_WINDOW = 100      # steps over which repeated preemption is noticed
+PREEMPTION_WARN_COUNT = 8    # preemptions within the window that earn a warning
+PREEMPTION_WARN_EVERY_S = 30.0
+
 
 class LLMEngine:
-    def __init__(self, args: EngineArgs, runner: ModelRunner | None = None) -> None:
-        """runner: reuse another engine's model and KV cache (benchmarks compare modes on one set of weights)."""
+    def __init__(self, args: EngineArgs, runner: ModelRunner | None = None, cost: CostModel | None = None) -> None:
+        """runner: reuse another engine's model and KV cache (benchmarks compare modes on one set of
+        weights). cost: the step-time model the SLO policy plans with; by default, with tbt_slo_ms set,
+        one built from a profile of this runner, learning online."""
         self.args = args
         self.model_config = cfg = ModelConfig.from_dir(args.model)
         self.max_model_len = args.max_model_len or cfg.max_position_embeddings
@@ -38,6 +49,9 @@ class LLMEngine:
         self.owns_runner = runner is None
         self.runner = runner or ModelRunner(cfg, args, self.max_model_len)
         try:
+            if cost is None and args.tbt_slo_ms is not None:
+                cost = CostModel(self.runner.profile())
+            self.cost = cost
             self._init_state(args, cfg)
         except BaseException:
             if self.owns_runner:  # do not leave TP workers behind a failed construction
@@ -51,13 +65,15 @@ class LLMEngine:
                 f"the KV cache holds {self.runner.num_blocks * args.block_size} tokens, fewer than "
                 f"max_model_len {self.max_model_len}: raise the KV memory or lower max_model_len"
             )
-        self.scheduler = Scheduler(args, cfg.num_layers, self.blocks)
+        self.scheduler = Scheduler(args, cfg.num_layers, self.blocks, self.cost)
         self.expert_bytes = cfg.expert_num_params() * self.runner.dtype.itemsize
         self.seqs: dict[str, Sequence] = {}
         self.stats = EngineStats(kv_blocks_total=self.runner.num_blocks)
         self.last_step: StepRecord | None = None
         self.energy = EnergyMeter(self.runner.devices)
         self.energy_start = self.energy.read_joules()
+        self.recent_preemptions: deque[int] = deque(maxlen=PREEMPTION_WINDOW)
+        self.last_preemption_warning = -PREEMPTION_WARN_EVERY_S
 
     def add_request(
         self, request_id: str, prompt: str | list[int], params: SamplingParams, arrival_time: float | None = None
@@ -126,16 +142,15 @@ class LLMEngine:
         """Runs one iteration and returns the requests that got a token in it."""
         start = time.perf_counter()
         plan = self.scheduler.schedule()
-        self.stats.num_preemptions += len(plan.preempted)
+        self._note_preemptions(len(plan.preempted))
         if plan.is_empty:
             self.last_step = None
             return []
         now = time.monotonic()
-        if plan.prefill is not None:
-            for chunk in plan.prefill.chunks:
+        for seg in plan.segments:
+            for chunk in seg.chunks:
                 chunk.seq.admitted_time = chunk.seq.admitted_time or now
         sample_seqs = plan.sample_seqs
-        group_index = plan.prefill.next_group if plan.prefill else 0
         forward_start = time.perf_counter()
         result = self.runner.execute(plan)
         forward_s = time.perf_counter() - forward_start - result.prepare_s
@@ -143,8 +158,22 @@ class LLMEngine:
         done = time.monotonic()
         outputs = [self._append(seq, token, done) for seq, token in zip(sample_seqs, result.tokens)]
         total_s = time.perf_counter() - start
-        self._account(plan, group_index, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
+        if self.cost is not None:
+            self.cost.observe(plan.shape, total_s)
+        self._account(plan, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
         return outputs
+
+    def _note_preemptions(self, count: int) -> None:
+        """Counts preemptions and warns (rate-limited) when they repeat: the KV cache is too small for the load."""
+        self.stats.num_preemptions += count
+        self.recent_preemptions.append(count)
+        recent = sum(self.recent_preemptions)
+        if count and recent >= PREEMPTION_WARN_COUNT and time.monotonic() - self.last_preemption_warning > PREEMPTION_WARN_EVERY_S:
+            self.last_preemption_warning = time.monotonic()
+            logger.warning(
+                "%d preemptions in the last %d steps: the KV cache (%d blocks of %d tokens) is too small for "
+                "this load, so requests are recomputed; raise gpu_memory_utilization or lower max_num_seqs",
+                recent, len(self.recent_preemptions), self.blocks.num_blocks, self.blocks.block_size)
 
     def _append(self, seq: Sequence, token: int, now: float) -> RequestOutput:
         """Adds a sampled token, detokenizes it, and finishes the request if a stop condition holds."""
@@ -176,43 +205,39 @@ class LLMEngine:
             first_token_time=seq.first_token_time,
         )
 
-    def _account(
-        self, plan: StepPlan, group_index: int, sample_seqs: list[Sequence], experts_touched: int,
-        cpu_s: float, total_s: float,
-    ) -> None:
-        """Counters and the step record; plan.prefill has already advanced, so its group comes as group_index."""
-        stats, batch = self.stats, plan.prefill
-        prefill = batch is not None and bool(batch.chunks)
+    def _account(self, plan: StepPlan, sample_seqs: list[Sequence], experts_touched: int, cpu_s: float,
+                 total_s: float) -> None:
+        """Counters and the step record."""
+        stats, segments = self.stats, [seg for seg in plan.segments if seg.chunks]
         stats.iterations += 1
-        if prefill and plan.decode:
+        if segments and plan.decode:
             stats.mixed_iterations += 1
-        elif prefill:
+        elif segments:
             stats.prefill_iterations += 1
         else:
             stats.decode_iterations += 1
-        if prefill:
-            stats.groups_run[len(batch.groups)] = stats.groups_run.get(len(batch.groups), 0) + 1
-            if group_index == len(batch.groups) - 1:
-                stats.prompt_tokens += batch.num_tokens
+        layers = sum(len(seg.layers) for seg in segments)
+        if layers:
+            stats.prefill_layers_run[layers] = stats.prefill_layers_run.get(layers, 0) + 1
+        stats.prompt_tokens += sum(seg.num_tokens for seg in segments if seg.finishes)
         stats.generated_tokens += len(sample_seqs)
         stats.expert_bytes_last_step = experts_touched * self.expert_bytes
         stats.expert_bytes_total += stats.expert_bytes_last_step
+        stats.predicted_step_s, stats.measured_step_s = plan.predicted_s, total_s
         self.last_step = StepRecord(
             decode_ids=[s.request_id for s in plan.decode],
-            prefill_ids=[c.seq.request_id for c in batch.chunks] if prefill else [],
-            prefill_tokens=batch.num_tokens if prefill else 0,
-            prefill_layers=batch.groups[group_index] if prefill else range(0),
-            group_index=group_index,
-            num_groups=len(batch.groups) if prefill else 0,
+            segments=[SegmentRecord(seg.batch_id, [c.seq.request_id for c in seg.chunks], seg.num_tokens,
+                                    seg.layers) for seg in segments],
             sampled_ids=[s.request_id for s in sample_seqs],
             experts_touched=experts_touched,
             cpu_s=cpu_s,
             total_s=total_s,
+            predicted_s=plan.predicted_s,
         )
 
     def get_stats(self) -> EngineStats:
         stats = self.stats
-        stats.num_running = len(self.scheduler.running) + len(self.scheduler.prefilling)
+        stats.num_running = len(self.scheduler.decoding) + len(self.scheduler.prefilling)
         stats.num_waiting = len(self.scheduler.waiting)
         stats.kv_blocks_free = self.blocks.num_free
         if self.energy_start is not None:

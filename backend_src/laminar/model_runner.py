@@ -13,20 +13,23 @@ import torch
 import torch.distributed as dist
 
 from laminar.config import EngineArgs, ModelConfig
+from laminar.cost_model import PROFILE_SEQ_TOKENS, Profile
 from laminar.cuda_graphs import DecodeGraphs, MixedGraphs
 from laminar.distributed import ShardLayout, TensorParallel
 from laminar.loader import load_dummy, load_safetensors
+from laminar.layered_prefill import StepPlan, stretches
 from laminar.models import ForwardBatch, Qwen3ForCausalLM
-from laminar.models.qwen3 import ForwardResult
+from laminar.models.qwen3 import ForwardResult, SegmentRows, Stretch
 from laminar.ops import AttentionMetadata, get_ops
 from laminar.sampler import Sampler
-from laminar.scheduler import StepPlan
-from laminar.step_inputs import StepInputs
+from laminar.step_inputs import SegmentInputs, StepInputs
 from laminar.tp_worker import WorkerGroup
 
 CPU_DEFAULT_KV_BYTES = 256 << 20
 MAX_GRAPH_BATCH = 256  # larger decode batches run eagerly, where launch overhead matters less
 MAX_MIXED_GRAPH_TOKENS = 2048  # larger mixed batches keep the GPU busier than the host's launches
+PROFILE_DECODE_CONTEXT = (16, 2048)  # short and long context of the profiled decode steps
+PROFILE_REPEATS = 3
 
 
 @dataclass
@@ -39,7 +42,8 @@ class StepResult:
 class ModelRunner:
     def __init__(self, cfg: ModelConfig, args: EngineArgs, max_model_len: int, tp: TensorParallel | None = None) -> None:
         """tp: given by a worker process; rank 0 (tp None) starts the workers itself when TP > 1."""
-        self.cfg, self.args = cfg, args
+        self.cfg, self.args, self.max_model_len = cfg, args, max_model_len
+        self.measured: Profile | None = None
         self.workers = None
         if tp is None and args.tensor_parallel_size > 1:
             ShardLayout.of(cfg, TensorParallel(0, args.tensor_parallel_size))  # shape errors before any spawn
@@ -74,11 +78,11 @@ class ModelRunner:
         self.expert_hits = torch.zeros(
             (max(self.model.num_moe_layers, 1), max(cfg.num_experts, 1)), dtype=torch.bool, device=self.device
         )
-        self.carry: tuple[torch.Tensor, torch.Tensor] | None = None  # the prefill batch's rows between groups
+        self.carry: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch id -> its rows between iterations
         self.sampler = Sampler()
         self.decode_graphs = self.mixed_graphs = None
         # Chunked steps hold at most the budget's tokens; layered ones the decodes besides.
-        mixed_rows = args.max_num_batched_tokens + (args.max_num_seqs if args.schedule_mode == "layered" else 0)
+        mixed_rows = max_step_rows(args)
         if self.device.type == "cuda" and not args.enforce_eager:
             self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, self.expert_hits,
                                               min(args.max_num_seqs, MAX_GRAPH_BATCH), max_model_len, args.block_size)
@@ -113,6 +117,60 @@ class ModelRunner:
                 self.model.layers[i](hidden, residual, positions, self.kv_caches[i], meta,
                                      self.model.rotary.cos_sin, self.expert_hits)
         self.expert_hits.zero_()
+
+    @torch.inference_mode()
+    def profile(self) -> Profile:
+        """Times synthetic steps on this device for the cost model (cached: engines sharing this
+        runner share it). Writes only to the still unused cache; blocks wrap around the pool."""
+        if self.measured is not None:
+            return self.measured
+        layers, rows = self.cfg.num_layers, max_step_rows(self.args)
+        batches = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < self.args.max_num_seqs] + [self.args.max_num_seqs]
+        short, long = PROFILE_DECODE_CONTEXT[0], min(PROFILE_DECODE_CONTEXT[1], self.max_model_len - 1)
+        decode_s = [self._time(self._synthetic([short] * b, [1] * b)) / layers for b in batches]
+        sizes = sorted({n for n in (1 << k for k in range(4, rows.bit_length())) if n < rows} | {rows})
+        mixed_s = [self._time(self._synthetic(*_short_prompts(n))) / layers for n in sizes]
+        b = min(64, self.args.max_num_seqs)
+        extra = self._time(self._synthetic([long] * b, [1] * b)) - self._time(self._synthetic([short] * b, [1] * b))
+        context_s = max(extra, 0.0) / (layers * b * (long - short))
+        n = min(4096, rows, self.max_model_len - 1)
+        one = self._time(self._synthetic([n], [n])) - self._time(self._synthetic(*_short_prompts(n)))
+        pairs = n * (n + 1) / 2 - n * (PROFILE_SEQ_TOKENS + 1) / 2
+        pair_s = max(one, 0.0) / (layers * pairs) if pairs > 0 else 0.0
+        self.measured = Profile(layers, tuple(batches), tuple(decode_s), tuple(sizes), tuple(mixed_s),
+                                context_s, pair_s)
+        return self.measured
+
+    def _synthetic(self, seq_lens: list[int], q_lens: list[int]) -> StepInputs:
+        """A step of sequences with these lengths computing their last q_lens tokens: decodes
+        (q_len 1), or one prefill segment across all layers."""
+        bs, tables, next_block = self.block_size, [], 0
+        for n in seq_lens:
+            width = -(-n // bs)
+            tables.append([(next_block + j) % self.num_blocks for j in range(width)])
+            next_block += width
+        decode = all(q == 1 for q in q_lens)
+        rows = sum(q_lens)
+        segments = [] if decode else [SegmentInputs(-1, len(seq_lens), range(self.cfg.num_layers), None)]
+        return StepInputs(
+            token_ids=[0] * rows, starts=[n - q for n, q in zip(seq_lens, q_lens)], q_lens=q_lens,
+            block_tables=tables, num_decode=len(seq_lens) if decode else 0, segments=segments, carried=[],
+            logits_rows=list(range(rows)) if decode else [rows - 1],
+        )
+
+    def _time(self, inputs: StepInputs) -> float:
+        """Median wall time of the forward (inputs built and sent as in a real step)."""
+        times = []
+        for _ in range(PROFILE_REPEATS + 1):
+            self.synchronize()
+            start = time.perf_counter()
+            if self.workers is not None:
+                self.workers.send(inputs)
+            self.run(self.build_batch(inputs), [])
+            self.synchronize()
+            times.append(time.perf_counter() - start)
+        self.expert_hits.zero_()
+        return sorted(times[1:])[len(times[1:]) // 2]
 
     @property
     def devices(self) -> list[torch.device]:
@@ -151,7 +209,7 @@ class ModelRunner:
                 self.workers.send(inputs)
             batch = self.build_batch(inputs)
             prepare_s = time.perf_counter() - start
-            result = self.run(batch)
+            result = self.run(batch, inputs.carried)
         except Exception as e:
             if self.workers is None:
                 raise
@@ -159,13 +217,18 @@ class ModelRunner:
         experts = int(self.expert_hits.sum().item()) if self.cfg.num_experts else 0
         seqs = plan.sample_seqs
         if result.logits is None:
+            self.synchronize()  # the step's time must include its GPU work (the cost model learns from it)
             return StepResult([], experts, prepare_s)
         tokens = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs])
         return StepResult(tokens.tolist(), experts, prepare_s)
 
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @torch.inference_mode()
-    def run(self, batch: ForwardBatch) -> ForwardResult:
-        """Every rank: the forward pass; keeps the prefill rows that continue to the next group."""
+    def run(self, batch: ForwardBatch, carried: list[int]) -> ForwardResult:
+        """Every rank: the forward pass; keeps the rows of the batches that continue next iteration."""
         self.expert_hits.zero_()
         graphs = self.decode_graphs
         if graphs is not None and graphs.fits(batch.decode_ids.shape[0]):
@@ -173,58 +236,79 @@ class ModelRunner:
         else:
             graphs = None
         result = self.model(batch, self.kv_caches, self.expert_hits, graphs, self.mixed_graphs)
-        if len(batch.prefill_layers):
-            self.carry = result.prefill_carry
+        self.carry = {b: result.carry[b] if b in result.carry else self.carry[b] for b in carried}
         return result
 
     def build_batch(self, inputs: StepInputs) -> ForwardBatch:
-        """Device tensors of one step (decode rows first), identical on every rank."""
-        meta, decode_meta, positions = self._metadata(inputs)
-        ids = torch.tensor(inputs.token_ids, dtype=torch.long, device=self.device)
+        """Device tensors of one step, identical on every rank."""
         nd = inputs.num_decode
-        has_prefill = len(inputs.prefill_layers) > 0
-        carry = None
-        if has_prefill and not inputs.first_group:
-            carry = self.carry
-            if inputs.carry_rows is not None:
-                rows = torch.tensor(inputs.carry_rows, dtype=torch.long, device=self.device)
-                carry = (carry[0].index_select(0, rows), carry[1].index_select(0, rows))
+        ids = torch.tensor(inputs.token_ids, dtype=torch.long, device=self.device)
+        decode_meta, decode_positions = self._metadata(inputs, range(nd)) if nd else (None, ids[:0])
+        entries, first, segments = nd, nd, []
+        for seg in inputs.segments:
+            rows = sum(inputs.q_lens[entries: entries + seg.num_entries])
+            segments.append(self._segment_rows(seg, rows, ids[first: first + rows] if seg.first else None))
+            first += rows if seg.first else 0
+            entries += seg.num_entries
         return ForwardBatch(
             decode_ids=ids[:nd],
-            decode_positions=positions[:nd],
+            decode_positions=decode_positions,
             decode_meta=decode_meta,
-            prefill_layers=inputs.prefill_layers,
-            prefill_ids=ids[nd:] if inputs.first_group else None,
-            prefill_hidden=carry[0] if carry else None,
-            prefill_residual=carry[1] if carry else None,
-            mixed_positions=positions if has_prefill else None,
-            mixed_meta=meta if has_prefill else None,
+            segments=segments,
+            stretches=self._stretches(inputs),
             logits_rows=torch.tensor(inputs.logits_rows, dtype=torch.long, device=self.device),
         )
+
+    def _segment_rows(self, seg: SegmentInputs, rows: int, ids: torch.Tensor | None) -> SegmentRows:
+        if ids is not None:
+            return SegmentRows(seg.batch_id, seg.layers, rows, ids, None, None)
+        hidden, residual = self.carry[seg.batch_id]
+        if seg.carry_rows is not None:
+            keep = torch.tensor(seg.carry_rows, dtype=torch.long, device=self.device)
+            hidden, residual = hidden.index_select(0, keep), residual.index_select(0, keep)
+        return SegmentRows(seg.batch_id, seg.layers, rows, None, hidden, residual)
+
+    def _stretches(self, inputs: StepInputs) -> list[Stretch]:
+        """Stretches of the stack with their rows' metadata (built once per distinct set of segments)."""
+        bounds, entry = [], inputs.num_decode
+        for seg in inputs.segments:
+            bounds.append(range(entry, entry + seg.num_entries))
+            entry += seg.num_entries
+        built: dict[tuple[int, ...], tuple[AttentionMetadata, torch.Tensor]] = {}
+        out = []
+        for layers, active in stretches(self.cfg.num_layers, [seg.layers for seg in inputs.segments]):
+            if active and active not in built:
+                chosen = [i for i in range(inputs.num_decode)] + [e for j in active for e in bounds[j]]
+                built[active] = self._metadata(inputs, chosen)
+            meta, positions = built.get(active, (None, None))
+            out.append(Stretch(layers, active, positions, meta))
+        return out
 
     def shutdown(self) -> None:
         """Stops the tensor-parallel workers (idempotent)."""
         if self.workers is not None:
             self.workers.stop()
 
-    def _metadata(self, inputs: StepInputs) -> tuple[AttentionMetadata, AttentionMetadata | None, torch.Tensor]:
-        """Metadata of all rows, and of the leading decode rows alone (views of the same tensors).
+    def _metadata(self, inputs: StepInputs, entries) -> tuple[AttentionMetadata, torch.Tensor]:
+        """Attention metadata and positions of the rows of these entries, in order.
 
         Built with numpy and moved in two copies (one int32, one int64 buffer): per-op torch
         overhead on small CPU tensors would otherwise be a visible share of a decode step. Each
         part starts 16-byte aligned, as Triton compiles a kernel variant per pointer alignment.
         """
-        bs, num_decode, entries = self.block_size, inputs.num_decode, len(inputs.starts)
-        q_lens = np.asarray(inputs.q_lens, dtype=np.int64)
-        starts = np.asarray(inputs.starts, dtype=np.int64)
+        entries = list(entries)
+        bs, count = self.block_size, len(entries)
+        q_lens = np.asarray([inputs.q_lens[e] for e in entries], dtype=np.int64)
+        starts = np.asarray([inputs.starts[e] for e in entries], dtype=np.int64)
         seq_lens = starts + q_lens
-        width = max(max((len(t) for t in inputs.block_tables), default=0), 1)
-        tables = np.zeros((entries, width), dtype=np.int32)
-        for i, table in enumerate(inputs.block_tables):
+        width = max(max((len(inputs.block_tables[e]) for e in entries), default=0), 1)
+        tables = np.zeros((count, width), dtype=np.int32)
+        for i, e in enumerate(entries):
+            table = inputs.block_tables[e]
             tables[i, : len(table)] = table
-        query_start = np.zeros(entries + 1, dtype=np.int64)
+        query_start = np.zeros(count + 1, dtype=np.int64)
         np.cumsum(q_lens, out=query_start[1:])
-        seq_index = np.repeat(np.arange(entries), q_lens)
+        seq_index = np.repeat(np.arange(count), q_lens)
         positions = starts[seq_index] + np.arange(int(query_start[-1])) - query_start[:-1][seq_index]
         slots = tables[seq_index, positions // bs].astype(np.int64) * bs + positions % bs
         qsl, lens, flat_tables = _aligned_parts(
@@ -233,22 +317,12 @@ class ModelRunner:
         meta = AttentionMetadata(
             query_start_loc=qsl,
             seq_lens=lens,
-            block_tables=flat_tables.view(entries, width),
+            block_tables=flat_tables.view(count, width),
             slot_mapping=slot_mapping,
             max_query_len=int(q_lens.max()),
             max_seq_len=int(seq_lens.max()),
         )
-        decode_meta = None
-        if num_decode:
-            decode_meta = AttentionMetadata(
-                query_start_loc=meta.query_start_loc[: num_decode + 1],
-                seq_lens=meta.seq_lens[:num_decode],
-                block_tables=meta.block_tables[:num_decode],
-                slot_mapping=meta.slot_mapping[:num_decode],
-                max_query_len=1,
-                max_seq_len=int(seq_lens[:num_decode].max()),
-            )
-        return meta, decode_meta, positions_t
+        return meta, positions_t
 
 
 def _aligned_parts(device: torch.device, *parts: np.ndarray) -> list[torch.Tensor]:
@@ -265,32 +339,41 @@ def _aligned_parts(device: torch.device, *parts: np.ndarray) -> list[torch.Tenso
     return [buffer[offset: offset + len(part)] for part, offset in zip(parts, offsets)]
 
 
+def max_step_rows(args: EngineArgs) -> int:
+    """Rows a step can hold: the prefill token budget, plus the decodes in layered mode (chunked
+    mode counts decodes inside the budget)."""
+    return args.max_num_batched_tokens + (args.max_num_seqs if args.schedule_mode == "layered" else 0)
+
+
+def _short_prompts(tokens: int) -> tuple[list[int], list[int]]:
+    """Sequence and query lengths of `tokens` prompt tokens cut into PROFILE_SEQ_TOKENS-long prompts."""
+    full, rest = divmod(tokens, PROFILE_SEQ_TOKENS)
+    lens = [PROFILE_SEQ_TOKENS] * full + ([rest] if rest else [])
+    return lens, lens
+
+
 def step_inputs(plan: StepPlan) -> StepInputs:
-    """Flattens a plan: decode entries, then the prefill chunks; logits rows per the plan's samples."""
+    """Flattens a plan: decode entries, then each segment's chunks; logits rows per the plan's samples."""
     entries = [(s, s.num_computed, 1) for s in plan.decode]
-    pre = plan.prefill
-    has_prefill = pre is not None and bool(pre.chunks)
-    if has_prefill:
-        entries += [(c.seq, c.start, c.length) for c in pre.chunks]
-    num_decode = len(plan.decode)
-    rows = list(range(num_decode))
-    if has_prefill and pre.on_last_group:
-        offset = num_decode
-        for c in pre.chunks:
-            offset += c.length
-            if c.completes:
-                rows.append(offset - 1)
-    layers = pre.layers if has_prefill else range(0)
-    first_group = has_prefill and layers.start == 0
+    token_ids = [s.token_ids(s.num_computed, s.num_computed + 1)[0] for s in plan.decode]
+    segments, logits_rows = [], list(range(len(plan.decode)))
+    offset = len(plan.decode)
+    for seg in plan.segments:
+        entries += [(c.seq, c.start, c.length) for c in seg.chunks]
+        if seg.layers.start == 0:  # carried rows enter as hidden states: their token ids are not needed
+            token_ids += [t for c in seg.chunks for t in c.seq.token_ids(c.start, c.start + c.length)]
+        rows = list(seg.carry_rows) if seg.carry_rows is not None else None
+        segments.append(SegmentInputs(seg.batch_id, len(seg.chunks), seg.layers, rows))
+        if seg.finishes:
+            logits_rows += seg.logits_rows(offset)
+            offset += seg.num_tokens
     return StepInputs(
-        # Carried prefill rows enter as hidden states: their token ids are not needed.
-        token_ids=[t for i, (seq, start, n) in enumerate(entries) if i < num_decode or first_group
-                   for t in seq.token_ids(start, start + n)],
+        token_ids=token_ids,
         starts=[start for _, start, _ in entries],
         q_lens=[n for _, _, n in entries],
         block_tables=[seq.block_table for seq, _, _ in entries],  # read before any sequence grows again
-        num_decode=num_decode,
-        prefill_layers=layers,
-        carry_rows=pre.carry_rows if has_prefill else None,
-        logits_rows=rows,
+        num_decode=len(plan.decode),
+        segments=segments,
+        carried=list(plan.carried),
+        logits_rows=logits_rows,
     )

@@ -32,19 +32,34 @@ class CompletionOutput:
 
 
 @dataclass
+class SegmentRecord:
+    """One prefill batch's part of a step: its requests, tokens and the layers they crossed."""
+
+    batch_id: int
+    request_ids: list[str]
+    tokens: int
+    layers: range
+
+
+@dataclass
 class StepRecord:
     """What one iteration ran; tests check the scheduler's invariants against these."""
 
     decode_ids: list[str]
-    prefill_ids: list[str]
-    prefill_tokens: int
-    prefill_layers: range
-    group_index: int
-    num_groups: int
+    segments: list[SegmentRecord]
     sampled_ids: list[str]
     experts_touched: int
     cpu_s: float       # host time outside the model's forward: scheduling, input preparation, outputs
     total_s: float     # wall time of the whole step, the GPU work included
+    predicted_s: float | None = None  # the cost model's prediction (when the engine has one)
+
+    @property
+    def prefill_ids(self) -> list[str]:
+        return [rid for seg in self.segments for rid in seg.request_ids]
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(seg.tokens for seg in self.segments)
 
 
 @dataclass
@@ -64,13 +79,15 @@ class EngineStats:
     generated_tokens: int = 0
     expert_bytes_total: int = 0
     expert_bytes_last_step: int = 0
-    groups_run: dict[int, int] = field(default_factory=dict)  # prefill iterations by batch group count
+    prefill_layers_run: dict[int, int] = field(default_factory=dict)  # iterations by layers crossed by prefill rows
     num_preemptions: int = 0
     num_running: int = 0
     num_waiting: int = 0
     kv_blocks_total: int = 0
     kv_blocks_free: int = 0
     energy_joules: float | None = None  # GPU energy since the engine started (NVML); None on CPU
+    predicted_step_s: float | None = None  # the last step: the cost model's prediction (None without one)
+    measured_step_s: float = 0.0           # the last step: its wall time
 
     @property
     def kv_usage(self) -> float:

@@ -13,7 +13,7 @@ from laminar.tokenizer import IncrementalDetokenizer
 class Status(enum.Enum):
     WAITING = "waiting"        # not admitted, or preempted: nothing of it in the KV cache
     PREFILLING = "prefilling"  # admitted; prompt tokens still to compute
-    RUNNING = "running"        # decoding: exactly one uncomputed token (the last sampled)
+    DECODING = "decoding"      # exactly one uncomputed token (the last sampled)
     FINISHED = "finished"
 
 

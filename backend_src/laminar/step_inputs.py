@@ -14,44 +14,55 @@ import torch.distributed as dist
 
 from laminar.distributed import TensorParallel
 
-_HEADER = 8
+_HEADER = 7
+_SEGMENT = 5  # batch id, entries, first layer, layer stop, carried rows (-1: all)
 _STOP = -1  # num_entries value that tells the workers to exit
 
 
 @dataclass
-class StepInputs:
-    """Decode entries first (one token each), then the prefill chunks of this iteration."""
+class SegmentInputs:
+    """One prefill batch in this step: its next num_entries entries cross `layers`."""
 
-    token_ids: list[int]
+    batch_id: int
+    num_entries: int
+    layers: range
+    carry_rows: list[int] | None    # rows of the carried state still in the batch; None: all
+
+    @property
+    def first(self) -> bool:
+        """Enters at layer 0 as token ids, not as carried hidden states."""
+        return self.layers.start == 0
+
+
+@dataclass
+class StepInputs:
+    """Decode entries first (one token each), then each segment's chunks, in segment order."""
+
+    token_ids: list[int]            # decode tokens, then the tokens of segments entering at layer 0
     starts: list[int]               # per entry: position of its first token
     q_lens: list[int]               # per entry: tokens computed now
     block_tables: list[list[int]]   # per entry
     num_decode: int
-    prefill_layers: range           # layers the prefill rows cross now (empty: no prefill)
-    carry_rows: list[int] | None    # rows of the carried prefill state still in the batch; None: all
-    logits_rows: list[int]          # rows that get logits (decodes, completed prompts on the last group)
-
-    @property
-    def first_group(self) -> bool:
-        return len(self.prefill_layers) > 0 and self.prefill_layers.start == 0
+    segments: list[SegmentInputs]
+    carried: list[int]              # batch ids whose rows stay on the device after this step
+    logits_rows: list[int]          # rows of the last layer's output that get logits
 
 
 def pack(inputs: StepInputs) -> torch.Tensor:
-    carry = inputs.carry_rows
-    header = [
-        len(inputs.starts), len(inputs.token_ids), inputs.num_decode,
-        inputs.prefill_layers.start, inputs.prefill_layers.stop,
-        -1 if carry is None else len(carry), len(inputs.logits_rows),
-        sum(len(t) for t in inputs.block_tables),
-    ]
+    segs = inputs.segments
+    header = [len(inputs.starts), len(inputs.token_ids), inputs.num_decode, len(segs), len(inputs.carried),
+              len(inputs.logits_rows), sum(len(t) for t in inputs.block_tables)]
+    seg_fields = [v for s in segs for v in (s.batch_id, s.num_entries, s.layers.start, s.layers.stop,
+                                            -1 if s.carry_rows is None else len(s.carry_rows))]
     body = (inputs.token_ids + inputs.starts + inputs.q_lens + [len(t) for t in inputs.block_tables]
-            + [b for t in inputs.block_tables for b in t] + (carry or []) + inputs.logits_rows)
+            + [b for t in inputs.block_tables for b in t] + seg_fields
+            + [r for s in segs for r in (s.carry_rows or [])] + inputs.carried + inputs.logits_rows)
     return torch.tensor(header + body, dtype=torch.int64)
 
 
 def unpack(message: torch.Tensor) -> StepInputs:
     values = message.tolist()
-    entries, tokens, num_decode, pre_start, pre_stop, num_carry, num_logits, num_blocks = values[:_HEADER]
+    entries, tokens, num_decode, num_segments, num_carried, num_logits, num_blocks = values[:_HEADER]
     pos = _HEADER
 
     def take(n: int) -> list[int]:
@@ -65,9 +76,12 @@ def unpack(message: torch.Tensor) -> StepInputs:
     for n in table_lens:
         tables.append(flat[offset: offset + n])
         offset += n
-    carry = None if num_carry < 0 else take(num_carry)
-    return StepInputs(token_ids, starts, q_lens, tables, num_decode, range(pre_start, pre_stop), carry,
-                      take(num_logits))
+    fields = take(num_segments * _SEGMENT)
+    segments = []
+    for i in range(num_segments):
+        batch_id, n, start, stop, rows = fields[i * _SEGMENT: (i + 1) * _SEGMENT]
+        segments.append(SegmentInputs(batch_id, n, range(start, stop), None if rows < 0 else take(rows)))
+    return StepInputs(token_ids, starts, q_lens, tables, num_decode, segments, take(num_carried), take(num_logits))
 
 
 def send(tp: TensorParallel, inputs: StepInputs | None) -> None:

@@ -146,7 +146,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     runner = ModelRunner(ModelConfig.from_dir(args.model), args, spec["max_model_len"], tp)
     while (inputs := step_inputs.receive(tp)) is not None:
-        runner.run(runner.build_batch(inputs))
+        runner.run(runner.build_batch(inputs), inputs.carried)
     destroy_tensor_parallel(tp)
 
 

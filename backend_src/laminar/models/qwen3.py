@@ -1,11 +1,11 @@
-"""Qwen3 and Qwen3-MoE decoders with a layer-group-aware forward pass.
+"""Qwen3 and Qwen3-MoE decoders with a segment-aware forward pass.
 
-One forward runs the decode tokens through every layer and joins the prefill
-tokens for one contiguous range of layers (all layers in chunked mode, one
-group in layered mode): decode-only layers before that range, the mixed
-range, then decode-only layers after it. The prefill tokens enter either as token ids (their
-group starts at layer 0) or as the hidden state and residual they left the
-previous group with, and leave the same way when their group is not the last.
+One forward runs the decode tokens through every layer; each prefill segment's rows join
+them for the segment's span of layers (the whole stack in chunked mode, part of it in layered
+mode; see layered_prefill). The stack is cut into stretches where the set of rows is constant,
+and each stretch runs as decode-only layers or as mixed layers. A segment's rows enter either
+as token ids (its span starts at layer 0) or as the hidden state and residual they left the
+previous iteration with, and leave the same way when their span stops short of the last layer.
 """
 from __future__ import annotations
 
@@ -22,25 +22,43 @@ from laminar.ops import AttentionMetadata
 
 
 @dataclass
+class SegmentRows:
+    """One prefill segment's rows: token ids when its span starts at layer 0, else the carried state."""
+
+    batch_id: int
+    layers: range
+    num_rows: int
+    ids: torch.Tensor | None
+    hidden: torch.Tensor | None       # [rows, H] carried from the previous iteration
+    residual: torch.Tensor | None
+
+
+@dataclass
+class Stretch:
+    """Consecutive layers that run the same rows: the decodes plus the segments listed."""
+
+    layers: range
+    segments: tuple[int, ...]         # indices into ForwardBatch.segments; empty: decode rows only
+    positions: torch.Tensor | None    # [rows] of a mixed stretch
+    meta: AttentionMetadata | None
+
+
+@dataclass
 class ForwardBatch:
-    """The tensors of one iteration. Decode rows come first, prefill rows after them."""
+    """The tensors of one iteration. In every stretch decode rows come first, segment rows after them."""
 
     decode_ids: torch.Tensor          # [Td] the last token of each decoding sequence
     decode_positions: torch.Tensor    # [Td]
     decode_meta: AttentionMetadata | None
-    prefill_layers: range             # layers the prefill rows pass in this iteration (empty: none)
-    prefill_ids: torch.Tensor | None  # [Tp] when prefill_layers starts at 0
-    prefill_hidden: torch.Tensor | None    # [Tp, H] carried from the previous group
-    prefill_residual: torch.Tensor | None  # [Tp, H]
-    mixed_positions: torch.Tensor | None   # [Td + Tp]
-    mixed_meta: AttentionMetadata | None
-    logits_rows: torch.Tensor         # rows of the final hidden states that need logits
+    segments: list[SegmentRows]
+    stretches: list[Stretch]
+    logits_rows: torch.Tensor         # rows of the last layer's output (decodes, then finishing segments)
 
 
 @dataclass
 class ForwardResult:
-    logits: torch.Tensor | None                      # [len(logits_rows), V] fp32
-    prefill_carry: tuple[torch.Tensor, torch.Tensor] | None  # prefill (hidden, residual) after its group
+    logits: torch.Tensor | None                               # [len(logits_rows), V] fp32
+    carry: dict[int, tuple[torch.Tensor, torch.Tensor]]       # batch id -> (hidden, residual) after its span
 
 
 class RotaryCache(nn.Module):
@@ -199,46 +217,57 @@ class Qwen3ForCausalLM(nn.Module):
         self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], expert_hits: torch.Tensor,
         decode_graphs=None, mixed_graphs=None,
     ) -> ForwardResult:
-        """Decode rows cross every layer; prefill rows join for batch.prefill_layers.
+        """Decode rows cross every layer; each segment's rows join them for its span.
 
-        decode_graphs (a loaded DecodeGraphs, or None) replays the decode-only layers;
-        mixed_graphs (a MixedGraphs, or None) the layers of the mixed range around attention.
+        decode_graphs (a loaded DecodeGraphs, or None) replays decode-only stretches;
+        mixed_graphs (a MixedGraphs, or None) the layers of mixed stretches around attention.
         """
-        num_layers, pre = self.cfg.num_layers, batch.prefill_layers
         num_decode = batch.decode_ids.shape[0]
         hidden = self._embed(batch.decode_ids)
         residual = torch.zeros_like(hidden)
-        carry = None
-        before, after = (range(pre.start), range(pre.stop, num_layers)) if len(pre) else (range(num_layers), range(0))
-        if num_decode:
-            hidden, residual = self._decode_layers(before, hidden, residual, batch, kv_caches, expert_hits,
-                                                   decode_graphs)
-        if len(pre):
-            if batch.prefill_ids is not None:
-                p_hidden = self._embed(batch.prefill_ids)
-                p_residual = torch.zeros_like(p_hidden)
-            else:
-                p_hidden, p_residual = batch.prefill_hidden, batch.prefill_residual
-            hidden, residual = torch.cat((hidden, p_hidden)), torch.cat((residual, p_residual))
-            if mixed_graphs is not None and mixed_graphs.fits(hidden.shape[0]):
-                hidden, residual = mixed_graphs.run(pre, hidden, residual, batch.mixed_positions, batch.mixed_meta)
-            else:
-                for i in pre:
-                    hidden, residual = self.layers[i](hidden, residual, batch.mixed_positions, kv_caches[i],
-                                                      batch.mixed_meta, self.rotary.cos_sin, expert_hits)
-            if pre.stop < num_layers:
-                carry = (hidden[num_decode:], residual[num_decode:])
-                hidden, residual = hidden[:num_decode], residual[:num_decode]
-        if num_decode:
-            hidden, residual = self._decode_layers(after, hidden, residual, batch, kv_caches, expert_hits,
-                                                   decode_graphs)
+        states = [self._segment_state(seg) for seg in batch.segments]
+        for stretch in batch.stretches:
+            if not stretch.segments:
+                if num_decode:
+                    hidden, residual = self._decode_layers(stretch.layers, hidden, residual, batch, kv_caches,
+                                                           expert_hits, decode_graphs)
+                continue
+            rows = [(hidden, residual)] + [states[i] for i in stretch.segments]
+            h, r = torch.cat([h for h, _ in rows]), torch.cat([r for _, r in rows])
+            h, r = self._mixed_layers(stretch, h, r, kv_caches, expert_hits, mixed_graphs)
+            sizes = [num_decode] + [batch.segments[i].num_rows for i in stretch.segments]
+            parts = list(zip(h.split(sizes), r.split(sizes)))
+            hidden, residual = parts[0]
+            for i, part in zip(stretch.segments, parts[1:]):
+                states[i] = part
+        last = self.cfg.num_layers
+        carry = {seg.batch_id: states[i] for i, seg in enumerate(batch.segments) if seg.layers.stop < last}
         if batch.logits_rows.numel() == 0:
             return ForwardResult(None, carry)
+        finals = [(hidden, residual)] + [states[i] for i, seg in enumerate(batch.segments) if seg.layers.stop == last]
         rows = batch.logits_rows
-        final = self.ops.rms_norm(hidden[rows] + residual[rows], self.norm, self.cfg.rms_norm_eps)
+        hidden, residual = torch.cat([h for h, _ in finals])[rows], torch.cat([r for _, r in finals])[rows]
+        final = self.ops.rms_norm(hidden + residual, self.norm, self.cfg.rms_norm_eps)
         head = self.embed_tokens if self.lm_head is None else self.lm_head
         logits = self.tp.gather_columns(F.linear(final, head))[:, : self.cfg.vocab_size]
         return ForwardResult(logits.float(), carry)
+
+    def _segment_state(self, seg: SegmentRows) -> tuple[torch.Tensor, torch.Tensor]:
+        if seg.ids is not None:
+            hidden = self._embed(seg.ids)
+            return hidden, torch.zeros_like(hidden)
+        return seg.hidden, seg.residual
+
+    def _mixed_layers(
+        self, stretch: Stretch, hidden: torch.Tensor, residual: torch.Tensor,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]], expert_hits: torch.Tensor, mixed_graphs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if mixed_graphs is not None and mixed_graphs.fits(hidden.shape[0]):
+            return mixed_graphs.run(stretch.layers, hidden, residual, stretch.positions, stretch.meta)
+        for i in stretch.layers:
+            hidden, residual = self.layers[i](hidden, residual, stretch.positions, kv_caches[i], stretch.meta,
+                                              self.rotary.cos_sin, expert_hits)
+        return hidden, residual
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Vocab-parallel lookup: each rank fills the rows of its vocabulary range, the sum joins them."""
