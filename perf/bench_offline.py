@@ -3,7 +3,13 @@
 Workload per mode: a batch of decoding requests at a fixed context keeps generating
 while long prompts arrive one after another. Reports decode step time against its
 memory floor, host overhead per step, TBT while a prompt is prefilled, TTFT, energy
-per token, and expert bytes; plus the expert bytes of one long prompt prefilled alone.
+per token, and expert bytes; plus one long prompt prefilled alone (TTFT against one
+full pass of it, expert bytes). Every engine carries the cost model (profiled once on
+the shared runner), so each mode also reports the model's step-time prediction error.
+
+A mode is schedule_mode:budget[:gN][:sloMS]: gN sets num_stages (the static policy's largest
+group count), sloMS sets tbt_slo_ms (the SLO policy), e.g. layered:8192:g4, layered:8192:slo100.
+The decode batch shrinks to what the KV cache holds (the report says so).
 
 GPU (Qwen3-30B-A3B shapes, random weights):
   python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy
@@ -25,13 +31,16 @@ import torch
 
 from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.config import ModelConfig
+from laminar.cost_model import CostModel
 from laminar.model_runner import ModelRunner
 
 PRESETS = {
     "gpu": dict(decode_batch=64, decode_context=2048, prompts=[2048, 8192, 16384], alone_prompt=8192,
-                decode_steps=30, modes=["layered:8192", "chunked:512", "chunked:2048"], num_stages=16),
+                decode_steps=30, modes=["layered:8192", "layered:8192:g4", "layered:8192:slo100",
+                                        "chunked:8192:slo100", "chunked:512", "chunked:2048"], num_stages=16),
     "cpu": dict(decode_batch=8, decode_context=128, prompts=[256, 1024], alone_prompt=1024,
-                decode_steps=40, modes=["layered:1024", "chunked:128", "chunked:256"], num_stages=4),
+                decode_steps=40, modes=["layered:1024", "layered:1024:slo30", "chunked:1024:slo30", "chunked:128",
+                                        "chunked:256"], num_stages=4),
 }
 
 
@@ -61,17 +70,29 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Run:
-    """Drives one engine and records per-step and per-request timings."""
+    """Drives one engine and records per-step and per-request timings, and the cost model's predictions."""
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.first_token: dict[str, float] = {}
+        self.predictions: list[tuple[float, float]] = []  # (predicted, measured) seconds, once recording
 
     def step(self) -> float:
         for out in self.engine.step():
             if out.num_output_tokens == 1:
                 self.first_token[out.request_id] = time.perf_counter()
-        return self.engine.last_step.total_s if self.engine.last_step else 0.0
+        last = self.engine.last_step
+        if last is None:
+            return 0.0
+        if last.predicted_s is not None:
+            self.predictions.append((last.predicted_s, last.total_s))
+        return last.total_s
+
+    def prediction_error(self) -> dict:
+        """Median and p90 of |predicted - measured| / measured over the recorded steps."""
+        errors = [abs(p - m) / m for p, m in self.predictions if m > 0]
+        return {"steps": len(errors), "median_abs_err": statistics.median(errors) if errors else None,
+                "p90_abs_err": pct(errors, 0.9) if errors else None}
 
 
 def non_expert_bytes(engine: LLMEngine) -> int:
@@ -106,6 +127,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
                        SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0))
     while "warmup" not in run.first_token:
         run.step()
+    run.predictions.clear()  # judge the cost model after its first refits, as a server runs it
 
     # Decode-only window.
     s0 = engine.get_stats()
@@ -152,31 +174,39 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
                                    if e_before is not None else None),
         })
     result["prompts"] = prompts
+    result["cost_model"] = run.prediction_error()
     engine.shutdown()
 
     # One long prompt alone: the expert traffic of its prefill and nothing else.
     before = engine.get_stats().expert_bytes_total
     engine.add_request("alone", random_prompt(rng, cfg["alone_prompt"], vocab),
                        SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0))
-    start = time.perf_counter()
+    start, iterations = time.perf_counter(), 0
     while engine.has_unfinished_requests():
         engine.step()
+        iterations += 1
     result["alone_prompt_tokens"] = cfg["alone_prompt"]
     result["alone_ttft_ms"] = 1e3 * (time.perf_counter() - start)
+    result["alone_iterations"] = iterations
+    result["alone_one_pass_ms"] = 1e3 * engine.runner.time_prompt(cfg["alone_prompt"])
     result["alone_expert_gb"] = (engine.get_stats().expert_bytes_total - before) / 1e9
     return result
 
 
 def markdown(report: dict) -> str:
     lines = [f"# Offline engine benchmark ({report['device']})", "", f"Command: `{report['command']}`", "",
+             f"Decode batch: {report['decode_batch']}", "",
              "| mode | decode step ms (median) | floor ms | host overhead | decode tok/s | J/token (decode) | "
-             "alone-prompt expert GB | alone TTFT ms |", "|---|---|---|---|---|---|---|---|"]
+             "alone-prompt expert GB | alone TTFT ms (iterations) | one pass ms | cost model error median / p90 (steps) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
     for mode, r in report["modes"].items():
+        err = r["cost_model"]
         lines.append(f"| {mode} | {fmt(r['decode_step_ms'])} | {fmt(r['decode_step_floor_ms'])} | "
                      f"{fmt(100 * r['decode_host_overhead_frac'], '{:.1f}%')} | {fmt(r['decode_tokens_per_s'], '{:.1f}')} | "
                      f"{fmt(r['decode_energy_j_per_token'], '{:.3f}')} | {fmt(r['alone_expert_gb'])} | "
-                     f"{fmt(r['alone_ttft_ms'], '{:.0f}')} |")
+                     f"{fmt(r['alone_ttft_ms'], '{:.0f}')} ({r['alone_iterations']}) | {fmt(r['alone_one_pass_ms'], '{:.0f}')} | "
+                     f"{fmt(err['median_abs_err'], '{:.1%}')} / {fmt(err['p90_abs_err'], '{:.1%}')} ({err['steps']}) |")
     lines += ["", "Prompts arriving while the decode batch runs:", "",
               "| mode | prompt | TTFT ms | iterations | TBT mean ms | TBT p99 ms | TBT max ms | expert GB | J/token |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -186,6 +216,31 @@ def markdown(report: dict) -> str:
                          f"{p['tbt_mean_ms']:.2f} | {p['tbt_p99_ms']:.2f} | {p['tbt_max_ms']:.2f} | "
                          f"{p['expert_gb']:.2f} | {fmt(p['energy_j_per_token'], '{:.3f}')} |")
     return "\n".join(lines) + "\n"
+
+
+def mode_args(entry: str, base: dict) -> EngineArgs:
+    """schedule_mode:budget[:gN][:sloMS] -> EngineArgs."""
+    mode, budget, *options = entry.split(":")
+    values = dict(base, schedule_mode=mode, max_num_batched_tokens=int(budget), max_num_seqs=min(256, int(budget)))
+    for option in options:
+        if option.startswith("g"):
+            values["num_stages"] = int(option[1:])
+        elif option.startswith("slo"):
+            values["tbt_slo_ms"] = float(option[3:])
+        else:
+            raise SystemExit(f"mode {entry!r}: unknown option {option!r} (gN or sloMS)")
+    return EngineArgs(**values)
+
+
+def fit_decode_batch(cfg: dict, runner: ModelRunner) -> int:
+    """The preset's decode batch, or as many decodes as the KV cache holds beside the longest prompt."""
+    capacity = runner.num_blocks * runner.block_size
+    per_decode = cfg["decode_context"] + cfg["decode_steps"] + 2 * len(cfg["prompts"]) + 64 + runner.block_size
+    room = capacity - max(cfg["prompts"] + [cfg["alone_prompt"]]) - runner.block_size
+    batch = max(1, min(cfg["decode_batch"], room // per_decode))
+    if batch < cfg["decode_batch"]:
+        print(f"decode batch {cfg['decode_batch']} -> {batch}: the KV cache holds {capacity} tokens", flush=True)
+    return batch
 
 
 def main() -> None:
@@ -210,22 +265,23 @@ def main() -> None:
                 tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
                 num_stages=cfg["num_stages"])
     report: dict = {"command": "python " + " ".join(sys.argv), "preset": cfg, "modes": {}}
-    modes = {}
-    for entry in cfg["modes"]:
-        mode, budget = entry.split(":")
-        modes[entry] = EngineArgs(**base, schedule_mode=mode, max_num_batched_tokens=int(budget),
-                                  max_num_seqs=min(256, int(budget)))
-    # One set of weights (and TP workers) for every mode; the engines borrow it.
-    first = next(iter(modes.values()))
+    modes = {entry: mode_args(entry, base) for entry in cfg["modes"]}
+    # One set of weights (and TP workers) for every mode; the engines borrow it. The runner is
+    # built with the largest step any mode takes, so its graphs and profile cover them all.
+    first = max(modes.values(), key=lambda a: (a.schedule_mode == "layered", a.max_num_batched_tokens))
     runner = ModelRunner(ModelConfig.from_dir(args.model), first, max_len)
     try:
+        cfg["decode_batch"] = report["decode_batch"] = fit_decode_batch(cfg, runner)
         report["bandwidth_gbs"] = (measure_bandwidth(runner.device) or 0) / 1e9 or None
         device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
         bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
+        profile = runner.profile()
+        report["profile"] = json.loads(profile.to_json())
         for entry, engine_args in modes.items():
             print(f"== {entry}", flush=True)
-            report["modes"][entry] = bench_mode(LLMEngine(engine_args, runner=runner), cfg, bandwidth, seed=0)
+            engine = LLMEngine(engine_args, runner=runner, cost=CostModel(profile))
+            report["modes"][entry] = bench_mode(engine, cfg, bandwidth, seed=0)
             print(json.dumps(report["modes"][entry], indent=1), flush=True)
     finally:
         runner.shutdown()

@@ -134,12 +134,16 @@ class ModelRunner:
         extra = self._time(self._synthetic([long] * b, [1] * b)) - self._time(self._synthetic([short] * b, [1] * b))
         context_s = max(extra, 0.0) / (layers * b * (long - short))
         n = min(4096, rows, self.max_model_len - 1)
-        one = self._time(self._synthetic([n], [n])) - self._time(self._synthetic(*_short_prompts(n)))
+        one = self.time_prompt(n) - self._time(self._synthetic(*_short_prompts(n)))
         pairs = n * (n + 1) / 2 - n * (PROFILE_SEQ_TOKENS + 1) / 2
         pair_s = max(one, 0.0) / (layers * pairs) if pairs > 0 else 0.0
         self.measured = Profile(layers, tuple(batches), tuple(decode_s), tuple(sizes), tuple(mixed_s),
                                 context_s, pair_s)
         return self.measured
+
+    def time_prompt(self, tokens: int) -> float:
+        """Seconds of one pass of a prompt of this many tokens through every layer (nothing else in the step)."""
+        return self._time(self._synthetic([tokens], [tokens]))
 
     def _synthetic(self, seq_lens: list[int], q_lens: list[int]) -> StepInputs:
         """A step of sequences with these lengths computing their last q_lens tokens: decodes
