@@ -1,9 +1,10 @@
 """Predicts one iteration's time from its shape, from measurements on the engine's own device.
 
 The profile (taken at start-up by ModelRunner.profile) holds the per-layer time of decode-only
-layers by batch size, of mixed layers by row count (prompts cut into short sequences), and two
-slopes: decode attention per context token and prefill attention per query-key pair. A step's
-prediction is a weighted sum of five features built from them. The weights start at 1 (the
+layers by batch size, of mixed layers by row count (prompts cut into short sequences), and three
+slopes: decode attention per context token, prefill attention per query-key pair within a
+chunk, and per pair between a chunk and its earlier tokens. A step's prediction is a weighted
+sum of six features built from them. The weights start at 1 (the
 profile as measured, plus no fixed overhead) and are refit online from the step times the engine
 measures: least squares on relative error, pulled toward the profile, so the model follows what
 the profile misses (sampling, host work, decode rows riding along in a mixed layer) without
@@ -19,11 +20,12 @@ import numpy as np
 
 from laminar.layered_prefill import StepShape, stretches
 
-FEATURES = ("decode_layers", "mixed_layers", "decode_context", "prefill_attention", "overhead")
+FEATURES = ("decode_layers", "mixed_layers", "decode_context", "prefill_self_attention",
+            "prefill_context_attention", "overhead")
 OVERHEAD_UNIT_S = 1e-3     # the overhead feature is one millisecond, its weight how many
-REFIT_EVERY = 16           # steps between two refits
-WINDOW = 512               # steps the fit remembers
-RIDGE = 2.0                # pull toward the profile's weights, in units of one step's squared relative error
+REFIT_EVERY = 8            # steps between two refits
+WINDOW = 256               # steps the fit remembers
+RIDGE = 0.5                # pull toward the profile's weights, in units of one step's squared relative error
 PROFILE_SEQ_TOKENS = 128   # prompt length of the profiled mixed layers; longer attention goes to the pair slope
 
 
@@ -36,8 +38,9 @@ class Profile:
     decode_s: tuple[float, ...]
     mixed_rows: tuple[int, ...]
     mixed_s: tuple[float, ...]
-    context_s: float   # per layer, per decode context token
-    pair_s: float      # per layer, per prefill query-key pair beyond PROFILE_SEQ_TOKENS-long prompts
+    context_s: float       # per layer, per decode context token
+    self_pair_s: float     # per layer, per causal pair within a chunk beyond those of PROFILE_SEQ_TOKENS-long prompts
+    context_pair_s: float  # per layer, per pair between a chunk and its earlier tokens
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -56,7 +59,7 @@ class CostModel:
     def __init__(self, profile: Profile, learn: bool = True) -> None:
         self.profile = profile
         self.learn = learn
-        self.prior = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+        self.prior = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
         self.weights = self.prior.copy()
         self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=WINDOW)
         self.since_fit = 0
@@ -72,8 +75,9 @@ class CostModel:
                 f[0] += len(layers) * interpolate(rows, p.decode_rows, p.decode_s)
         f[2] = p.num_layers * shape.decode_context * p.context_s
         intrinsic = (PROFILE_SEQ_TOKENS + 1) / 2
-        f[3] = sum(len(s.layers) * max(s.pairs - s.tokens * intrinsic, 0.0) for s in shape.segments) * p.pair_s
-        f[4] = OVERHEAD_UNIT_S
+        f[3] = sum(len(s.layers) * max(s.self_pairs - s.tokens * intrinsic, 0.0) for s in shape.segments) * p.self_pair_s
+        f[4] = sum(len(s.layers) * s.context_pairs for s in shape.segments) * p.context_pair_s
+        f[5] = OVERHEAD_UNIT_S
         return f
 
     def predict(self, shape: StepShape) -> float:

@@ -54,9 +54,14 @@ class Chunk:
         return self.start + self.length == self.seq.num_tokens
 
     @property
-    def attention_pairs(self) -> int:
-        """Query-key pairs of its causal attention: each token sees its context and the chunk up to itself."""
-        return self.length * self.start + self.length * (self.length + 1) // 2
+    def self_pairs(self) -> int:
+        """Causal query-key pairs within the chunk (each token sees the chunk up to itself)."""
+        return self.length * (self.length + 1) // 2
+
+    @property
+    def context_pairs(self) -> int:
+        """Query-key pairs between the chunk and the tokens before it."""
+        return self.length * self.start
 
 
 @dataclass
@@ -129,13 +134,15 @@ class SegmentShape:
     """What the cost of one prefill segment depends on."""
 
     tokens: int
-    pairs: int      # causal query-key pairs of its chunks (context included)
+    self_pairs: int      # causal query-key pairs within its chunks
+    context_pairs: int   # query-key pairs between its chunks and their earlier tokens
     layers: range
 
     @classmethod
-    def of(cls, chunks: Iterable, layers: range) -> "SegmentShape":
+    def of(cls, chunks: Iterable[Chunk], layers: range) -> "SegmentShape":
         chunks = list(chunks)
-        return cls(sum(c.length for c in chunks), sum(c.attention_pairs for c in chunks), layers)
+        return cls(sum(c.length for c in chunks), sum(c.self_pairs for c in chunks),
+                   sum(c.context_pairs for c in chunks), layers)
 
 
 @dataclass(frozen=True)

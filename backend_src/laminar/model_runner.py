@@ -133,12 +133,19 @@ class ModelRunner:
         b = min(64, self.args.max_num_seqs)
         extra = self._time(self._synthetic([long] * b, [1] * b)) - self._time(self._synthetic([short] * b, [1] * b))
         context_s = max(extra, 0.0) / (layers * b * (long - short))
+        # Prefill attention beyond the profiled short prompts: one long prompt against the same
+        # tokens as short prompts (pairs within a chunk), and one chunk at a long context against
+        # the same chunk alone (pairs with earlier tokens); kernels spend differently on the two.
         n = min(4096, rows, self.max_model_len - 1)
-        one = self.time_prompt(n) - self._time(self._synthetic(*_short_prompts(n)))
+        extra = self.time_prompt(n) - self._time(self._synthetic(*_short_prompts(n)))
         pairs = n * (n + 1) / 2 - n * (PROFILE_SEQ_TOKENS + 1) / 2
-        pair_s = max(one, 0.0) / (layers * pairs) if pairs > 0 else 0.0
+        self_pair_s = max(extra, 0.0) / (layers * pairs) if pairs > 0 else 0.0
+        q = min(512, rows)
+        context = min(4096, self.max_model_len - 1 - q)
+        extra = self._time(self._synthetic([q + context], [q])) - self.time_prompt(q)
+        context_pair_s = max(extra, 0.0) / (layers * q * context) if context > 0 else 0.0
         self.measured = Profile(layers, tuple(batches), tuple(decode_s), tuple(sizes), tuple(mixed_s),
-                                context_s, pair_s)
+                                context_s, self_pair_s, context_pair_s)
         return self.measured
 
     def time_prompt(self, tokens: int) -> float:
@@ -156,8 +163,11 @@ class ModelRunner:
         decode = all(q == 1 for q in q_lens)
         rows = sum(q_lens)
         segments = [] if decode else [SegmentInputs(-1, len(seq_lens), range(self.cfg.num_layers), None)]
+        # Distinct tokens, so that rows route to experts as real traffic does (equal rows would all
+        # pick the same top-k experts and hide most of the MoE's weight reads).
+        tokens = np.random.default_rng(rows).integers(0, self.cfg.vocab_size, rows).tolist()
         return StepInputs(
-            token_ids=[0] * rows, starts=[n - q for n, q in zip(seq_lens, q_lens)], q_lens=q_lens,
+            token_ids=tokens, starts=[n - q for n, q in zip(seq_lens, q_lens)], q_lens=q_lens,
             block_tables=tables, num_decode=len(seq_lens) if decode else 0, segments=segments, carried=[],
             logits_rows=list(range(rows)) if decode else [rows - 1],
         )
