@@ -26,6 +26,9 @@ OVERHEAD_UNIT_S = 1e-3     # the overhead feature is one millisecond, its weight
 REFIT_EVERY = 8            # steps between two refits
 WINDOW = 256               # steps the fit remembers
 RIDGE = 0.5                # pull toward the profile's weights, in units of one step's squared relative error
+MARGIN_QUANTILE = 0.9      # of measured / predicted over recent prefill steps: the SLO policy plans below it
+MARGIN_LIMITS = (1.0, 1.5)
+MARGIN_WINDOW = 64
 PROFILE_SEQ_TOKENS = 128   # prompt length of the profiled mixed layers; longer attention goes to the pair slope
 
 
@@ -63,6 +66,7 @@ class CostModel:
         self.weights = self.prior.copy()
         self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=WINDOW)
         self.since_fit = 0
+        self.ratios: deque[float] = deque(maxlen=MARGIN_WINDOW)  # measured / predicted, steps with prefill rows
 
     def features(self, shape: StepShape) -> np.ndarray:
         p = self.profile
@@ -87,11 +91,21 @@ class CostModel:
         """Records a measured step; refits the weights every REFIT_EVERY steps."""
         if not self.learn or seconds <= 0:
             return
-        self.samples.append((self.features(shape), seconds))
+        features = self.features(shape)
+        if shape.segments:
+            self.ratios.append(seconds / max(float(features @ self.weights), 1e-9))
+        self.samples.append((features, seconds))
         self.since_fit += 1
         if self.since_fit >= REFIT_EVERY:
             self.since_fit = 0
             self.weights = self._fit()
+
+    def margin(self) -> float:
+        """How much longer than predicted prefill steps have recently run (their 90th percentile,
+        within MARGIN_LIMITS): the fit is unbiased on average, a TBT target is about the tail."""
+        if len(self.ratios) < 8:
+            return MARGIN_LIMITS[0]
+        return float(np.clip(np.quantile(np.array(self.ratios), MARGIN_QUANTILE), *MARGIN_LIMITS))
 
     def _fit(self) -> np.ndarray:
         """Weights minimising sum((w.f - t) / t)^2 + RIDGE * |w - prior|^2, kept non-negative."""

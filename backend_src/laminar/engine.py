@@ -15,7 +15,7 @@ from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, ModelConfig
 from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
-from laminar.layered_prefill import StepPlan
+from laminar.layered_prefill import StepPlan, StepShape
 from laminar.model_runner import ModelRunner
 from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord
 from laminar.sampler import make_generator
@@ -72,6 +72,7 @@ class LLMEngine:
         self.last_step: StepRecord | None = None
         self.energy = EnergyMeter(self.runner.devices)
         self.energy_start = self.energy.read_joules()
+        self.cycle: tuple[StepShape, float] | None = None  # the last step's shape and start, until the next starts
         self.recent_preemptions: deque[int] = deque(maxlen=PREEMPTION_WINDOW)
         self.last_preemption_warning = -PREEMPTION_WARN_EVERY_S
 
@@ -141,6 +142,9 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Runs one iteration and returns the requests that got a token in it."""
         start = time.perf_counter()
+        if self.cycle is not None:  # the last step's decodes waited from its start to this one's
+            self.cost.observe(self.cycle[0], start - self.cycle[1])
+            self.cycle = None
         plan = self.scheduler.schedule()
         self._note_preemptions(len(plan.preempted))
         if plan.is_empty:
@@ -158,10 +162,20 @@ class LLMEngine:
         done = time.monotonic()
         outputs = [self._append(seq, token, done) for seq, token in zip(sample_seqs, result.tokens)]
         total_s = time.perf_counter() - start
-        if self.cost is not None:
-            self.cost.observe(plan.shape, total_s)
+        self._learn(plan, start, total_s)
         self._account(plan, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
         return outputs
+
+    def _learn(self, plan: StepPlan, start: float, total_s: float) -> None:
+        """Feeds the cost model. A step with decodes is measured start to start, as its decodes see
+        it (the caller's work between steps, such as admitting requests and sending tokens,
+        included); a step after which the engine may idle is measured by itself."""
+        if self.cost is None:
+            return
+        if plan.decode and self.has_unfinished_requests():
+            self.cycle = (plan.shape, start)
+        else:
+            self.cost.observe(plan.shape, total_s)
 
     def _note_preemptions(self, count: int) -> None:
         """Counts preemptions and warns (rate-limited) when they repeat: the KV cache is too small for the load."""

@@ -258,7 +258,7 @@ class SloPolicy:
 
     def plan(self, decode: list[Sequence], batches: list[PrefillBatch], source: BatchSource) -> list[Segment]:
         # Without decodes no one waits between tokens: prompts take the whole step.
-        budget = self.target_s if decode else math.inf
+        budget = self.target_s / self.cost.margin() if decode else math.inf
         base = StepShape.of(decode, ())
         segments: list[Segment] = []
         for batch in batches:
