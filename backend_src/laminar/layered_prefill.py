@@ -14,17 +14,22 @@ Two policies choose the segments:
   groups by its token count (<=512: 1, <=1024: 2, <=2048: 4, <=4096: 8, more: num_stages) and
   moves it one group per iteration.
 * SloPolicy (tbt_slo_ms set) keeps every iteration's predicted time (cost_model.CostModel)
-  within the target: layered mode gives the oldest batch as many layers as the slack allows
-  (all of them on an idle server), and once every batch in flight finishes its last layer in
-  this step, a new batch starts its first layers with the slack left; chunked mode picks the
-  chunk's token count the same way (as SGLang does from its latency model). Either way a prompt
-  always makes progress: at least one layer, or one minimum chunk, per iteration.
+  within the target. Layered mode gives the batches in flight, oldest first, as many layers as
+  the slack allows (all of them on an idle server). Once every batch in flight finishes its
+  last layer in this step, a new batch starts with the slack left: the longest run of whole
+  waiting prompts (FCFS) that crosses every layer in this step, so short prompts get their
+  first token at once as in chunked prefill; or, when the first waiting prompt alone cannot,
+  a batch of up to max_num_batched_tokens that starts its first layers, so a long prompt
+  crosses each layer once instead of being re-run chunk by chunk. Chunked mode picks the
+  chunk's token count from the same model (as SGLang does from its latency model). Either way
+  prompts always make progress: at least one layer, or one minimum chunk, per iteration.
 
 The logits rule: a row gets logits when it is a decode row, or the last row of a chunk that
 completes its sequence's tokens in a segment that crosses the last layer now.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from collections.abc import Iterable
@@ -279,19 +284,19 @@ class SloPolicy:
                    source: BatchSource) -> list[Segment]:
         if tokens_left <= 0:
             return []
+        full = range(self.num_layers)
+        floor = 0 if segments or self.layered else min(tokens_left, MIN_CHUNK_TOKENS)
+        tokens = self._most(floor, tokens_left, budget,
+                            lambda t: self._with(base, segments, source.propose(t), full))
+        chunks, span = source.propose(tokens), full
         if self.layered:
-            chunks = source.propose(tokens_left)
+            chunks = list(itertools.takewhile(lambda c: c.completes, chunks))
             if not chunks:
-                return []
-            n = self._most(0 if segments else 1, self.num_layers, budget,
-                           lambda k: self._with(base, segments, chunks, range(k)))
-            span = range(n)
-        else:
-            full = range(self.num_layers)
-            floor = 0 if segments else min(tokens_left, MIN_CHUNK_TOKENS)
-            tokens = self._most(floor, tokens_left, budget,
-                                lambda t: self._with(base, segments, source.propose(t), full))
-            chunks, span = source.propose(tokens), full
+                # The first prompt cannot cross every layer in this step: it travels in layers.
+                chunks = source.propose(tokens_left)
+                n = self._most(0 if segments else 1, self.num_layers, budget,
+                               lambda k: self._with(base, segments, chunks, range(k)))
+                span = range(n)
         if not chunks or not span:
             return []
         return [segment(source.open_batch(chunks, None), span, self.num_layers)]
