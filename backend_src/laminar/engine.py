@@ -230,7 +230,7 @@ class LLMEngine:
             stats.prefill_iterations += 1
         else:
             stats.decode_iterations += 1
-        layers = sum(len(seg.layers) for seg in segments)
+        layers = stats.last_prefill_layers = sum(len(seg.layers) for seg in segments)
         if layers:
             stats.prefill_layers_run[layers] = stats.prefill_layers_run.get(layers, 0) + 1
         stats.prompt_tokens += sum(seg.num_tokens for seg in segments if seg.finishes)

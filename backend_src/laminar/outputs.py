@@ -86,6 +86,7 @@ class EngineStats:
     kv_blocks_total: int = 0
     kv_blocks_free: int = 0
     energy_joules: float | None = None  # GPU energy since the engine started (NVML); None on CPU
+    last_prefill_layers: int = 0           # the last step: layers crossed by prefill rows, summed over segments
     predicted_step_s: float | None = None  # the last step: the cost model's prediction (None without one)
     measured_step_s: float = 0.0           # the last step: its wall time
 

@@ -12,6 +12,7 @@ from triton_server import ROOT, TritonServer, write_variant
 from laminar import EngineArgs, LLMEngine
 
 MODES = {"layered": "laminar", "chunked": "laminar_chunked"}
+SLO_MODEL = "laminar_slo"  # layered prefill under the SLO policy
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,7 @@ def model_repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("model_repository")
     for mode, name in MODES.items():
         write_variant(repo, name, {"schedule_mode": mode})
+    write_variant(repo, SLO_MODEL, {"schedule_mode": "layered", "tbt_slo_ms": "50"})
     return repo
 
 

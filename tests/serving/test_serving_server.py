@@ -13,7 +13,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import MODES
+from conftest import MODES, SLO_MODEL
 from grpc_stream import Stream, generate, text, wait_all
 from triton_server import ROOT
 
@@ -185,6 +185,26 @@ def test_metrics_move_as_requests_are_served(server):
     tokens = metric(after, "lp:prompt_tokens_total") + metric(after, "lp:generation_tokens_total")
     assert per_token == pytest.approx(total / tokens, rel=1e-3)
     assert metric(after, "lp:gpu_energy_joules_per_token") == 0.0, "no energy without NVML"
+
+
+def test_slo_policy_serves_and_reports_its_predictions(server, offline_engines):
+    """tbt_slo_ms through config.pbtxt: same greedy tokens, and the policy's metrics move."""
+    prompts = PROMPTS + [list(range(3, 200))]
+    expected = [offline(offline_engines["layered"], [p], 6)[0] for p in prompts]
+    before = server.metrics()
+    stream = Stream(server.grpc_url)
+    try:
+        results = [stream.send(f"s{i}", greedy_tensors(p, 6), SLO_MODEL) for i, p in enumerate(prompts)]
+        wait_all(results)
+    finally:
+        stream.close()
+    assert [r.ids for r in results] == expected
+    after = server.metrics()
+    grew = {name: metric(after, name, model=SLO_MODEL) - metric(before, name, model=SLO_MODEL) for name in (
+        "lp:prefill_layers_per_iteration_count", "lp:step_time_measured_over_predicted_count")}
+    assert grew["lp:prefill_layers_per_iteration_count"] >= 1
+    assert grew["lp:step_time_measured_over_predicted_count"] >= 6
+    assert metric(after, "lp:step_time_predicted_seconds", model=SLO_MODEL) > 0
 
 
 def test_perf_analyzer_streaming_export(server, demo_model, tmp_path):

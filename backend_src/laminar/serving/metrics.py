@@ -17,6 +17,8 @@ LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0
                    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0]
 TOKEN_LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
                          0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
+PREFILL_LAYER_BUCKETS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192]
+PREDICTION_RATIO_BUCKETS = [0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0]
 
 # EngineStats counter field -> (metric name, extra labels); published as deltas.
 _STAT_COUNTERS = {
@@ -56,6 +58,10 @@ DESCRIPTIONS = {
     "lp:kv_cache_blocks_free": "Free KV cache blocks",
     "lp:expert_weight_bytes_per_token": "Expert weight bytes read per prompt or generated token, since the engine started",
     "lp:gpu_energy_joules_per_token": "GPU energy per prompt or generated token, since the engine started (NVML; stays 0 on CPU)",
+    "lp:prefill_layers_per_iteration": "Layers crossed by prefill rows in an iteration, summed over its prefill batches",
+    "lp:step_time_predicted_seconds": "The cost model's predicted time of the last iteration (tbt_slo_ms engines)",
+    "lp:step_time_measured_seconds": "Measured wall time of the last iteration",
+    "lp:step_time_measured_over_predicted": "Measured / predicted iteration time (tbt_slo_ms engines)",
 }
 
 
@@ -80,6 +86,11 @@ class ServingMetrics:
         self._stat_counters = {f: self._metric(n, counter, extra) for f, (n, extra) in _STAT_COUNTERS.items()}
         self._stat_gauges = {f: self._metric(n, gauge) for f, n in _STAT_GAUGES.items()}
         self._last: dict[str, float] = {f: 0 for f in _STAT_COUNTERS}
+        self._prefill_layers = self._metric("lp:prefill_layers_per_iteration", hist, buckets=PREFILL_LAYER_BUCKETS)
+        self._predicted = self._metric("lp:step_time_predicted_seconds", gauge)
+        self._measured = self._metric("lp:step_time_measured_seconds", gauge)
+        self._ratio = self._metric("lp:step_time_measured_over_predicted", hist, buckets=PREDICTION_RATIO_BUCKETS)
+        self._iterations = 0
 
     def _metric(self, name: str, kind: Any, extra: dict[str, str] | None = None, **kw: Any) -> Any:
         """One labelled metric; families are shared by name (e.g. iterations_total per phase)."""
@@ -105,6 +116,9 @@ class ServingMetrics:
         self._aborted.increment(1)
 
     def engine_stats(self, stats: EngineStats) -> None:
+        if stats.iterations > self._iterations:  # a step ran since the last call
+            self._iterations = stats.iterations
+            self._step(stats)
         for field, counter in self._stat_counters.items():
             value = getattr(stats, field)
             if value is None:  # energy on a machine without NVML
@@ -116,3 +130,12 @@ class ServingMetrics:
             value = getattr(stats, field)
             if value is not None:
                 gauge.set(float(value))
+
+    def _step(self, stats: EngineStats) -> None:
+        """The last iteration's prefill layers, and its predicted against measured time."""
+        if stats.last_prefill_layers:
+            self._prefill_layers.observe(stats.last_prefill_layers)
+        self._measured.set(stats.measured_step_s)
+        if stats.predicted_step_s:
+            self._predicted.set(stats.predicted_step_s)
+            self._ratio.observe(stats.measured_step_s / stats.predicted_step_s)
