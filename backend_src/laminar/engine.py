@@ -13,7 +13,7 @@ from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, ModelConfig
 from laminar.energy import EnergyMeter
 from laminar.model_runner import ModelRunner
-from laminar.outputs import EngineStats, RequestOutput, StepRecord
+from laminar.outputs import EngineStats, RequestOutput, StepRecord, TokenLogprobs
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
 from laminar.scheduler import Scheduler, StepPlan
@@ -141,12 +141,13 @@ class LLMEngine:
         forward_s = time.perf_counter() - forward_start - result.prepare_s
         self.scheduler.advance(plan)
         done = time.monotonic()
-        outputs = [self._append(seq, token, done) for seq, token in zip(sample_seqs, result.tokens)]
+        logprobs = result.logprobs or [None] * len(sample_seqs)
+        outputs = [self._append(seq, token, lp, done) for seq, token, lp in zip(sample_seqs, result.tokens, logprobs)]
         total_s = time.perf_counter() - start
         self._account(plan, group_index, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
         return outputs
 
-    def _append(self, seq: Sequence, token: int, now: float) -> RequestOutput:
+    def _append(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None, now: float) -> RequestOutput:
         """Adds a sampled token, detokenizes it, and finishes the request if a stop condition holds."""
         seq.output_token_ids.append(token)
         seq.first_token_time = seq.first_token_time or now
@@ -174,6 +175,7 @@ class LLMEngine:
             arrival_time=seq.arrival_time,
             scheduled_time=seq.admitted_time,
             first_token_time=seq.first_token_time,
+            logprobs=None if logprobs is None else [logprobs],
         )
 
     def _account(

@@ -19,6 +19,7 @@ from laminar.loader import load_dummy, load_safetensors
 from laminar.models import ForwardBatch, Qwen3ForCausalLM
 from laminar.models.qwen3 import ForwardResult
 from laminar.ops import AttentionMetadata, get_ops
+from laminar.outputs import TokenLogprobs
 from laminar.sampler import Sampler
 from laminar.scheduler import StepPlan
 from laminar.step_inputs import StepInputs
@@ -34,6 +35,7 @@ class StepResult:
     tokens: list[int]          # one per plan.sample_seqs
     experts_touched: int       # sum over the MoE layers run of distinct experts their tokens hit
     prepare_s: float           # host time spent building and sending the inputs
+    logprobs: list[TokenLogprobs | None] | None = None  # per sampled token, when any request asked
 
 
 class ModelRunner:
@@ -160,8 +162,9 @@ class ModelRunner:
         seqs = plan.sample_seqs
         if result.logits is None:
             return StepResult([], experts, prepare_s)
-        tokens = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs])
-        return StepResult(tokens.tolist(), experts, prepare_s)
+        sampled = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs],
+                               [(s.prompt_token_ids, s.output_token_ids) for s in seqs])
+        return StepResult(sampled.tokens.tolist(), experts, prepare_s, sampled.logprobs)
 
     @torch.inference_mode()
     def run(self, batch: ForwardBatch) -> ForwardResult:
