@@ -2,7 +2,9 @@
 # Laminar set-up and entry points. Idempotent: re-running only redoes what changed.
 #
 #   ./build.sh [setup]        venv .venv + tritonserver + perf_analyzer wrappers + demo checkpoint
-#   ./build.sh serve [ARGS]   tritonserver on model_repository/ (extra ARGS go to tritonserver)
+#   ./build.sh serve [ARGS]   tritonserver on model_repository/ (extra ARGS go to tritonserver), and
+#                             the OpenAI-compatible API at http://localhost:9000/v1 beside it
+#                             (LAMINAR_OPENAI_PORT sets its port; LAMINAR_OPENAI_PORT=off turns it off)
 #   ./build.sh test [ARGS]    set up, then pytest tests (extra ARGS go to pytest)
 #   ./build.sh client PROMPT  stream PROMPT through perf/client.py (see --help for options)
 #
@@ -17,7 +19,8 @@ VENV=$ROOT/.venv
 TOOLS=$ROOT/.cache/tools
 PY_PINS=("numpy==1.26.4" "tritonclient[all]==2.73.0" "nvidia-pytriton==0.7.0" "pytest==9.2.*"
          "safetensors==0.8.0" "tokenizers==0.23.3" "transformers==5.23.0" "triton==3.9.0"
-         "nvidia-ml-py==13.615.71" "matplotlib==3.11.2")
+         "nvidia-ml-py==13.615.71" "matplotlib==3.11.2"
+         "fastapi==0.163.2" "uvicorn==0.54.0" "openai==3.51.0")
 TORCH_PIN="torch==2.13.0"
 PA_PIN="perf-analyzer==2.60.0"
 
@@ -134,12 +137,30 @@ setup() {
   setup_demo_model
 }
 
+# The OpenAI API over tritonserver's gRPC port (from ARGS, default 8001). Started before `exec
+# tritonserver`, it exits when the server process does (--exit-with-parent).
+start_openai_api() {
+  local port=${LAMINAR_OPENAI_PORT:-9000} grpc=8001 prev="" arg checkpoint
+  [ "$port" = off ] && return
+  for arg in "$@"; do
+    case $arg in --grpc-port=*) grpc=${arg#*=} ;; esac
+    [ "$prev" = --grpc-port ] && grpc=$arg
+    prev=$arg
+  done
+  # A relative LAMINAR_MODEL is relative to the model's directory, as for the engine.
+  checkpoint=$(cd "$ROOT/model_repository/laminar" && realpath -m -- "${LAMINAR_MODEL:-../../demo_model}")
+  log "OpenAI API at http://localhost:$port/v1 (Triton gRPC localhost:$grpc)"
+  "$VENV/bin/python" -m laminar.openai_api --triton-url "localhost:$grpc" --checkpoint "$checkpoint" \
+    --port "$port" --exit-with-parent &
+}
+
 cmd=${1:-setup}
 [ $# -gt 0 ] && shift
 case $cmd in
   setup) setup ;;
   serve)
     setup
+    start_openai_api "$@"
     # Explicit model control lets the model unload itself (turning the server not-ready) if its
     # engine dies.
     exec "$VENV/bin/tritonserver" --model-repository "$ROOT/model_repository" \

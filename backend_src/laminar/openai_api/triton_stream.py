@@ -85,6 +85,8 @@ class TritonStream:
         try:
             async for result, error in responses:
                 if error is not None:
+                    if not await self.ready():
+                        raise APIError(503, f"model {self.model} is not ready: {error.message()}", type="server_error")
                     raise APIError(400, error.message())
                 delta = _delta(result)
                 yield delta
