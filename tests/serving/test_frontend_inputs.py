@@ -1,12 +1,15 @@
-"""What NVIDIA's OpenAI frontend and genai-perf send, parsed without Triton; the logprobs output
-in the vLLM backend's JSON format."""
+"""What NVIDIA's OpenAI frontend and genai-perf send: parsed without Triton, then through the
+real tritonserver; the logprobs output in the vLLM backend's JSON format."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
-from grpc_stream import text
+from grpc_stream import generate, text
+from test_serving_server import metric
+from triton_server import ROOT
 
 from laminar import RequestOutput
 from laminar.outputs import TokenLogprobs
@@ -74,3 +77,48 @@ def test_logprobs_output_is_the_vllm_backend_json():
     got = json.loads(builder.feed(_output([1], [top_is_sampled], True))["logprobs"][0])
     assert got == [{"1": {"logprob": -0.1, "rank": 1, "decoded_token": "<1>"},
                     "5": {"logprob": -2.5, "rank": 2, "decoded_token": "<5>"}}]
+
+
+def test_nvidia_frontend_vllm_request_through_triton(server):
+    """The tensors NVIDIA's OpenAI frontend (--backend vllm) sends for a chat request with
+    logprobs=true, top_logprobs=2: every input is accepted and the outputs it reads come back."""
+    sp = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "n": 1, "temperature": 0.0, "top_p": 1.0,
+          "ignore_eos": True, "logprobs": 2, "max_tokens": 4}
+    result = generate(server.grpc_url, {
+        "text_input": text("hello"), "stream": np.array([False]), "exclude_input_in_output": np.array([True]),
+        "sampling_parameters": text(json.dumps(sp)), "return_num_input_tokens": np.array([True]),
+        "return_num_output_tokens": np.array([True]), "return_logprobs": np.array([True])})
+    assert result.error is None
+    (response,) = result.responses
+    assert int(response["num_output_tokens"][0]) == 4 and int(response["num_input_tokens"][0]) > 0
+    entries = json.loads(response["logprobs"][0])
+    assert [int(next(iter(e))) for e in entries] == result.ids
+    assert all(len(e) == 2 and next(iter(e.values()))["rank"] == 1 for e in entries)  # greedy: sampled = top 1
+
+
+def test_trtllm_named_tensors_through_triton(server):
+    base = {"text_input": text("hello"), "max_tokens": np.array([8], dtype=np.int32), "ignore_eos": np.array([True])}
+    seeded = {**base, "temperature": np.array([1.0], dtype=np.float32), "seed": np.array([9], dtype=np.uint64)}
+    greedy = {**base, "temperature": np.array([0.0], dtype=np.float32)}
+    penalised = {**greedy, "frequency_penalty": np.array([1.0], dtype=np.float32),
+                 "presence_penalty": np.array([0.5], dtype=np.float32),
+                 "repetition_penalty": np.array([1.1], dtype=np.float32)}
+    runs = [generate(server.grpc_url, tensors) for tensors in (seeded, seeded, greedy, penalised)]
+    assert all(r.error is None and len(r.ids) == 8 for r in runs)
+    assert runs[0].ids == runs[1].ids  # `seed` seeds the request
+    assert runs[3].ids != runs[2].ids  # the demo model repeats itself when greedy; the penalties stop that
+
+
+def test_genai_perf_over_grpc_with_string_max_tokens(server, demo_model, tmp_path):
+    """genai-perf's vLLM-over-KServe input sends max_tokens as a string in sampling_parameters."""
+    before = metric(server.metrics(), "lp:generation_tokens_total")
+    subprocess.run(
+        [str(ROOT / ".venv/bin/genai-perf"), "profile", "-m", "laminar", "--endpoint-type", "kserve",
+         "--backend", "vllm", "--streaming", "-u", server.grpc_url, "--tokenizer", str(demo_model),
+         "--synthetic-input-tokens-mean", "32", "--synthetic-input-tokens-stddev", "0",
+         "--output-tokens-mean", "8", "--output-tokens-stddev", "0", "--extra-inputs", "ignore_eos:true",
+         "--concurrency", "2", "--request-count", "8", "--artifact-dir", str(tmp_path)],
+        check=True, cwd=tmp_path, capture_output=True, timeout=300)
+    (export,) = tmp_path.glob("**/profile_export_genai_perf.json")
+    assert json.loads(export.read_text())["request_count"]["avg"] == 8
+    assert metric(server.metrics(), "lp:generation_tokens_total") - before == 8 * 8

@@ -3,6 +3,9 @@ tritonserver of the session, checked against the engine run in the test process.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +14,7 @@ import urllib.request
 import openai
 import pytest
 from test_serving_server import metric
-from triton_server import free_port
+from triton_server import ROOT, free_port
 
 from laminar import SamplingParams
 
@@ -180,3 +183,56 @@ def test_client_disconnect_cancels_and_frees_the_kv_blocks(server, api_url):
         post(stream=False, timeout=2)
     settled()
     assert generated() - before_plain < 4000
+
+
+def test_aiperf_with_server_token_counts(api_url, demo_model, tmp_path):
+    subprocess.run(
+        [str(ROOT / ".venv/bin/aiperf"), "profile", "--model", "laminar", "--url", api_url.removesuffix("/v1"),
+         "--endpoint-type", "chat", "--streaming", "--use-server-token-count", "--tokenizer", str(demo_model),
+         "--synthetic-input-tokens-mean", "32", "--synthetic-input-tokens-stddev", "0",
+         "--output-tokens-mean", "8", "--output-tokens-stddev", "0", "--extra-inputs", "ignore_eos:true",
+         "--concurrency", "2", "--request-count", "8", "--ui-type", "none", "--artifact-dir", str(tmp_path)],
+        check=True, cwd=tmp_path, capture_output=True, timeout=300)
+    result = json.loads((tmp_path / "profile_export_aiperf.json").read_text())
+    assert result["request_count"]["avg"] == 8 and not result["error_summary"]
+    osl = result["output_sequence_length"]
+    assert osl["min"] == osl["max"] == 8  # from `usage`: the tokens the server generated
+    assert result["time_to_first_token"]["avg"] > 0
+
+
+def readme_example() -> str:
+    """The first Python block of the README's OpenAI API section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## OpenAI API"):]
+    return section[section.index("```python\n") + 10:section.index("```\n", section.index("```python"))]
+
+
+def test_build_sh_serve_runs_the_readme_example(tmp_path):
+    """A newcomer's path: `./build.sh serve`, then the README's client example against it."""
+    http, grpc, metrics, api = (free_port() for _ in range(4))
+    log = open(tmp_path / "serve.log", "wb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINAR_")}
+    serve = subprocess.Popen(
+        [str(ROOT / "build.sh"), "serve", "--http-port", str(http), f"--grpc-port={grpc}",
+         "--metrics-port", str(metrics)], env={**env, "LAMINAR_OPENAI_PORT": str(api)},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{api}/health", serve, timeout=240)
+        example = readme_example().replace("localhost:9000", f"localhost:{api}")
+        run = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        text, usage = run.stdout.rsplit("\n", 2)[:2] if run.stdout.count("\n") >= 2 else (run.stdout, "")
+        assert text.strip() and "completion_tokens=" in usage, run.stdout
+    finally:
+        serve.send_signal(signal.SIGTERM)  # tritonserver: build.sh exec'd it
+        serve.wait(60)
+        log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and port_open(api):
+        time.sleep(0.3)
+    assert not port_open(api), "the OpenAI API outlived tritonserver"
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
