@@ -4,11 +4,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
+from jinja2 import TemplateError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -30,11 +31,12 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
     task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
     try:
-        await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
+        if not task.done():
+            task.cancel()  # closes the generation, which cancels its Triton request
+    if task not in done:
         raise APIError(499, "client disconnected")
     return task.result()
 
@@ -120,7 +122,10 @@ def build_app(triton_url: str, model: str, served_name: str, chat_template: Chat
         if chat_template is None or not chat_template.available:
             raise bad_request("this model has no chat template; use /v1/completions")
         sampling = body.sampling()
-        prompt = chat_template.render(body.template_messages())
+        try:
+            prompt = chat_template.render(body.template_messages())
+        except TemplateError as e:  # e.g. a role the template does not allow
+            raise bad_request(f"the chat template refused the messages: {e}", "messages") from None
         fmt = ChatCompletions(body.top_logprobs if body.logprobs else None)
         return await _generate(request, body, fmt, prompt, sampling)
 
