@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from laminar import LLM
 from laminar.sampler import Sampler
 from laminar.sampling_params import SamplingParams
 
@@ -97,3 +98,13 @@ def test_rows_without_logprobs_or_penalties_are_untouched() -> None:
     assert out.tokens[1] != logits[1].argmax()  # its argmax, now penalised by 2, lost the lead
     with pytest.raises(ValueError, match="history"):
         Sampler()(logits, params, [None] * 3)
+
+
+def test_llm_generate_returns_logprobs_of_its_tokens(moe_checkpoint) -> None:
+    llm = LLM(model=str(moe_checkpoint), device="cpu")
+    prompt = [5, 17, 99, 3]
+    (out,) = llm.generate([prompt], SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True, logprobs=2))
+    assert [lp.token_id for lp in out.logprobs] == out.token_ids
+    assert all(lp.rank == 1 and len(lp.top) == 2 and lp.top[0][0] == lp.token_id for lp in out.logprobs)
+    (plain,) = llm.generate([prompt], SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))
+    assert plain.logprobs is None and plain.token_ids == out.token_ids

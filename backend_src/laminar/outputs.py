@@ -40,6 +40,7 @@ class CompletionOutput:
     token_ids: list[int]
     text: str
     finish_reason: str | None
+    logprobs: list[TokenLogprobs] | None = None  # one per token when SamplingParams.logprobs is set
 
 
 @dataclass
