@@ -236,3 +236,17 @@ def test_build_sh_serve_runs_the_readme_example(tmp_path):
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_request_translation_without_a_server():
+    from laminar.openai_api.protocol import UNLIMITED_TOKENS, ChatCompletionRequest, CompletionRequest
+    chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                                   {"type": "text", "text": "b"}]}],
+                                 max_tokens=5, max_completion_tokens=7, logprobs=True, seed=3)
+    assert chat.sampling() == {"max_tokens": 7, "seed": 3, "logprobs": 0}
+    assert chat.template_messages() == [{"role": "user", "content": "ab"}]
+    assert ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "a"}]).sampling() == {
+        "max_tokens": UNLIMITED_TOKENS}
+    legacy = CompletionRequest(model="m", prompt=[[1, 2, 3]], logprobs=2, stop="x")
+    assert legacy.prompt_input() == [1, 2, 3]
+    assert legacy.sampling() == {"max_tokens": 16, "stop": "x", "logprobs": 2}
