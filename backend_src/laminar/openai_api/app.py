@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from jinja2 import TemplateError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 
 from laminar.openai_api.chat_template import ChatTemplate
 from laminar.openai_api.errors import APIError, bad_request, on_api_error, on_validation_error

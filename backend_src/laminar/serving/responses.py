@@ -13,10 +13,9 @@ OpenAI server does, since JSON has no infinity.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-import json
 
 import numpy as np
 
