@@ -4,7 +4,8 @@ Works on plain `{input name: numpy array}` dicts so it is testable without Trito
 vLLM-backend convention (text_input, stream, sampling_parameters JSON, exclude_input_in_output,
 return_num_*_tokens, return_logprobs), the TensorRT-LLM-backend per-field tensors (max_tokens,
 temperature, top_k, top_p, random_seed / seed, frequency_penalty, presence_penalty, stop_words,
-end_id, ...) and token-level prompts (input_ids). Scalars may come as [1] or [1, 1] arrays.
+end_id, ...) and token-level prompts (input_ids). Scalars may be [1] or [1, 1] arrays here; Triton
+itself holds requests to config.pbtxt's dims ([1]) before they reach the model.
 
 sampling_parameters follows vLLM's JSON: numbers may be numeric strings (genai-perf sends
 `"max_tokens": "256"`), and `n` is accepted when it is 1 (NVIDIA's OpenAI frontend always sends it).
