@@ -22,10 +22,10 @@ class LogitsRecorder:
         self.logits: dict[int, list[torch.Tensor]] = {}
         engine.runner.sampler = self
 
-    def __call__(self, logits, params, generators):
+    def __call__(self, logits, params, generators, *histories):
         for row, p in zip(logits, params):
             self.logits.setdefault(id(p), []).append(row.clone())
-        return self.inner(logits, params, generators)
+        return self.inner(logits, params, generators, *histories)
 
 
 def greedy(max_tokens: int, **kw) -> SamplingParams:

@@ -32,6 +32,11 @@ from laminar.sampling_params import SamplingParams
         ({"stop_token_ids": ["a"]}, "stop_token_ids"),
         ({"ignore_eos": "yes"}, "ignore_eos"),
         ({"skip_special_tokens": 1}, "skip_special_tokens"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -2.1}, "frequency_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": True}, "logprobs"),
     ],
 )
 def test_bad_field_names_the_field(kwargs: dict, field: str) -> None:
@@ -66,18 +71,18 @@ def _logits(batch: int, vocab: int, seed: int = 0) -> torch.Tensor:
 def test_greedy_is_argmax_and_top_k_one_matches() -> None:
     logits = _logits(8, 100)
     sampler = Sampler()
-    out = sampler(logits, [SamplingParams(temperature=0)] * 8, [None] * 8)
+    out = sampler(logits, [SamplingParams(temperature=0)] * 8, [None] * 8).tokens
     assert out.dtype == torch.int64 and out.shape == (8,)
     assert torch.equal(out, logits.argmax(-1))
-    out_k1 = sampler(logits, [SamplingParams(top_k=1, temperature=1.5)] * 8, [None] * 8)
+    out_k1 = sampler(logits, [SamplingParams(top_k=1, temperature=1.5)] * 8, [None] * 8).tokens
     assert torch.equal(out_k1, logits.argmax(-1))
-    tiny_t = sampler(logits, [SamplingParams(temperature=1e-7)] * 8, [None] * 8)
+    tiny_t = sampler(logits, [SamplingParams(temperature=1e-7)] * 8, [None] * 8).tokens
     assert torch.equal(tiny_t, logits.argmax(-1))
 
 
 def test_low_temperature_concentrates_on_argmax() -> None:
     logits = _logits(4, 50).repeat(100, 1)
-    out = Sampler()(logits, [SamplingParams(temperature=0.01)] * 400, [None] * 400)
+    out = Sampler()(logits, [SamplingParams(temperature=0.01)] * 400, [None] * 400).tokens
     assert torch.equal(out, logits.argmax(-1))
 
 
@@ -111,7 +116,7 @@ def test_filters_never_pick_removed_tokens(params: SamplingParams) -> None:
     logits = _logits(1, 64, seed=5)
     allowed = _allowed((logits[0] / params.temperature).softmax(-1), params)
     batch = logits.repeat(2000, 1)
-    out = Sampler()(batch, [params] * 2000, [None] * 2000)
+    out = Sampler()(batch, [params] * 2000, [None] * 2000).tokens
     seen = set(out.tolist())
     assert seen <= allowed
     assert len(seen) >= min(len(allowed), 2)
@@ -129,7 +134,7 @@ def test_mixed_batch_applies_each_rows_params() -> None:
     sampler = Sampler()
     seen: list[set[int]] = [set() for _ in rows]
     for _ in range(300):
-        for i, tok in enumerate(sampler(logits, rows, [None] * 4).tolist()):
+        for i, tok in enumerate(sampler(logits, rows, [None] * 4).tokens.tolist()):
             seen[i].add(tok)
     assert seen[0] == {int(logits[0].argmax())}
     assert seen[1] <= _allowed(probs, rows[1]) and len(seen[1]) == 3
@@ -140,7 +145,7 @@ def test_mixed_batch_applies_each_rows_params() -> None:
 def test_distribution_matches_softmax() -> None:
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
     n = 40000
-    out = Sampler()(logits.repeat(n, 1), [SamplingParams(temperature=1.3)] * n, [None] * n)
+    out = Sampler()(logits.repeat(n, 1), [SamplingParams(temperature=1.3)] * n, [None] * n).tokens
     freq = torch.bincount(out, minlength=6).float() / n
     expected = (logits[0] / 1.3).softmax(-1)
     # 5 sigma of a binomial proportion at n=40000 is below 0.013 for every p.
@@ -164,7 +169,7 @@ def _seeded_run(seed: int, steps: int, batch_of: int, position: int) -> list[int
             other = (position + 1) % batch_of
             params[other] = SamplingParams(seed=seed + 1)
             gens[other] = make_generator(seed + 1, "cpu")
-        tokens.append(int(sampler(logits, params, gens)[position]))
+        tokens.append(int(sampler(logits, params, gens).tokens[position]))
     return tokens
 
 

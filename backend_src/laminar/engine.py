@@ -17,7 +17,7 @@ from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
 from laminar.layered_prefill import StepPlan, StepShape
 from laminar.model_runner import ModelRunner
-from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord
+from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord, TokenLogprobs
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
 from laminar.scheduler import Scheduler
@@ -160,7 +160,8 @@ class LLMEngine:
         forward_s = time.perf_counter() - forward_start - result.prepare_s
         self.scheduler.advance(plan)
         done = time.monotonic()
-        outputs = [self._append(seq, token, done) for seq, token in zip(sample_seqs, result.tokens)]
+        logprobs = result.logprobs or [None] * len(sample_seqs)
+        outputs = [self._append(seq, token, lp, done) for seq, token, lp in zip(sample_seqs, result.tokens, logprobs)]
         total_s = time.perf_counter() - start
         self._learn(plan, start, total_s)
         self._account(plan, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
@@ -189,7 +190,7 @@ class LLMEngine:
                 "this load, so requests are recomputed; raise gpu_memory_utilization or lower max_num_seqs",
                 recent, len(self.recent_preemptions), self.blocks.num_blocks, self.blocks.block_size)
 
-    def _append(self, seq: Sequence, token: int, now: float) -> RequestOutput:
+    def _append(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None, now: float) -> RequestOutput:
         """Adds a sampled token, detokenizes it, and finishes the request if a stop condition holds."""
         seq.output_token_ids.append(token)
         seq.first_token_time = seq.first_token_time or now
@@ -217,6 +218,7 @@ class LLMEngine:
             arrival_time=seq.arrival_time,
             scheduled_time=seq.admitted_time,
             first_token_time=seq.first_token_time,
+            logprobs=None if logprobs is None else [logprobs],
         )
 
     def _account(self, plan: StepPlan, sample_seqs: list[Sequence], experts_touched: int, cpu_s: float,

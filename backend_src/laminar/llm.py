@@ -37,6 +37,8 @@ class LLM:
                     done.token_ids.extend(out.new_token_ids)
                     done.text += out.new_text
                     done.finish_reason = out.finish_reason
+                    if out.logprobs is not None:
+                        done.logprobs = (done.logprobs or []) + out.logprobs
         finally:
             for rid in ids:
                 self.engine.abort(rid)

@@ -21,6 +21,7 @@ from laminar.layered_prefill import StepPlan, stretches
 from laminar.models import ForwardBatch, Qwen3ForCausalLM
 from laminar.models.qwen3 import ForwardResult, SegmentRows, Stretch
 from laminar.ops import AttentionMetadata, get_ops
+from laminar.outputs import TokenLogprobs
 from laminar.sampler import Sampler
 from laminar.step_inputs import SegmentInputs, StepInputs
 from laminar.tp_worker import WorkerGroup
@@ -37,6 +38,7 @@ class StepResult:
     tokens: list[int]          # one per plan.sample_seqs
     experts_touched: int       # sum over the MoE layers run of distinct experts their tokens hit
     prepare_s: float           # host time spent building and sending the inputs
+    logprobs: list[TokenLogprobs | None] | None = None  # per sampled token, when any request asked
 
 
 class ModelRunner:
@@ -233,8 +235,9 @@ class ModelRunner:
         if result.logits is None:
             self.synchronize()  # the step's time must include its GPU work (the cost model learns from it)
             return StepResult([], experts, prepare_s)
-        tokens = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs])
-        return StepResult(tokens.tolist(), experts, prepare_s)
+        sampled = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs],
+                               [(s.prompt_token_ids, s.output_token_ids) for s in seqs])
+        return StepResult(sampled.tokens.tolist(), experts, prepare_s, sampled.logprobs)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

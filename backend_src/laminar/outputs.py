@@ -5,6 +5,16 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class TokenLogprobs:
+    """A sampled token's log-probability (see laminar.logprobs for which distribution)."""
+
+    token_id: int
+    logprob: float
+    rank: int                       # 1 + the number of tokens strictly more likely than it
+    top: list[tuple[int, float]]    # (token id, logprob) of the most likely tokens, best first
+
+
+@dataclass
 class RequestOutput:
     """A request's progress in one step: the tokens and text that are new since the last one."""
 
@@ -18,6 +28,7 @@ class RequestOutput:
     arrival_time: float
     scheduled_time: float | None       # first admission into a prefill batch (queue time ends)
     first_token_time: float | None
+    logprobs: list[TokenLogprobs] | None = None  # one per new token when the request asked for them
 
 
 @dataclass
@@ -29,6 +40,7 @@ class CompletionOutput:
     token_ids: list[int]
     text: str
     finish_reason: str | None
+    logprobs: list[TokenLogprobs] | None = None  # one per token when SamplingParams.logprobs is set
 
 
 @dataclass

@@ -1,9 +1,15 @@
-"""Batched token sampling: greedy, temperature, top-k / top-p / min-p, per-request seeds."""
+"""Batched token sampling: penalties, greedy, temperature, top-k / top-p / min-p, per-request
+seeds, and the sampled tokens' logprobs."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from laminar.logprobs import gather_logprobs
+from laminar.outputs import TokenLogprobs
+from laminar.penalties import TokenHistory, apply_penalties
 from laminar.sampling_params import SamplingParams
 
 # Temperatures below this are treated as greedy: dividing logits by ~0 overflows to inf.
@@ -54,8 +60,16 @@ def _filter_logits(logits: Tensor, params: list[SamplingParams]) -> Tensor:
     return logits
 
 
+@dataclass
+class SamplerOutput:
+    tokens: Tensor                                   # [batch] sampled token ids
+    logprobs: list[TokenLogprobs | None] | None      # per row, or None when no row asked
+
+
 class Sampler:
     """Picks one token per row of a logits batch.
+
+    Penalties (laminar.penalties) change the logits first, for greedy and sampled rows alike.
 
     Sampling uses the exponential race (argmax of p / E with E ~ Exp(1)), which equals a
     categorical draw but needs no cumulative sums or host syncs. Seeded rows draw their
@@ -68,29 +82,39 @@ class Sampler:
         logits: Tensor,
         params: list[SamplingParams],
         generators: list[torch.Generator | None],
-    ) -> Tensor:
+        histories: list[TokenHistory] | None = None,
+    ) -> SamplerOutput:
+        """histories: each row's (prompt, output) token ids; needed only when a row has penalties."""
         batch, vocab = logits.shape
         if len(params) != batch or len(generators) != batch:
             raise ValueError(
                 f"got {batch} logits rows, {len(params)} params, {len(generators)} generators"
             )
+        if any(p.penalized for p in params):
+            if histories is None or len(histories) != batch:
+                raise ValueError("penalties need one token history per logits row")
+            logits = apply_penalties(logits, params, histories)
+        want_logprobs = any(p.logprobs is not None for p in params)
         tokens = logits.argmax(dim=-1)
+        processed = logits
         rows = [i for i, p in enumerate(params) if p.temperature >= _GREEDY_EPS]
-        if not rows:
-            return tokens
-        device = logits.device
-        all_rows = len(rows) == batch
-        row_index = None if all_rows else torch.tensor(rows, device=device)
-        sub = logits if all_rows else logits.index_select(0, row_index)
-        sub_params = [params[i] for i in rows]
-        temps = torch.tensor([p.temperature for p in sub_params], device=device, dtype=sub.dtype)
-        sub = _filter_logits(sub.float() / temps.unsqueeze(1), sub_params)
-        probs = sub.softmax(dim=-1)
-        noise = self._exponential_noise(len(rows), vocab, [generators[i] for i in rows], device)
-        sampled = probs.div_(noise).argmax(dim=-1)
-        if all_rows:
-            return sampled
-        return tokens.index_copy_(0, row_index, sampled)
+        if rows:
+            device = logits.device
+            all_rows = len(rows) == batch
+            row_index = None if all_rows else torch.tensor(rows, device=device)
+            sub = logits if all_rows else logits.index_select(0, row_index)
+            sub_params = [params[i] for i in rows]
+            temps = torch.tensor([p.temperature for p in sub_params], device=device, dtype=sub.dtype)
+            sub = _filter_logits(sub.float() / temps.unsqueeze(1), sub_params)
+            noise = self._exponential_noise(len(rows), vocab, [generators[i] for i in rows], device)
+            sampled = sub.softmax(dim=-1).div_(noise).argmax(dim=-1)
+            if all_rows:
+                tokens, processed = sampled, sub
+            else:
+                tokens = tokens.index_copy_(0, row_index, sampled)
+                if want_logprobs:
+                    processed = logits.float().index_copy(0, row_index, sub)
+        return SamplerOutput(tokens, gather_logprobs(processed, tokens, params) if want_logprobs else None)
 
     @staticmethod
     def _exponential_noise(

@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+# The OpenAI API's top_logprobs limit; a bound keeps one request from making every step's top-k slow.
+MAX_LOGPROBS = 20
+
 
 def _is_int(value: Any) -> bool:
     """True for real ints; bool is excluded because `max_tokens=True` is a client bug."""
@@ -31,6 +34,14 @@ class SamplingParams:
       stop_token_ids=[]: token ids that end generation (in addition to EOS).
       ignore_eos=False: keep generating past EOS tokens (benchmarks use this).
       skip_special_tokens=True: leave special tokens out of the detokenized text.
+      presence_penalty=0.0: subtracted once from the logit of every token already in the
+        output; in [-2, 2], positive values push towards new tokens.
+      frequency_penalty=0.0: subtracted from a token's logit once per occurrence in the
+        output; in [-2, 2].
+      repetition_penalty=1.0: tokens seen in the prompt or output have positive logits divided
+        and negative logits multiplied by it; > 0, values above 1 discourage repeats.
+      logprobs=None: return each sampled token's log-probability, its rank and the `logprobs`
+        most likely alternatives (0 = the sampled token only); in [0, 20].
     """
 
     max_tokens: int = 16
@@ -43,6 +54,10 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -55,6 +70,9 @@ class SamplingParams:
         self.temperature = float(self.temperature)
         self.top_p = float(self.top_p)
         self.min_p = float(self.min_p)
+        self.presence_penalty = float(self.presence_penalty)
+        self.frequency_penalty = float(self.frequency_penalty)
+        self.repetition_penalty = float(self.repetition_penalty)
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
 
@@ -85,6 +103,14 @@ class SamplingParams:
             raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
         if not isinstance(self.skip_special_tokens, bool):
             raise ValueError(f"skip_special_tokens must be a bool, got {self.skip_special_tokens!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not -2.0 <= value <= 2.0:
+                raise ValueError(f"{name} must be a number in [-2, 2], got {value!r}")
+        if not _is_number(self.repetition_penalty) or not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be a number > 0, got {self.repetition_penalty!r}")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be an int in [0, {MAX_LOGPROBS}] or None, got {self.logprobs!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamplingParams:
@@ -97,6 +123,11 @@ class SamplingParams:
         if unknown:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(map(str, unknown))}")
         return cls(**d)
+
+    @property
+    def penalized(self) -> bool:
+        """Rows without penalties skip the token-count work in the sampler."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
 
     @property
     def greedy(self) -> bool:

@@ -2,8 +2,13 @@
 
 Works on plain `{input name: numpy array}` dicts so it is testable without Triton. Accepts the
 vLLM-backend convention (text_input, stream, sampling_parameters JSON, exclude_input_in_output,
-return_num_*_tokens), the TensorRT-LLM-backend per-field tensors (max_tokens, temperature, top_k,
-top_p, random_seed, stop_words, end_id, ...) and token-level prompts (input_ids).
+return_num_*_tokens, return_logprobs), the TensorRT-LLM-backend per-field tensors (max_tokens,
+temperature, top_k, top_p, random_seed / seed, frequency_penalty, presence_penalty, stop_words,
+end_id, ...) and token-level prompts (input_ids). Scalars may be [1] or [1, 1] arrays here; Triton
+itself holds requests to config.pbtxt's dims ([1]) before they reach the model.
+
+sampling_parameters follows vLLM's JSON: numbers may be numeric strings (genai-perf sends
+`"max_tokens": "256"`), and `n` is accepted when it is 1 (NVIDIA's OpenAI frontend always sends it).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ class ParsedRequest:
     exclude_input_in_output: bool = False
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
+    return_logprobs: bool = False
 
 
 _INT_KINDS = "iu"
@@ -82,11 +88,16 @@ _FIELD_TENSORS: dict[str, tuple[str, Callable[[str, np.ndarray], Any]]] = {
     "top_p": ("top_p", _as_float),
     "min_p": ("min_p", _as_float),
     "random_seed": ("seed", _as_int),
+    "seed": ("seed", _as_int),
+    "frequency_penalty": ("frequency_penalty", _as_float),
+    "presence_penalty": ("presence_penalty", _as_float),
+    "repetition_penalty": ("repetition_penalty", _as_float),
     "ignore_eos": ("ignore_eos", _as_bool),
     "stop_words": ("stop", _as_text_list),
     "end_id": ("stop_token_ids", lambda n, a: [_as_int(n, a)]),
 }
-_FLAGS = ("stream", "exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens")
+_FLAGS = ("stream", "exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens",
+          "return_logprobs")
 _PROMPTS = ("text_input", "input_ids")
 KNOWN_INPUTS = frozenset(_FIELD_TENSORS) | set(_FLAGS) | set(_PROMPTS) | {"sampling_parameters"}
 
@@ -119,6 +130,7 @@ def _sampling_dict(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             raise RequestError(f"input 'sampling_parameters' is not valid JSON: {e}") from None
         if not isinstance(fields, dict):
             raise RequestError("input 'sampling_parameters' must be a JSON object")
+        fields = _vllm_json_fields(fields)
     for name, (field, read) in _FIELD_TENSORS.items():
         if name not in inputs:
             continue
@@ -128,17 +140,41 @@ def _sampling_dict(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return fields
 
 
+_INT_FIELDS = ("max_tokens", "top_k", "seed", "logprobs")
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+
+
+def _vllm_json_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Numeric strings -> numbers, and `n` (only 1 is supported) dropped."""
+    fields = dict(fields)
+    n = fields.pop("n", 1)
+    if str(n).strip() != "1":
+        raise RequestError(f"sampling field 'n' must be 1 (one sequence per request), got {n!r}")
+    for names, convert in ((_INT_FIELDS, int), (_FLOAT_FIELDS, float)):
+        for name in names:
+            value = fields.get(name)
+            if isinstance(value, str):
+                try:
+                    fields[name] = convert(value)
+                except ValueError:
+                    raise RequestError(f"sampling field {name!r} must be a number, got {value!r}") from None
+    return fields
+
+
 def parse_request(inputs: Mapping[str, np.ndarray]) -> ParsedRequest:
     """Validates everything that can be checked without the engine; raises RequestError."""
     unknown = sorted(set(inputs) - KNOWN_INPUTS)
     if unknown:
         raise RequestError(f"unknown input(s): {', '.join(unknown)}")
     prompt = _prompt(inputs)
+    flags = {name: _as_bool(name, inputs[name]) for name in _FLAGS if name in inputs}
+    fields = _sampling_dict(inputs)
+    if flags.get("return_logprobs") and fields.get("logprobs") is None:
+        fields["logprobs"] = 0  # the sampled tokens' own logprobs
     try:
-        params = SamplingParams.from_dict(_sampling_dict(inputs))
+        params = SamplingParams.from_dict(fields)
     except RequestError:
         raise
     except (ValueError, TypeError) as e:
         raise RequestError(f"bad sampling parameters: {e}") from None
-    flags = {name: _as_bool(name, inputs[name]) for name in _FLAGS if name in inputs}
     return ParsedRequest(prompt=prompt, params=params, **flags)
