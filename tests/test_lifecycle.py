@@ -116,3 +116,15 @@ def test_seeded_sampling_repeats_across_runs_and_modes(moe_checkpoint_5):
         results.append(run_to_completion(engine, arrivals))
     assert results[0] == results[1] == results[2]
     assert results[0]["s1"] != results[0]["s2"]
+
+
+def test_repeated_preemption_is_warned_once(moe_checkpoint_5, caplog):
+    """A KV cache far too small for the load: the engine says so (rate-limited), and still finishes."""
+    prompts = {f"p{i}": [(i * 7 + j) % 250 + 1 for j in range(12)] for i in range(10)}
+    engine = make_engine(moe_checkpoint_5, num_kv_blocks=24, max_model_len=64, max_num_seqs=16)
+    with caplog.at_level("WARNING", logger="laminar.engine"):
+        run_to_completion(engine, {0: [(rid, p, greedy(40)) for rid, p in prompts.items()]})
+    assert engine.get_stats().num_preemptions >= 8
+    warnings = [r for r in caplog.records if "preemptions in the last" in r.getMessage()]
+    assert len(warnings) == 1 and "too small" in warnings[0].getMessage()
+    assert_pool_full(engine)
