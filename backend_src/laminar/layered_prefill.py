@@ -85,10 +85,6 @@ class PrefillBatch:
     layers_done: int = 0
     carry_rows: list[int] | None = None
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(c.length for c in self.chunks)
-
     def remove(self, seq: Sequence) -> None:
         """Drops seq's chunk and its carried rows (abort or preemption while the batch is in flight)."""
         if all(c.seq is not seq for c in self.chunks):

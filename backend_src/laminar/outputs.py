@@ -69,10 +69,6 @@ class StepRecord:
     def prefill_ids(self) -> list[str]:
         return [rid for seg in self.segments for rid in seg.request_ids]
 
-    @property
-    def prefill_tokens(self) -> int:
-        return sum(seg.tokens for seg in self.segments)
-
 
 @dataclass
 class EngineStats:
