@@ -11,12 +11,13 @@ def test_metadata_parts_are_aligned_and_correct(moe_checkpoint_5):
         engine.add_request(rid, list(range(1, n + 1)), greedy(2))
     plan = engine.scheduler.schedule()
     batch = engine.runner.build_batch(step_inputs(plan))
-    meta = batch.mixed_meta
-    for t in (meta.query_start_loc, meta.seq_lens, meta.block_tables, meta.slot_mapping, batch.mixed_positions):
+    (stretch,) = batch.stretches  # chunked: one segment across the whole stack
+    meta, positions = stretch.meta, stretch.positions
+    for t in (meta.query_start_loc, meta.seq_lens, meta.block_tables, meta.slot_mapping, positions):
         assert t.data_ptr() % 16 == 0
     assert meta.query_start_loc.tolist() == [0, 5, 12, 15]
     assert meta.seq_lens.tolist() == [5, 7, 3]
-    assert batch.mixed_positions.tolist() == [*range(5), *range(7), *range(3)]
+    assert positions.tolist() == [*range(5), *range(7), *range(3)]
     tables = [s.block_table for s in (engine.seqs[r] for r in "abc")]
     expected = [tables[i][p // 4] * 4 + p % 4 for i, n in enumerate((5, 7, 3)) for p in range(n)]
     assert meta.slot_mapping.tolist() == expected
