@@ -66,7 +66,7 @@ class CostModel:
         self.weights = self.prior.copy()
         self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=WINDOW)
         self.since_fit = 0
-        self.ratios: deque[float] = deque(maxlen=MARGIN_WINDOW)  # measured / predicted, steps with prefill rows
+        self.prefill_steps: deque[tuple[np.ndarray, float]] = deque(maxlen=MARGIN_WINDOW)  # features, seconds
 
     def features(self, shape: StepShape) -> np.ndarray:
         p = self.profile
@@ -93,7 +93,7 @@ class CostModel:
             return
         features = self.features(shape)
         if shape.segments:
-            self.ratios.append(seconds / max(float(features @ self.weights), 1e-9))
+            self.prefill_steps.append((features, seconds))
         self.samples.append((features, seconds))
         self.since_fit += 1
         if self.since_fit >= REFIT_EVERY:
@@ -101,11 +101,15 @@ class CostModel:
             self.weights = self._fit()
 
     def margin(self) -> float:
-        """How much longer than predicted prefill steps have recently run (their 90th percentile,
-        within MARGIN_LIMITS): the fit is unbiased on average, a TBT target is about the tail."""
-        if len(self.ratios) < 8:
+        """How much longer than the current fit predicts recent prefill steps ran (their 90th
+        percentile, within MARGIN_LIMITS): the fit is unbiased on average, a TBT target is about
+        the tail. Judged with the current weights, so steps from before a refit do not linger."""
+        if len(self.prefill_steps) < 8:
             return MARGIN_LIMITS[0]
-        return float(np.clip(np.quantile(np.array(self.ratios), MARGIN_QUANTILE), *MARGIN_LIMITS))
+        features = np.array([f for f, _ in self.prefill_steps])
+        seconds = np.array([t for _, t in self.prefill_steps])
+        ratios = seconds / np.maximum(features @ self.weights, 1e-9)
+        return float(np.clip(np.quantile(ratios, MARGIN_QUANTILE), *MARGIN_LIMITS))
 
     def _fit(self) -> np.ndarray:
         """Weights minimising sum((w.f - t) / t)^2 + RIDGE * |w - prior|^2, kept non-negative."""
