@@ -47,6 +47,24 @@ def _as_int(name: str, array: np.ndarray) -> int:
     return int(_scalar(name, array, _INT_KINDS))
 
 
+def _as_token_id(name: str, array: np.ndarray) -> int:
+    value = _as_int(name, array)
+    if value < 0:
+        raise RequestError(f"input {name!r} must be a token id >= 0, got {value}")
+    return value
+
+
+def _as_seed(name: str, array: np.ndarray) -> int:
+    return _checked_seed(name, _as_int(name, array))
+
+
+def _checked_seed(name: str, value: Any) -> Any:
+    """Seeds are UINT64 (the random_seed tensor's type); a larger one cannot seed a generator."""
+    if isinstance(value, int) and not 0 <= value < 2**64:
+        raise RequestError(f"{name} must be in [0, 2**64), got {value}")
+    return value
+
+
 def _as_float(name: str, array: np.ndarray) -> float:
     return float(_scalar(name, array, _FLOAT_KINDS))
 
@@ -81,10 +99,10 @@ _FIELD_TENSORS: dict[str, tuple[str, Callable[[str, np.ndarray], Any]]] = {
     "top_k": ("top_k", _as_int),
     "top_p": ("top_p", _as_float),
     "min_p": ("min_p", _as_float),
-    "random_seed": ("seed", _as_int),
+    "random_seed": ("seed", _as_seed),
     "ignore_eos": ("ignore_eos", _as_bool),
     "stop_words": ("stop", _as_text_list),
-    "end_id": ("stop_token_ids", lambda n, a: [_as_int(n, a)]),
+    "end_id": ("stop_token_ids", lambda n, a: [_as_token_id(n, a)]),
 }
 _FLAGS = ("stream", "exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens")
 _PROMPTS = ("text_input", "input_ids")
@@ -117,8 +135,11 @@ def _sampling_dict(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             fields = json.loads(raw) if raw.strip() else {}
         except json.JSONDecodeError as e:
             raise RequestError(f"input 'sampling_parameters' is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError("input 'sampling_parameters' is nested too deeply") from None
         if not isinstance(fields, dict):
             raise RequestError("input 'sampling_parameters' must be a JSON object")
+        _checked_seed("sampling parameter 'seed'", fields.get("seed"))
     for name, (field, read) in _FIELD_TENSORS.items():
         if name not in inputs:
             continue
