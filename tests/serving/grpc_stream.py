@@ -29,6 +29,7 @@ class Result:
     """Everything one request got back."""
     responses: list[dict[str, np.ndarray]] = field(default_factory=list)
     error: str | None = None
+    status: str | None = None  # the gRPC status of the error, e.g. "StatusCode.INVALID_ARGUMENT"
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -57,7 +58,7 @@ class Stream:
             # Errors carry no request id in tritonclient: tests send one request at a time then.
             pending = [r for r in self.results.values() if not r.done.is_set()]
             for r in pending[:1]:
-                r.error = str(error)
+                r.error, r.status = str(error), error.status()
                 r.done.set()
             return
         response = result.get_response()

@@ -1,0 +1,145 @@
+"""Runs tritonserver and keeps it serving; `./build.sh serve` runs it this way.
+
+    python -m laminar.serving.supervisor -- tritonserver --model-repository ... [tritonserver args]
+
+Why a process outside tritonserver: when a Python backend stub dies (OOM killer, kill -9,
+a segfault in native code), Triton 2.51 does not notice: the stub's in-flight requests hang,
+readiness stays true and new requests fail. From outside the death is plain in /proc, and ending
+the server is the one way to end the stuck requests: their clients get an error (gRPC
+UNAVAILABLE, a closed HTTP stream) at once instead of hanging. So the supervisor watches:
+
+- a stub gone while its model still reports ready: the stub died; the server is killed at once,
+  then started again (the model's readiness is false until it is back);
+- the server gone without being asked (a crash): started again, unless it failed within
+  STARTUP_SECONDS of starting (bad arguments or model: restarting would not help);
+- SIGTERM/SIGINT: passed to the server, which drains in-flight requests within its
+  --exit-timeout-secs; past that (plus a grace) the server and its stubs are killed.
+
+Whatever way a server ends, stubs left behind are killed and their shared-memory regions
+(/dev/shm/triton_python_backend_shm_region_*) removed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+
+from laminar.serving.processes import Stub, is_alive, remove_leftovers, stubs_of
+
+logger = logging.getLogger("laminar.supervisor")
+
+POLL_SECONDS = 0.5
+KILL_GRACE_SECONDS = 5.0
+RESTART_BACKOFF_SECONDS = 1.0
+STARTUP_SECONDS = 10.0
+
+
+def option(args: Sequence[str], name: str, default: str) -> str:
+    """The value of a tritonserver option given as `--name=value` or `--name value`."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def model_ready(http_port: str, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{model}/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Supervisor:
+    def __init__(self, command: list[str]) -> None:
+        self._command = command
+        self._http_port = option(command, "--http-port", "8000")
+        self._exit_timeout = float(option(command, "--exit-timeout-secs", "30"))
+        self._stop = threading.Event()
+
+    def request_stop(self, signum: int, _frame: object = None) -> None:
+        logger.info("got signal %d: stopping tritonserver", signum)
+        self._stop.set()
+
+    def run(self) -> int:
+        """Serves until asked to stop; returns the last server's exit status."""
+        while True:
+            started = time.monotonic()
+            server = subprocess.Popen(self._command, start_new_session=True)
+            logger.info("started tritonserver (pid %d)", server.pid)
+            rc, exited_by_itself = self._watch(server)
+            if self._stop.is_set():
+                return rc
+            if exited_by_itself and time.monotonic() - started < STARTUP_SECONDS:
+                logger.error("tritonserver failed while starting (%s): not restarting it", rc)
+                return rc or 1
+            time.sleep(RESTART_BACKOFF_SECONDS)
+
+    def _watch(self, server: subprocess.Popen) -> tuple[int, bool]:
+        """Returns once the server is gone and cleaned up after: its exit status, and whether it
+        exited by itself."""
+        seen: dict[int, Stub] = {}
+        while not self._stop.wait(POLL_SECONDS):
+            if server.poll() is not None:
+                logger.error("tritonserver exited by itself with %s", server.returncode)
+                return self._end(server, list(seen.values()), kill=True), True
+            current = stubs_of(server.pid)
+            dead = [s for pid, s in seen.items() if pid not in current and not is_alive(pid)]
+            seen.update(current)
+            for stub in dead:
+                del seen[stub.pid]
+                if model_ready(self._http_port, stub.model):
+                    logger.error("the Python backend stub of model %r (pid %d) died while the model was "
+                                 "ready: restarting tritonserver", stub.model, stub.pid)
+                    return self._end(server, [stub, *seen.values()], kill=True), False
+        return self._end(server, list(seen.values()), kill=False), False
+
+    def _end(self, server: subprocess.Popen, stubs: list[Stub], kill: bool) -> int:
+        """Stops the server (gracefully unless `kill`), then removes whatever it left behind."""
+        stubs = stubs + list(stubs_of(server.pid).values())
+        if kill:
+            _kill_group(server)
+        elif server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(self._exit_timeout + KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                logger.error("tritonserver did not exit within %.0f s: killing it", self._exit_timeout)
+                _kill_group(server)
+        rc = server.wait()
+        for leftover in remove_leftovers(stubs):
+            logger.warning("cleaned up after tritonserver: %s", leftover)
+        return rc
+
+
+def _kill_group(server: subprocess.Popen) -> None:
+    """The server and its stubs (one process group: it was started in its own session)."""
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="+", help="the tritonserver command line (after --)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=os.environ.get("LAMINAR_LOG_LEVEL", "INFO").upper(),
+                        format="[laminar supervisor] %(levelname)s %(message)s")
+    supervisor = Supervisor(args.command)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, supervisor.request_stop)
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""A killed Python backend stub under the supervisor (`./build.sh serve`): every in-flight stream
+gets an error instead of hanging, and the server comes back by itself with a new stub, leaving
+neither the dead stub's shared-memory region nor any process behind."""
+from __future__ import annotations
+
+import os
+import signal
+
+from conftest import start_server
+from grpc_stream import Stream, generate, wait_all
+from test_serving_server import greedy_tensors, wait_for
+from triton_server import write_variant
+
+from laminar.serving.processes import shm_path
+
+
+def test_killed_stub_fails_in_flight_streams_and_the_server_recovers(demo_model, tmp_path):
+    repo = tmp_path / "repo"
+    write_variant(repo, "laminar", {})
+    server = start_server(repo, demo_model, tmp_path / "server.log", supervised=True)
+    streams = [Stream(server.grpc_url) for _ in range(4)]
+    try:
+        results = [s.send(f"s{i}", greedy_tensors("The quick brown fox", 3000)) for i, s in enumerate(streams)]
+        assert wait_for(lambda: all(len(r.responses) >= 2 for r in results))
+        (stub,) = server.stubs().values()
+        os.kill(stub.pid, signal.SIGKILL)
+        wait_all(results, timeout=30)  # the client timeout the issue's streams hung to was 60 s
+        assert all(r.error is not None and len(r.responses) < 3000 for r in results), [r.error for r in results]
+        assert wait_for(lambda: server.is_ready() and set(server.stubs()) - {stub.pid}, timeout=120)
+        assert not shm_path(stub.shm_region).exists(), "the dead stub's region is removed"
+        assert "died while the model was ready" in server.log()
+        good = generate(server.grpc_url, greedy_tensors("The quick brown fox", 3))
+        assert good.error is None and len(good.ids) == 3
+    finally:
+        for s in streams:
+            s.close()
+        stubs = server.stubs()
+        assert server.stop(signal.SIGTERM, timeout=40) == 0, server.log()[-3000:]
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in stubs)
+    assert not any(shm_path(s.shm_region).exists() for s in stubs.values())
