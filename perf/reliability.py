@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "serving"))
 from grpc_stream import Stream, generate, text, wait_all  # noqa: E402
@@ -36,7 +38,6 @@ PROMPT = "The quick brown fox"
 
 
 def greedy(prompt: str, max_tokens: int) -> dict:
-    import numpy as np
     return {"text_input": text(prompt), "stream": np.array([True]), "max_tokens": np.array([max_tokens], dtype=np.int32),
             "temperature": np.array([0.0], dtype=np.float32), "ignore_eos": np.array([True])}
 
