@@ -38,3 +38,26 @@ def test_killed_stub_fails_in_flight_streams_and_the_server_recovers(demo_model,
         assert server.stop(signal.SIGTERM, timeout=40) == 0, server.log()[-3000:]
     assert not any(os.path.exists(f"/proc/{pid}") for pid in stubs)
     assert not any(shm_path(s.shm_region).exists() for s in stubs.values())
+
+
+def test_shutdown_ends_requests_that_would_outlive_the_exit_timeout(demo_model, tmp_path):
+    """A request longer than --exit-timeout-secs (10 s here) used to keep tritonserver past it:
+    it then aborted (SIGABRT) and orphaned the stub. The supervisor has the model end it first."""
+    repo = tmp_path / "repo"
+    write_variant(repo, "laminar", {})
+    server = start_server(repo, demo_model, tmp_path / "server.log", supervised=True, exit_timeout=10)
+    stream = Stream(server.grpc_url)
+    try:
+        stubs = server.stubs()
+        result = stream.send("long", greedy_tensors("The quick brown fox", 4000))
+        assert wait_for(lambda: len(result.responses) >= 2)
+        server.proc.send_signal(signal.SIGTERM)
+        assert result.done.wait(30) and "shutting down" in (result.error or ""), result.error
+        stream.close()
+        assert server.proc.wait(40) == 0, server.log()[-3000:]
+    finally:
+        server.stop()
+        stream.close()
+    assert "Signal (6)" not in server.log() and "killing it" not in server.log()
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in stubs)
+    assert not any(shm_path(s.shm_region).exists() for s in stubs.values())

@@ -224,3 +224,20 @@ def test_shutdown_fails_in_flight_requests(engine):
     assert sink.done.wait(30) and "shutting down" in sink.error
     assert not engine.has_unfinished_requests()
     assert engine.blocks.num_free == engine.blocks.num_blocks
+
+
+def test_end_in_flight_answers_everything_and_keeps_serving(engine):
+    loop = EngineLoop(engine)
+    loop.start()
+    running = Sink()
+    loop.submit([1, 2], greedy(1000), running)
+    deadline = time.monotonic() + 30
+    while len(running.ids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loop.end_in_flight("server is shutting down (exit timeout)")
+    assert running.done.wait(30) and running.kind is ErrorKind.UNAVAILABLE and "exit timeout" in running.error
+    later = Sink()
+    loop.submit([4, 5], greedy(3), later)
+    assert later.done.wait(30) and later.error is None and len(later.ids) == 3
+    loop.shutdown()
+    assert engine.blocks.num_free == engine.blocks.num_blocks

@@ -75,6 +75,7 @@ class EngineLoop:
         self._pending: list[_Pending] = []
         self._active: dict[str, _Active] = {}
         self._stopping = False
+        self._ending: str | None = None
         self._error: str | None = None
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="laminar-engine-loop", daemon=True)
@@ -116,6 +117,14 @@ class EngineLoop:
             self._metrics.request_rejected()
         sink.fail(message, ErrorKind.INVALID)
 
+    def end_in_flight(self, message: str) -> None:
+        """Ends every queued and running request with `message` (UNAVAILABLE) at the next step and
+        frees their KV blocks; the loop goes on serving. Thread-safe: the shutdown signal calls it
+        so that tritonserver is not left waiting on requests past its exit timeout."""
+        with self._cv:
+            self._ending = message
+            self._cv.notify()
+
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stops the loop, failing what is still in flight, and shuts the engine down."""
         with self._cv:
@@ -141,11 +150,16 @@ class EngineLoop:
     def _iterate(self) -> bool:
         """One admit/cancel/step/dispatch round; False once asked to stop."""
         with self._cv:
-            while not (self._pending or self._stopping or self._engine.has_unfinished_requests()):
+            while not (self._pending or self._stopping or self._ending or self._engine.has_unfinished_requests()):
                 self._cv.wait()
             if self._stopping:
                 return False
-            batch, self._pending = self._pending, []
+            ending, self._ending = self._ending, None
+            batch, self._pending = ([], self._pending) if ending else (self._pending, [])
+        if ending:
+            logger.warning("ending %d in-flight requests: %s", len(self._active) + len(self._pending), ending)
+            self._fail_everything(ending, ErrorKind.UNAVAILABLE)
+            return True
         self._admit(batch)
         self._reap_cancelled()
         outputs = self._engine.step() if self._engine.has_unfinished_requests() else []
@@ -217,12 +231,15 @@ class EngineLoop:
             logger.debug("final response of %s not delivered: %s", request_id, e)
 
     def _fail_everything(self, message: str, kind: ErrorKind) -> None:
+        """Answers every queued and running request first, then frees the running ones' blocks
+        (after an engine failure the engine may raise again)."""
         with self._cv:
             pending, self._pending = self._pending, []
-        sinks = [p.sink for p in pending] + [a.sink for a in self._active.values()]
-        self._active.clear()
-        for sink in sinks:
+        active, self._active = self._active, {}
+        for sink in [p.sink for p in pending] + [a.sink for a in active.values()]:
             try:
                 sink.fail(message, kind)
             except Exception:
                 logger.exception("could not deliver the failure to a request")
+        for request_id in active:
+            self._engine.abort(request_id)

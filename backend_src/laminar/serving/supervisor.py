@@ -12,8 +12,10 @@ UNAVAILABLE, a closed HTTP stream) at once instead of hanging. So the supervisor
   then started again (the model's readiness is false until it is back);
 - the server gone without being asked (a crash): started again, unless it failed within
   STARTUP_SECONDS of starting (bad arguments or model: restarting would not help);
-- SIGTERM/SIGINT: passed to the server, which drains in-flight requests within its
-  --exit-timeout-secs; past that (plus a grace) the server and its stubs are killed.
+- SIGTERM/SIGINT: passed to the server, which drains in-flight requests; DRAIN_MARGIN_SECONDS
+  before its --exit-timeout-secs the stubs get DRAIN_SIGNAL and end what is still running
+  (laminar.serving.drain_signal), so the server exits cleanly in time; should it still be
+  there KILL_GRACE_SECONDS past the exit timeout, the server and its stubs are killed.
 
 Whatever way a server ends, stubs left behind are killed and their shared-memory regions
 (/dev/shm/triton_python_backend_shm_region_*) removed.
@@ -31,11 +33,13 @@ import time
 import urllib.request
 from collections.abc import Sequence
 
+from laminar.serving.drain_signal import DRAIN_SIGNAL
 from laminar.serving.processes import Stub, is_alive, remove_leftovers, stubs_of
 
 logger = logging.getLogger("laminar.supervisor")
 
 POLL_SECONDS = 0.5
+DRAIN_MARGIN_SECONDS = 5.0
 KILL_GRACE_SECONDS = 5.0
 RESTART_BACKOFF_SECONDS = 1.0
 STARTUP_SECONDS = 10.0
@@ -110,15 +114,34 @@ class Supervisor:
             _kill_group(server)
         elif server.poll() is None:
             server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(self._exit_timeout + KILL_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                logger.error("tritonserver did not exit within %.0f s: killing it", self._exit_timeout)
-                _kill_group(server)
+            if not _exits_within(server, max(0.0, self._exit_timeout - DRAIN_MARGIN_SECONDS)):
+                logger.warning("requests still running %.0f s before the exit timeout: ending them",
+                               DRAIN_MARGIN_SECONDS)
+                for stub in stubs_of(server.pid):
+                    _signal(stub, DRAIN_SIGNAL)
+                if not _exits_within(server, DRAIN_MARGIN_SECONDS + KILL_GRACE_SECONDS):
+                    logger.error("tritonserver did not exit within its exit timeout: killing it")
+                    _kill_group(server)
         rc = server.wait()
         for leftover in remove_leftovers(stubs):
             logger.warning("cleaned up after tritonserver: %s", leftover)
         return rc
+
+
+def _exits_within(server: subprocess.Popen, seconds: float) -> bool:
+    try:
+        server.wait(seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _signal(pid: int, signum: int) -> None:
+    """A process that has just exited needs no signal."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _kill_group(server: subprocess.Popen) -> None:

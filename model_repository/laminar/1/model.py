@@ -20,7 +20,7 @@ import triton_python_backend_utils as pb_utils
 from laminar import EngineArgs, LLMEngine, RequestOutput
 from laminar.serving import (
     KNOWN_INPUTS, EngineLoop, ErrorKind, ParsedRequest, PromptLimits, RequestError, ResponseBuilder,
-    ServingMetrics, check_no_parameters, engine_field_types, parse_request, resolve_engine_config,
+    ServingMetrics, check_no_parameters, engine_field_types, on_drain_signal, parse_request, resolve_engine_config,
 )
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -74,6 +74,7 @@ class TritonPythonModel:
         metrics = ServingMetrics(pb_utils, {"model": args["model_name"], "version": args["model_version"]})
         self._loop = EngineLoop(self._engine, metrics, on_failure=self._unload_self)
         self._loop.start()
+        on_drain_signal(lambda: self._loop.end_in_flight("server is shutting down (exit timeout)"))
 
     def execute(self, requests: list) -> None:
         for request in requests:
