@@ -4,8 +4,9 @@ Triton's `execute` only enqueues requests here and returns at once; this thread 
 between steps, runs `engine.step()` while work exists, hands each output to the request's sink,
 aborts requests whose client cancelled or went away (freeing their KV blocks at the next step, and
 ending them with a final cancelled response: Triton holds a request's resources until its final
-flag, even when nobody listens), and sleeps on a condition variable when idle. If the engine raises, every in-flight and queued
-request fails with the error and the loop reports itself unhealthy instead of hanging.
+flag, even when nobody listens), and sleeps on a condition variable when idle. If the engine
+raises, every in-flight and queued request fails with the error and the loop reports itself
+unhealthy instead of hanging.
 """
 from __future__ import annotations
 
@@ -157,7 +158,6 @@ class EngineLoop:
             ending, self._ending = self._ending, None
             batch, self._pending = ([], self._pending) if ending else (self._pending, [])
         if ending:
-            logger.warning("ending %d in-flight requests: %s", len(self._active) + len(self._pending), ending)
             self._fail_everything(ending, ErrorKind.UNAVAILABLE)
             return True
         self._admit(batch)
@@ -236,6 +236,8 @@ class EngineLoop:
         with self._cv:
             pending, self._pending = self._pending, []
         active, self._active = self._active, {}
+        if pending or active:
+            logger.warning("ending %d requests: %s", len(pending) + len(active), message)
         for sink in [p.sink for p in pending] + [a.sink for a in active.values()]:
             try:
                 sink.fail(message, kind)

@@ -54,15 +54,11 @@ def _as_token_id(name: str, array: np.ndarray) -> int:
     return value
 
 
-def _as_seed(name: str, array: np.ndarray) -> int:
-    return _checked_seed(name, _as_int(name, array))
-
-
-def _checked_seed(name: str, value: Any) -> Any:
-    """Seeds are UINT64 (the random_seed tensor's type); a larger one cannot seed a generator."""
-    if isinstance(value, int) and not 0 <= value < 2**64:
-        raise RequestError(f"{name} must be in [0, 2**64), got {value}")
-    return value
+def _check_json_seed(seed: Any) -> None:
+    """A JSON seed must fit UINT64, the random_seed tensor's type; a larger one cannot seed a
+    generator (and used to fail as "Overflow when unpacking long long")."""
+    if isinstance(seed, int) and not 0 <= seed < 2**64:
+        raise RequestError(f"sampling parameter 'seed' must be in [0, 2**64), got {seed}")
 
 
 def _as_float(name: str, array: np.ndarray) -> float:
@@ -99,7 +95,7 @@ _FIELD_TENSORS: dict[str, tuple[str, Callable[[str, np.ndarray], Any]]] = {
     "top_k": ("top_k", _as_int),
     "top_p": ("top_p", _as_float),
     "min_p": ("min_p", _as_float),
-    "random_seed": ("seed", _as_seed),
+    "random_seed": ("seed", _as_int),
     "ignore_eos": ("ignore_eos", _as_bool),
     "stop_words": ("stop", _as_text_list),
     "end_id": ("stop_token_ids", lambda n, a: [_as_token_id(n, a)]),
@@ -139,7 +135,7 @@ def _sampling_dict(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             raise RequestError("input 'sampling_parameters' is nested too deeply") from None
         if not isinstance(fields, dict):
             raise RequestError("input 'sampling_parameters' must be a JSON object")
-        _checked_seed("sampling parameter 'seed'", fields.get("seed"))
+        _check_json_seed(fields.get("seed"))
     for name, (field, read) in _FIELD_TENSORS.items():
         if name not in inputs:
             continue
