@@ -7,6 +7,8 @@ Each figure runs against its own server on the demo checkpoint (CPU) through the
 
 - cancel_leak: fds and RSS of tritonserver before and after N gRPC cancels mid-stream;
 - sigterm_after_cancels: seconds from SIGTERM to exit after some cancels, and what is left;
+- long_request_shutdown: under the supervisor, SIGTERM during a request longer than the exit
+  timeout: when the request ended, when the server exited and with what, what is left;
 - stub_kill: under the supervisor, seconds from kill -9 of the stub until every in-flight
   stream got its error, and until the server is ready again;
 - big_prompt_stall: the largest gap between a running stream's responses while a 5 MB prompt
@@ -106,6 +108,27 @@ def sigterm_after_cancels(work: Path, n: int) -> dict:
             "shm_left": [s.shm_region for s in stubs.values() if shm_path(s.shm_region).exists()]}
 
 
+def long_request_shutdown(work: Path) -> dict:
+    server = start(work, "longshutdown", supervised=True)
+    stubs = server.stubs()
+    stream = Stream(server.grpc_url)
+    result = stream.send("long", greedy(PROMPT, 3900))
+    wait_for(lambda: len(result.responses) >= 2)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    result.done.wait(120)
+    ended = time.monotonic() - started
+    stream.close()
+    rc = server.proc.wait(120)
+    exited = time.monotonic() - started
+    server.stop()
+    return {"exit_timeout_seconds": 20, "tokens_before_end": len(result.responses), "error": result.error,
+            "request_ended_seconds": round(ended, 2), "exit_seconds": round(exited, 2), "returncode": rc,
+            "aborted": "Signal (6)" in server.log(),
+            "stubs_left": [p for p in stubs if os.path.exists(f"/proc/{p}")],
+            "shm_left": [s.shm_region for s in stubs.values() if shm_path(s.shm_region).exists()]}
+
+
 def stub_kill(work: Path, n: int) -> dict:
     server = start(work, "stubkill", supervised=True)
     streams = [Stream(server.grpc_url) for _ in range(n)]
@@ -183,11 +206,13 @@ def main() -> int:
     parser.add_argument("--cancels", type=int, default=1000)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", default="cancel_leak,sigterm_after_cancels,stub_kill,big_prompt_stall")
+    parser.add_argument("--only", default="cancel_leak,sigterm_after_cancels,long_request_shutdown,stub_kill,"
+                                          "big_prompt_stall")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     runs = {"cancel_leak": lambda w: cancel_leak(w, args.cancels),
             "sigterm_after_cancels": lambda w: sigterm_after_cancels(w, 20),
+            "long_request_shutdown": long_request_shutdown,
             "stub_kill": lambda w: stub_kill(w, args.streams),
             "big_prompt_stall": lambda w: big_prompt_stall(w, args.repeats)}
     figures = {}

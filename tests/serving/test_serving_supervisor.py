@@ -41,11 +41,11 @@ def test_killed_stub_fails_in_flight_streams_and_the_server_recovers(demo_model,
 
 
 def test_shutdown_ends_requests_that_would_outlive_the_exit_timeout(demo_model, tmp_path):
-    """A request longer than --exit-timeout-secs (10 s here) used to keep tritonserver past it:
+    """A request longer than --exit-timeout-secs (20 s) used to keep tritonserver past it:
     it then aborted (SIGABRT) and orphaned the stub. The supervisor has the model end it first."""
     repo = tmp_path / "repo"
     write_variant(repo, "laminar", {})
-    server = start_server(repo, demo_model, tmp_path / "server.log", supervised=True, exit_timeout=10)
+    server = start_server(repo, demo_model, tmp_path / "server.log", supervised=True)
     stream = Stream(server.grpc_url)
     try:
         stubs = server.stubs()

@@ -52,15 +52,14 @@ class TritonServer:
     """supervised: run tritonserver under laminar.serving.supervisor, as `./build.sh serve` does;
     `proc` is then the supervisor."""
 
-    def __init__(self, repo: Path, env: dict[str, str], log_path: Path, supervised: bool = False,
-                 exit_timeout: int = 20) -> None:
+    def __init__(self, repo: Path, env: dict[str, str], log_path: Path, supervised: bool = False) -> None:
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log_path = log_path
         clean = {k: v for k, v in os.environ.items() if not k.startswith("LAMINAR_")}
         self._log = open(log_path, "wb")
         command = [tritonserver_binary(), "--model-repository", str(repo), "--http-port", str(self.http_port),
                    "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
-                   "--model-control-mode=explicit", "--load-model=*", f"--exit-timeout-secs={exit_timeout}"]
+                   "--model-control-mode=explicit", "--load-model=*", "--exit-timeout-secs=20"]
         if supervised:
             command = [sys.executable, "-m", "laminar.serving.supervisor", "--", *command]
         self.proc = subprocess.Popen(

@@ -12,8 +12,8 @@ UNAVAILABLE, a closed HTTP stream) at once instead of hanging. So the supervisor
   then started again (the model's readiness is false until it is back);
 - the server gone without being asked (a crash): started again, unless it failed within
   STARTUP_SECONDS of starting (bad arguments or model: restarting would not help);
-- SIGTERM/SIGINT: passed to the server, which drains in-flight requests; DRAIN_MARGIN_SECONDS
-  before its --exit-timeout-secs the stubs get DRAIN_SIGNAL and end what is still running
+- SIGTERM/SIGINT: passed to the server, which drains in-flight requests; some seconds before its
+  --exit-timeout-secs (drain_margin) the stubs get DRAIN_SIGNAL and end what is still running
   (laminar.serving.drain_signal), so the server exits cleanly in time; should it still be
   there KILL_GRACE_SECONDS past the exit timeout, the server and its stubs are killed.
 
@@ -39,7 +39,7 @@ from laminar.serving.processes import Stub, is_alive, remove_leftovers, stubs_of
 logger = logging.getLogger("laminar.supervisor")
 
 POLL_SECONDS = 0.5
-DRAIN_MARGIN_SECONDS = 5.0
+MAX_DRAIN_MARGIN_SECONDS = 10.0
 KILL_GRACE_SECONDS = 5.0
 RESTART_BACKOFF_SECONDS = 1.0
 STARTUP_SECONDS = 10.0
@@ -53,6 +53,12 @@ def option(args: Sequence[str], name: str, default: str) -> str:
         if arg.startswith(name + "="):
             return arg.split("=", 1)[1]
     return default
+
+
+def drain_margin(exit_timeout: float) -> float:
+    """Time left for unloading after in-flight requests are ended: finalizing the model took up
+    to 5 s on a loaded 2-core machine, so 10 s, or half of a short exit timeout."""
+    return min(MAX_DRAIN_MARGIN_SECONDS, exit_timeout / 2)
 
 
 def model_ready(http_port: str, model: str) -> bool:
@@ -114,12 +120,12 @@ class Supervisor:
             _kill_group(server)
         elif server.poll() is None:
             server.send_signal(signal.SIGTERM)
-            if not _exits_within(server, max(0.0, self._exit_timeout - DRAIN_MARGIN_SECONDS)):
-                logger.warning("requests still running %.0f s before the exit timeout: ending them",
-                               DRAIN_MARGIN_SECONDS)
+            margin = drain_margin(self._exit_timeout)
+            if not _exits_within(server, self._exit_timeout - margin):
+                logger.warning("requests still running %.0f s before the exit timeout: ending them", margin)
                 for stub in stubs_of(server.pid):
                     _signal(stub, DRAIN_SIGNAL)
-                if not _exits_within(server, DRAIN_MARGIN_SECONDS + KILL_GRACE_SECONDS):
+                if not _exits_within(server, margin + KILL_GRACE_SECONDS):
                     logger.error("tritonserver did not exit within its exit timeout: killing it")
                     _kill_group(server)
         rc = server.wait()
