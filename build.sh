@@ -172,7 +172,7 @@ case $cmd in
     setup
     # Explicit model control lets the model unload itself (turning it not-ready) if its engine
     # dies; the supervisor restarts tritonserver if a backend stub dies and bounds shutdown.
-    exec "$VENV/bin/python" -m laminar.serving.supervisor -- "$VENV/bin/tritonserver" \
+    exec "$VENV/bin/python" -m laminar_supervisor -- "$VENV/bin/tritonserver" \
       --model-repository "$ROOT/model_repository" --model-control-mode=explicit --load-model=laminar "$@" ;;
   test)
     setup

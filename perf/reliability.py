@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests" / "serving"))
 from grpc_stream import Stream, generate, text, wait_all  # noqa: E402
 from triton_server import TritonServer, write_variant  # noqa: E402
 
-from laminar.serving.processes import shm_path  # noqa: E402
+from laminar_supervisor.processes import shm_path  # noqa: E402
 
 PROMPT = "The quick brown fox"
 

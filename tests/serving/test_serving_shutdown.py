@@ -15,7 +15,7 @@ from grpc_stream import Stream
 from test_serving_server import greedy_tensors, wait_for
 from triton_server import write_variant
 
-from laminar.serving.processes import shm_path
+from laminar_supervisor.processes import shm_path
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -11,7 +11,7 @@ from grpc_stream import Stream, generate, wait_all
 from test_serving_server import greedy_tensors, wait_for
 from triton_server import write_variant
 
-from laminar.serving.processes import shm_path
+from laminar_supervisor.processes import shm_path
 
 
 def test_killed_stub_fails_in_flight_streams_and_the_server_recovers(demo_model, tmp_path):

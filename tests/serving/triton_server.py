@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from laminar.serving.processes import Stub, descendants, stubs_of
+from laminar_supervisor.processes import Stub, descendants, stubs_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MODEL = ROOT / "model_repository" / "laminar"
@@ -49,7 +49,7 @@ def write_variant(repo: Path, name: str, parameters: dict[str, str]) -> None:
 
 
 class TritonServer:
-    """supervised: run tritonserver under laminar.serving.supervisor, as `./build.sh serve` does;
+    """supervised: run tritonserver under laminar_supervisor, as `./build.sh serve` does;
     `proc` is then the supervisor."""
 
     def __init__(self, repo: Path, env: dict[str, str], log_path: Path, supervised: bool = False) -> None:
@@ -61,7 +61,7 @@ class TritonServer:
                    "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
                    "--model-control-mode=explicit", "--load-model=*", "--exit-timeout-secs=20"]
         if supervised:
-            command = [sys.executable, "-m", "laminar.serving.supervisor", "--", *command]
+            command = [sys.executable, "-m", "laminar_supervisor", "--", *command]
         self.proc = subprocess.Popen(
             command, env={**clean, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )

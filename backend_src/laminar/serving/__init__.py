@@ -2,7 +2,7 @@
 engine config from model parameters, request parsing and limits, response assembly, the engine
 loop thread and the custom metrics."""
 from laminar.serving.engine_config import engine_field_types, resolve_engine_config
-from laminar.serving.drain_signal import DRAIN_SIGNAL, on_drain_signal
+from laminar.serving.drain_signal import on_drain_signal
 from laminar.serving.engine_loop import EngineLoop, RequestSink
 from laminar.serving.errors import ErrorKind
 from laminar.serving.metrics import ServingMetrics
@@ -12,7 +12,7 @@ from laminar.serving.request_parsing import KNOWN_INPUTS, ParsedRequest, Request
 from laminar.serving.responses import ResponseBuilder
 
 __all__ = [
-    "DRAIN_SIGNAL", "KNOWN_INPUTS", "EngineLoop", "ErrorKind", "ParsedRequest", "PromptLimits", "RequestError", "RequestSink",
-    "ResponseBuilder", "ServingMetrics", "check_no_parameters", "engine_field_types", "on_drain_signal", "parse_request",
-    "resolve_engine_config",
+    "KNOWN_INPUTS", "EngineLoop", "ErrorKind", "ParsedRequest", "PromptLimits", "RequestError", "RequestSink",
+    "ResponseBuilder", "ServingMetrics", "check_no_parameters", "engine_field_types", "on_drain_signal",
+    "parse_request", "resolve_engine_config",
 ]

@@ -18,7 +18,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-DRAIN_SIGNAL = signal.SIGUSR1
+from laminar_supervisor import DRAIN_SIGNAL
 logger = logging.getLogger(__name__)
 
 

@@ -22,6 +22,7 @@ from laminar.serving import (
     KNOWN_INPUTS, EngineLoop, ErrorKind, ParsedRequest, PromptLimits, RequestError, ResponseBuilder,
     ServingMetrics, check_no_parameters, engine_field_types, on_drain_signal, parse_request, resolve_engine_config,
 )
+from laminar_supervisor import SUPERVISED_ENV
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # pb_utils.TritonError only exists once the stub has set up the module, not at import.
@@ -72,7 +73,7 @@ class TritonPythonModel:
         self._engine = LLMEngine(engine_args)
         self._limits = PromptLimits(self._engine.tokenizer, self._engine.max_model_len)
         metrics = ServingMetrics(pb_utils, {"model": args["model_name"], "version": args["model_version"]})
-        self._loop = EngineLoop(self._engine, metrics, on_failure=self._unload_self)
+        self._loop = EngineLoop(self._engine, metrics, on_failure=self._on_engine_failure)
         self._loop.start()
         on_drain_signal(lambda: self._loop.end_in_flight("server is shutting down (exit timeout)"))
 
@@ -104,9 +105,15 @@ class TritonPythonModel:
         tokenizer = self._engine.tokenizer
         return ResponseBuilder(parsed, tokenizer.decode if tokenizer else lambda ids: "")
 
-    def _unload_self(self, error: str) -> None:
-        """The engine died: unload the model so readiness reports it (explicit model control mode,
-        as `./build.sh serve` runs; in other modes requests keep failing fast with the error)."""
+    def _on_engine_failure(self, error: str) -> None:
+        """The engine died and its requests got the error. Under the supervisor the stub exits,
+        which the supervisor answers by restarting the server; otherwise the model unloads itself
+        so its readiness reports it (explicit model control mode; in other modes requests keep
+        failing fast with the error)."""
+        if os.environ.get(SUPERVISED_ENV):
+            logger.error("engine failed (%s): exiting so that the supervisor restarts the server", error)
+            os._exit(1)
+
         def unload() -> None:
             try:
                 pb_utils.unload_model(self._model_name)

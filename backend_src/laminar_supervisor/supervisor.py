@@ -1,6 +1,6 @@
 """Runs tritonserver and keeps it serving; `./build.sh serve` runs it this way.
 
-    python -m laminar.serving.supervisor -- tritonserver --model-repository ... [tritonserver args]
+    python -m laminar_supervisor -- tritonserver --model-repository ... [tritonserver args]
 
 Why a process outside tritonserver: when a Python backend stub dies (OOM killer, kill -9,
 a segfault in native code), Triton 2.51 does not notice: the stub's in-flight requests hang,
@@ -9,7 +9,8 @@ the server is the one way to end the stuck requests: their clients get an error 
 UNAVAILABLE, a closed HTTP stream) at once instead of hanging. So the supervisor watches:
 
 - a stub gone while its model still reports ready: the stub died; the server is killed at once,
-  then started again (the model's readiness is false until it is back);
+  then started again (the model's readiness is false until it is back). A model whose engine
+  fails exits its stub (SUPERVISED_ENV), to be restarted the same way;
 - the server gone without being asked (a crash): started again, unless it failed within
   STARTUP_SECONDS of starting (bad arguments or model: restarting would not help);
 - SIGTERM/SIGINT: passed to the server, which drains in-flight requests; some seconds before its
@@ -33,8 +34,8 @@ import time
 import urllib.request
 from collections.abc import Sequence
 
-from laminar.serving.drain_signal import DRAIN_SIGNAL
-from laminar.serving.processes import Stub, is_alive, remove_leftovers, stubs_of
+from laminar_supervisor import DRAIN_SIGNAL, SUPERVISED_ENV
+from laminar_supervisor.processes import Stub, is_alive, remove_leftovers, stubs_of
 
 logger = logging.getLogger("laminar.supervisor")
 
@@ -84,7 +85,7 @@ class Supervisor:
         """Serves until asked to stop; returns the last server's exit status."""
         while True:
             started = time.monotonic()
-            server = subprocess.Popen(self._command, start_new_session=True)
+            server = subprocess.Popen(self._command, start_new_session=True, env={**os.environ, SUPERVISED_ENV: "1"})
             logger.info("started tritonserver (pid %d)", server.pid)
             rc, exited_by_itself = self._watch(server)
             if self._stop.is_set():
