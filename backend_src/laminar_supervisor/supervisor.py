@@ -19,7 +19,8 @@ UNAVAILABLE, a closed HTTP stream) at once instead of hanging. So the supervisor
   there KILL_GRACE_SECONDS past the exit timeout, the server and its stubs are killed.
 
 Whatever way a server ends, stubs left behind are killed and their shared-memory regions
-(/dev/shm/triton_python_backend_shm_region_*) removed.
+(/dev/shm/triton_python_backend_shm_region_*) removed. Model readiness is read over HTTP
+(--http-port, default 8000), so the HTTP endpoint must stay enabled.
 """
 from __future__ import annotations
 
