@@ -48,6 +48,7 @@ class Soak:
         self.counts: Counter[str] = Counter()
         self.failures: list[str] = []
         self.lock = threading.Lock()
+        self.stop = threading.Event()
 
     def record(self, action: str, failure: str | None = None) -> None:
         with self.lock:
@@ -91,7 +92,7 @@ class Soak:
 
     def worker(self, until: float) -> None:
         actions = [(self.good, 4), (self.bad, 2), (self.cancelled, 2), (self.killed_client, 1), (self.http_disconnect, 1)]
-        while time.monotonic() < until:
+        while time.monotonic() < until and not self.stop.is_set():
             action = self.rng.choices([a for a, _ in actions], [w for _, w in actions])[0]
             try:
                 action()
@@ -99,10 +100,13 @@ class Soak:
                 self.record(action.__name__, f"{type(e).__name__}: {e}")
 
 
-def sample(server: TritonServer, started: float) -> dict:
-    (stub,) = server.stubs()
+def sample(server: TritonServer, started: float) -> dict | None:
+    """None once the server or its stub is gone."""
+    stubs = list(server.stubs())
+    if len(stubs) != 1 or server.proc.poll() is not None:
+        return None
     return {"t": round(time.monotonic() - started, 1), "server": proc_status(server.proc.pid),
-            "stub": proc_status(stub)}
+            "stub": proc_status(stubs[0])}
 
 
 def metric(server: TritonServer, name: str) -> float:
@@ -114,6 +118,7 @@ def metric(server: TritonServer, name: str) -> float:
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     server = start(work, "soak")
+    print(f"server log: {server.log_path}", file=sys.stderr)
     try:
         soak = Soak(server, args.seed)
         started = time.monotonic()
@@ -124,9 +129,15 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         samples = []
         while any(w.is_alive() for w in workers):
             samples.append(sample(server, started))
+            if samples[-1] is None:
+                soak.failures.append(f"the server or its stub died after {time.monotonic() - started:.0f} s")
+                soak.stop.set()
+                break
             time.sleep(min(args.sample_every, max(0.1, until - time.monotonic())))
         for w in workers:
             w.join()
+        if samples[-1] is None:
+            return report(args, soak, samples[:-1], False, 0, 0, 0.0)
         aborted_expected = sum(soak.counts[a] for a in ("cancelled", "killed_client", "http_disconnect"))
         settled = wait_for(lambda: metric(server, "lp:request_aborted_total") == aborted_expected
                            and metric(server, "lp:num_requests_running") == 0, timeout=60)
@@ -182,8 +193,8 @@ def main() -> int:
     if args.client_to_kill:
         client_to_kill(args.client_to_kill)
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(args, Path(tmp))
+    work = Path(tempfile.mkdtemp(prefix="laminar-soak-"))  # kept: the server log is evidence
+    result = run(args, work)
     doc = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(doc + "\n")
