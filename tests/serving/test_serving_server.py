@@ -213,6 +213,6 @@ def test_plain_perf_analyzer_with_the_shipped_input_data(server):
     perf_analyzer = ROOT / ".venv" / "bin" / "perf_analyzer"
     cmd = [str(perf_analyzer), "-m", "laminar", "-u", server.grpc_url, "-i", "grpc", "--streaming",
            "--input-data", str(ROOT / "perf" / "pa" / "data" / "text_prompts.json"),
-           "--measurement-mode", "count_windows", "--measurement-request-count", "4"]
+           "--measurement-mode", "count_windows", "--measurement-request-count", "4", "--stability-percentage", "1000"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "Successful request count" in run.stdout, run.stdout[-3000:] + run.stderr
