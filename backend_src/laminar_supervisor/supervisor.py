@@ -11,8 +11,8 @@ UNAVAILABLE, a closed HTTP stream) at once instead of hanging. So the supervisor
 - a stub gone while its model still reports ready: the stub died; the server is killed at once,
   then started again (the model's readiness is false until it is back). A model whose engine
   fails exits its stub (SUPERVISED_ENV), to be restarted the same way;
-- the server gone without being asked (a crash): started again, unless it failed within
-  STARTUP_SECONDS of starting (bad arguments or model: restarting would not help);
+- the server gone without being asked (a crash): started again, unless it never served (bad
+  arguments, a model that does not load: restarting would not help);
 - SIGTERM/SIGINT: passed to the server, which drains in-flight requests; some seconds before its
   --exit-timeout-secs (drain_margin) the stubs get DRAIN_SIGNAL and end what is still running
   (laminar.serving.drain_signal), so the server exits cleanly in time; should it still be
@@ -44,7 +44,6 @@ POLL_SECONDS = 0.5
 MAX_DRAIN_MARGIN_SECONDS = 10.0
 KILL_GRACE_SECONDS = 5.0
 RESTART_BACKOFF_SECONDS = 1.0
-STARTUP_SECONDS = 10.0
 
 
 def option(args: Sequence[str], name: str, default: str) -> str:
@@ -85,26 +84,26 @@ class Supervisor:
     def run(self) -> int:
         """Serves until asked to stop; returns the last server's exit status."""
         while True:
-            started = time.monotonic()
             server = subprocess.Popen(self._command, start_new_session=True, env={**os.environ, SUPERVISED_ENV: "1"})
             logger.info("started tritonserver (pid %d)", server.pid)
-            rc, exited_by_itself = self._watch(server)
-            if self._stop.is_set():
-                return rc
-            if exited_by_itself and time.monotonic() - started < STARTUP_SECONDS:
-                logger.error("tritonserver failed while starting (%s): not restarting it", rc)
-                return rc or 1
+            rc, restart = self._watch(server)
+            if not restart:
+                return rc or (0 if self._stop.is_set() else 1)
             time.sleep(RESTART_BACKOFF_SECONDS)
 
     def _watch(self, server: subprocess.Popen) -> tuple[int, bool]:
-        """Returns once the server is gone and cleaned up after: its exit status, and whether it
-        exited by itself."""
+        """Returns once the server is gone and cleaned up after: its exit status, and whether to
+        start it again (not when asked to stop, nor when it failed before ever serving: bad
+        arguments or a model that does not load would only fail again)."""
         seen: dict[int, Stub] = {}
+        served = False
         while not self._stop.wait(POLL_SECONDS):
             if server.poll() is not None:
-                logger.error("tritonserver exited by itself with %s", server.returncode)
-                return self._end(server, list(seen.values()), kill=True), True
+                logger.error("tritonserver exited by itself with %s%s", server.returncode,
+                             "" if served else " before serving: not restarting it")
+                return self._end(server, list(seen.values()), kill=True), served
             current = stubs_of(server.pid)
+            served = served or any(model_ready(self._http_port, s.model) for s in current.values())
             dead = [s for pid, s in seen.items() if pid not in current and not is_alive(pid)]
             seen.update(current)
             for stub in dead:
@@ -112,7 +111,7 @@ class Supervisor:
                 if model_ready(self._http_port, stub.model):
                     logger.error("the Python backend stub of model %r (pid %d) died while the model was "
                                  "ready: restarting tritonserver", stub.model, stub.pid)
-                    return self._end(server, [stub, *seen.values()], kill=True), False
+                    return self._end(server, [stub, *seen.values()], kill=True), True
         return self._end(server, list(seen.values()), kill=False), False
 
     def _end(self, server: subprocess.Popen, stubs: list[Stub], kill: bool) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from conftest import start_server
 from grpc_stream import Stream, generate, wait_all
@@ -37,6 +38,28 @@ def test_killed_stub_fails_in_flight_streams_and_the_server_recovers(demo_model,
         stubs = server.stubs()
         assert server.stop(signal.SIGTERM, timeout=40) == 0, server.log()[-3000:]
     assert not any(os.path.exists(f"/proc/{pid}") for pid in stubs)
+    assert not any(shm_path(s.shm_region).exists() for s in stubs.values())
+
+
+def test_crashed_tritonserver_is_restarted_and_its_stub_cleaned_up(demo_model, tmp_path):
+    """tritonserver 2.51 itself crashes now and then under gRPC cancellations (perf/results/
+    soak-cpu.md); a SIGKILL stands in for the crash here."""
+    repo = tmp_path / "repo"
+    write_variant(repo, "laminar", {})
+    server = start_server(repo, demo_model, tmp_path / "server.log", supervised=True)
+    try:
+        (stub,) = server.stubs().values()
+        (tritonserver,) = server.descendants() - {stub.pid}
+        time.sleep(2)  # the supervisor restarts a server it saw serving (it polls every 0.5 s)
+        os.kill(tritonserver, signal.SIGKILL)
+        assert wait_for(lambda: not os.path.exists(f"/proc/{stub.pid}") and not shm_path(stub.shm_region).exists(),
+                        timeout=60), "the orphaned stub and its region are cleaned up"
+        assert wait_for(lambda: server.is_ready() and set(server.stubs()) - {stub.pid}, timeout=120)
+        assert "exited by itself" in server.log()
+        assert generate(server.grpc_url, greedy_tensors("The quick brown fox", 3)).error is None
+    finally:
+        stubs = server.stubs()
+        assert server.stop(signal.SIGTERM, timeout=40) == 0, server.log()[-3000:]
     assert not any(shm_path(s.shm_region).exists() for s in stubs.values())
 
 
