@@ -84,15 +84,45 @@ glibc_at_least_2_38() {
   venv_python -c 'import platform, sys; v = platform.libc_ver()[1]; sys.exit(0 if tuple(map(int, v.split("."))) >= (2, 38) else 1)'
 }
 
+# "URI SUITE" for every deb entry of the machine's apt sources, one-line (*.list) and deb822
+# (*.sources) formats alike.
+apt_source_entries() {
+  local f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    if [ -f "$f" ]; then awk '$1 == "deb" { sub(/^deb[ \t]+(\[[^]]*\][ \t]+)?/, ""); print $1, $2 }' "$f"; fi
+  done
+  for f in /etc/apt/sources.list.d/*.sources; do
+    if [ -f "$f" ]; then awk '
+      function flush() { if (types ~ /(^| )deb( |$)/) { n = split(uris, u, " "); m = split(suites, s, " ");
+                           for (i = 1; i <= n; i++) for (j = 1; j <= m; j++) print u[i], s[j] }
+                         types = uris = suites = "" }
+      /^[ \t]*$/ { flush(); next }
+      /^Types:/ { sub(/^Types:[ \t]*/, ""); types = $0 }
+      /^URIs:/ { sub(/^URIs:[ \t]*/, ""); uris = $0 }
+      /^Suites:/ { sub(/^Suites:[ \t]*/, ""); suites = $0 }
+      END { flush() }' "$f"; fi
+  done
+}
+
+# The Debian archive the machine itself uses (an entry for a release, e.g. `bookworm`, at a
+# `.../debian` path), so no archive host is named here; LAMINAR_DEBIAN_ARCHIVE overrides it.
+debian_archive() {
+  if [ -n "${LAMINAR_DEBIAN_ARCHIVE:-}" ]; then echo "$LAMINAR_DEBIAN_ARCHIVE"; return; fi
+  apt_source_entries | awk '$1 ~ /\/debian\/?$/ && $2 ~ /^[a-z]+$/ { print $1; exit }'
+}
+
 # Debian trixie's libc/libstdc++ in a private apt state dir (the host's apt is untouched), run
 # through their own loader, so the manylinux_2_38 perf_analyzer runs on an older glibc.
 fetch_glibc_shim() {
   local shim=$TOOLS/glibc-shim apt=$TOOLS/apt
   [ -x "$shim/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" ] && return
   command -v apt-get >/dev/null || { log "perf_analyzer needs glibc >= 2.38 or apt-get for a shim"; exit 1; }
-  log "fetching the glibc 2.38+ shim for perf_analyzer"
+  local archive
+  archive=$(debian_archive)
+  [ -n "$archive" ] || { log "no Debian archive in /etc/apt: set LAMINAR_DEBIAN_ARCHIVE to one"; exit 1; }
+  log "fetching the glibc 2.38+ shim for perf_analyzer from $archive"
   mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/parts" "$apt/prefs" "$apt/debs"
-  echo "deb http://deb.debian.org/debian trixie main" > "$apt/sources.list"
+  echo "deb $archive trixie main" > "$apt/sources.list"
   local opts=(-q -o "Dir::State=$apt" -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt"
               -o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/parts"
               -o "Dir::Etc::Preferences=$apt/prefs" -o "Dir::State::status=/dev/null"
@@ -181,10 +211,11 @@ case $cmd in
   serve)
     setup
     start_openai_api "$@"
-    # Explicit model control lets the model unload itself (turning the server not-ready) if its
-    # engine dies.
-    exec "$VENV/bin/tritonserver" --model-repository "$ROOT/model_repository" \
-      --model-control-mode=explicit --load-model=laminar "$@" ;;
+    # Explicit model control lets the model unload itself (turning it not-ready) if its engine
+    # dies; the supervisor restarts tritonserver if a backend stub dies and bounds shutdown.
+    # The OpenAI API exits with its parent, which exec makes the supervisor.
+    exec "$VENV/bin/python" -m laminar_supervisor -- "$VENV/bin/tritonserver" \
+      --model-repository "$ROOT/model_repository" --model-control-mode=explicit --load-model=laminar "$@" ;;
   test)
     setup
     cd "$ROOT"

@@ -49,7 +49,8 @@ def _filter_logits(logits: Tensor, params: list[SamplingParams]) -> Tensor:
             # Rows without top-p get +inf so cumsum rounding can never drop their tail.
             top_ps = [p.top_p if p.top_p < 1.0 else float("inf") for p in params]
             top_p = torch.tensor(top_ps, device=device, dtype=probs.dtype).unsqueeze(1)
-            remove |= mass_before >= top_p
+            # The most likely token always stays: a top_p that rounds to 0 would drop every token.
+            remove |= (mass_before >= top_p) & (positions > 0)
         remove_vocab = torch.empty_like(remove).scatter_(1, order, remove)
         logits = logits.masked_fill(remove_vocab, float("-inf"))
     if any(p.min_p > 0.0 for p in params):

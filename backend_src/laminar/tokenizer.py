@@ -40,8 +40,14 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Special tokens are added only if the tokenizer's own post-processor adds them;
-        special-token text such as `<|im_start|>` in `text` maps to its id."""
-        return self._tok.encode(text).ids
+        special-token text such as `<|im_start|>` in `text` maps to its id. `encode_batch`
+        releases the GIL while it works (`encode` does not), so other threads keep running."""
+        return self._tok.encode_batch([text])[0].ids
+
+    def max_token_bytes(self) -> int:
+        """Upper bound on the text bytes one token stands for (UTF-8 of its vocabulary string:
+        byte-level and SentencePiece markers only take more bytes than the text they encode)."""
+        return max(len(token.encode("utf-8")) for token in self._tok.get_vocab(with_added_tokens=True))
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

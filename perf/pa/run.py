@@ -2,6 +2,8 @@
 
 Writes the input data (perf/pa/input_data.py), runs perf_analyzer over gRPC with streaming and a
 profile export, then prints the per-experiment latency summary (perf/pa/summary.py).
+--concurrency takes perf_analyzer's start:end:step or a list (1,4): perf_analyzer reads only the
+first number of a list, so a list runs perf_analyzer once per value into one merged export.
 
     python perf/pa/run.py --model-dir demo_model --lengths 64 --max-tokens 16 --concurrency 1,4 \
         --out-dir perf/results/pa -- --measurement-request-count 32
@@ -38,7 +40,7 @@ def main() -> int:
     parser.add_argument("--lengths", default="128", help="comma-separated prompt lengths in tokens")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--per-length", type=int, default=4)
-    parser.add_argument("--concurrency", default="1", help="perf_analyzer --concurrency-range, e.g. 1:8:2")
+    parser.add_argument("--concurrency", default="1", help="a list (1,4) or a perf_analyzer range (1:8:2)")
     parser.add_argument("--requests", type=int, default=16, help="requests per measurement window")
     parser.add_argument("--stability", type=float, default=50.0,
                         help="perf_analyzer --stability-percentage (CPU runs are noisy)")
@@ -49,16 +51,24 @@ def main() -> int:
     data, export = args.out_dir / "input_data.json", args.out_dir / "profile_export.json"
     lengths = [int(x) for x in args.lengths.split(",")]
     data.write_text(json.dumps(input_data(lengths, args.max_tokens, vocab_size(args.model_dir), args.per_length, 0)))
-    cmd = [find_perf_analyzer(), "-m", args.model, "-u", args.url, "-i", "grpc", "--streaming",
-           "--input-data", str(data), "--profile-export-file", str(export),
-           "--concurrency-range", args.concurrency, "--measurement-mode", "count_windows",
-           "--measurement-request-count", str(args.requests),
-           "--stability-percentage", str(args.stability), *args.extra]
-    print("+", " ".join(cmd), file=sys.stderr)
-    rc = subprocess.run(cmd, stdout=sys.stderr).returncode  # stdout is kept for the summary
-    if rc == 0:
-        print(json.dumps(summarize(json.loads(export.read_text())), indent=2))
-    return rc
+    experiments = []
+    for i, concurrency in enumerate(args.concurrency.split(",")):
+        part = args.out_dir / f"profile_export.{i}.json"
+        cmd = [find_perf_analyzer(), "-m", args.model, "-u", args.url, "-i", "grpc", "--streaming",
+               "--input-data", str(data), "--profile-export-file", str(part),
+               "--concurrency-range", concurrency, "--measurement-mode", "count_windows",
+               "--measurement-request-count", str(args.requests),
+               "--stability-percentage", str(args.stability), *args.extra]
+        print("+", " ".join(cmd), file=sys.stderr)
+        rc = subprocess.run(cmd, stdout=sys.stderr).returncode  # stdout is kept for the summary
+        if rc != 0:
+            return rc
+        doc = json.loads(part.read_text())
+        experiments += doc["experiments"]
+        part.unlink()
+    export.write_text(json.dumps({**doc, "experiments": experiments}))
+    print(json.dumps(summarize(json.loads(export.read_text())), indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ def model_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def start_server(repo: Path, demo_model: Path, log: Path) -> TritonServer:
-    server = TritonServer(repo, {"LAMINAR_MODEL": str(demo_model), "LAMINAR_DEVICE": "cpu"}, log)
+def start_server(repo: Path, demo_model: Path, log: Path, supervised: bool = False) -> TritonServer:
+    server = TritonServer(repo, {"LAMINAR_MODEL": str(demo_model), "LAMINAR_DEVICE": "cpu"}, log, supervised)
     try:
         server.wait_ready()
     except Exception:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,11 @@ def make_inputs(tensors: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
 class Result:
     """Everything one request got back."""
     responses: list[dict[str, np.ndarray]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each response
     error: str | None = None
+    # The gRPC status of a stream-level error (e.g. "StatusCode.UNAVAILABLE": the server went
+    # away); None for a model's error response, of which a stream carries only the message.
+    status: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -57,11 +62,12 @@ class Stream:
             # Errors carry no request id in tritonclient: tests send one request at a time then.
             pending = [r for r in self.results.values() if not r.done.is_set()]
             for r in pending[:1]:
-                r.error = str(error)
+                r.error, r.status = str(error), error.status()
                 r.done.set()
             return
         response = result.get_response()
         r = self.results[response.id]
+        r.arrivals.append(time.monotonic())
         r.responses.append({o.name: result.as_numpy(o.name) for o in response.outputs})
         if r.responses[-1]["finish_reason"][0]:
             r.done.set()

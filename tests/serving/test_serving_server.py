@@ -211,16 +211,28 @@ def test_perf_analyzer_streaming_export(server, demo_model, tmp_path):
     max_tokens = 6
     cmd = [sys.executable, str(ROOT / "perf" / "pa" / "run.py"), "--url", server.grpc_url,
            "--model-dir", str(demo_model), "--lengths", "8,40", "--max-tokens", str(max_tokens),
-           "--per-length", "2", "--concurrency", "2", "--requests", "8", "--stability", "1000",
+           "--per-length", "2", "--concurrency", "1,2", "--requests", "8", "--stability", "1000",
            "--out-dir", str(tmp_path)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     export = json.loads((tmp_path / "profile_export.json").read_text())
-    requests = export["experiments"][0]["requests"]
-    assert len(requests) >= 8
-    for req in requests:
-        stamps = req["response_timestamps"]
-        assert len(stamps) == max_tokens, "one timestamped response per generated token"
-        assert req["timestamp"] < stamps[0] and stamps == sorted(stamps)
+    assert [e["experiment"]["value"] for e in export["experiments"]] == [1, 2], "every listed concurrency"
+    for experiment in export["experiments"]:
+        requests = experiment["requests"]
+        assert len(requests) >= 8
+        for req in requests:
+            stamps = req["response_timestamps"]
+            assert len(stamps) == max_tokens, "one timestamped response per generated token"
+            assert req["timestamp"] < stamps[0] and stamps == sorted(stamps)
     summary = json.loads(run.stdout)
-    assert summary[0]["ttft_ms_p50"] > 0 and summary[0]["itl_ms_p50"] > 0
+    assert all(s["ttft_ms_p50"] > 0 and s["itl_ms_p50"] > 0 for s in summary)
+
+
+def test_plain_perf_analyzer_with_the_shipped_input_data(server):
+    """As the README runs it: perf_analyzer sends only the inputs the data names."""
+    perf_analyzer = ROOT / ".venv" / "bin" / "perf_analyzer"
+    cmd = [str(perf_analyzer), "-m", "laminar", "-u", server.grpc_url, "-i", "grpc", "--streaming",
+           "--input-data", str(ROOT / "perf" / "pa" / "data" / "text_prompts.json"),
+           "--measurement-mode", "count_windows", "--measurement-request-count", "4", "--stability-percentage", "1000"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "Successful request count" in run.stdout, run.stdout[-3000:] + run.stderr

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 from conftest import start_server
 from grpc_stream import Stream
 from test_serving_server import greedy_tensors, wait_for
 from triton_server import write_variant
+
+from laminar_supervisor.processes import shm_path
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -23,7 +26,8 @@ def test_shutdown_leaves_nothing_behind(demo_model, tmp_path, sig):
     stream = Stream(server.grpc_url)
     try:
         stubs = server.descendants()
-        assert stubs, "the Python backend stub should run below the server"
+        regions = [shm_path(s.shm_region) for s in server.stubs().values()]
+        assert stubs and regions, "the Python backend stub should run below the server"
         result = stream.send("inflight", greedy_tensors("The quick brown fox", 60))
         assert wait_for(lambda: len(result.responses) >= 2)
         server.proc.send_signal(sig)
@@ -35,4 +39,30 @@ def test_shutdown_leaves_nothing_behind(demo_model, tmp_path, sig):
         stream.close()
     alive = [pid for pid in stubs if os.path.exists(f"/proc/{pid}")]
     assert not alive, f"left behind: {alive}"
+    assert not [r for r in regions if r.exists()], "shared memory left behind"
     assert len(result.ids) == 60 and result.finish_reason == "length"
+
+
+def test_sigterm_after_cancels_does_not_wait_for_the_exit_timeout(demo_model, tmp_path):
+    """Cancelled requests used to stay in flight toward Triton: SIGTERM then waited the whole
+    exit timeout (20 s here) and tritonserver aborted. The time itself is in perf/reliability.py."""
+    repo = tmp_path / "repo"
+    write_variant(repo, "laminar", {})
+    server = start_server(repo, demo_model, tmp_path / "server.log")
+    try:
+        stubs = server.stubs()
+        for i in range(5):
+            stream = Stream(server.grpc_url)
+            result = stream.send(f"c{i}", greedy_tensors("The quick brown fox", 2000))
+            assert wait_for(lambda: len(result.responses) >= 1)
+            stream.close(cancel=True)
+        assert wait_for(lambda: server.log().count("aborted request") == 5)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(40)
+        took = time.monotonic() - started
+    finally:
+        rc = server.stop()
+    assert rc == 0 and took < 15, (rc, took, server.log()[-2000:])
+    assert not [pid for pid in stubs if os.path.exists(f"/proc/{pid}")]
+    assert not [s for s in stubs.values() if shm_path(s.shm_region).exists()]

@@ -11,7 +11,8 @@ from grpc_stream import text
 
 from laminar import EngineArgs, LLMEngine, RequestOutput, SamplingParams
 from laminar.serving import (
-    EngineLoop, RequestError, ResponseBuilder, engine_field_types, parse_request, resolve_engine_config,
+    KNOWN_INPUTS, EngineLoop, ErrorKind, PromptLimits, RequestError, ResponseBuilder, check_no_parameters,
+    engine_field_types, parse_request, resolve_engine_config,
 )
 
 
@@ -40,11 +41,41 @@ def test_parse_defaults_and_token_prompt():
     ({"text_input": np.array([b"\xff"], dtype=np.object_)}, "UTF-8"),
     ({"text_input": text("a"), "sampling_parameters": text("[1]")}, "JSON object"),
     ({"text_input": text("a"), "beam_width": np.array([2], dtype=np.int32)}, "unknown input(s): beam_width"),
+    ({"text_input": text("a"), "end_id": np.array([-1], dtype=np.int32)}, "'end_id' must be a token id >= 0"),
+    ({"text_input": text("a"), "sampling_parameters": text('{"seed": 1e30}')}, "seed must be an int"),
+    ({"text_input": text("a"), "sampling_parameters": text('{"seed": 1000000000000000000000000000000}')},
+     "'seed' must be in [0, 2**64)"),
+    ({"text_input": text("a"), "sampling_parameters": text('{"stop": ' + "[" * 100000 + "]" * 100000 + "}")},
+     "'sampling_parameters' is nested too deeply"),
 ])
 def test_parse_errors_name_the_problem(inputs, needle):
     with pytest.raises(RequestError) as e:
         parse_request(inputs)
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("parameters, needle", [
+    ('{"max_token": 3}', "'max_token' (did you mean 'max_tokens'?)"),
+    ('{"temprature": 0.5, "zz": 1}', "'temprature' (did you mean 'temperature'?), 'zz'"),
+])
+def test_request_parameters_are_refused_naming_the_key(parameters, needle):
+    with pytest.raises(RequestError) as e:
+        check_no_parameters(parameters, KNOWN_INPUTS)
+    assert needle in str(e.value)
+    check_no_parameters('{"id": "abc"}', KNOWN_INPUTS)
+    check_no_parameters("{}", KNOWN_INPUTS)
+
+
+def test_prompt_limits_refuse_by_size_before_tokenizing(engine):
+    limits = PromptLimits(engine.tokenizer, engine.max_model_len)
+    assert limits.max_bytes == engine.max_model_len * engine.tokenizer.max_token_bytes()
+    with pytest.raises(RequestError, match="'text_input' is 5000000 bytes"):
+        limits.check_sizes({"text_input": text("a" * 5_000_000)})
+    with pytest.raises(RequestError, match="'input_ids' has"):
+        limits.check_sizes({"input_ids": np.ones(engine.max_model_len, dtype=np.int32)})
+    with pytest.raises(RequestError, match="max_model_len"):
+        limits.token_ids(" ".join(["hello"] * engine.max_model_len))
+    assert limits.token_ids("hello world") == engine.tokenizer.encode("hello world")
 
 
 def test_engine_config_types_parameters_and_env_overrides(tmp_path):
@@ -90,8 +121,8 @@ class Sink:
             self.finish_reason = out.finish_reason
             self.done.set()
 
-    def fail(self, message: str) -> None:
-        self.error = message
+    def fail(self, message: str, kind: ErrorKind) -> None:
+        self.error, self.kind = message, kind
         self.done.set()
 
     def is_cancelled(self) -> bool:
@@ -141,8 +172,9 @@ def test_loop_aborts_cancelled_requests_and_frees_their_blocks(engine):
     while engine.has_unfinished_requests() and time.monotonic() < deadline:
         time.sleep(0.05)
     loop.shutdown()
-    assert 2 <= len(cancelled.ids) < 500 and cancelled.error is None and not cancelled.done.is_set()
-    assert "max_model_len" in bad.error and good.ids and good.error is None
+    assert 2 <= len(cancelled.ids) < 500 and cancelled.done.is_set(), "a cancelled request still ends"
+    assert cancelled.kind is ErrorKind.CANCELLED and "cancelled" in cancelled.error
+    assert "max_model_len" in bad.error and bad.kind is ErrorKind.INVALID and good.ids and good.error is None
     stats = engine.get_stats()
     assert stats.kv_blocks_free == stats.kv_blocks_total
 
@@ -191,4 +223,21 @@ def test_shutdown_fails_in_flight_requests(engine):
     loop.shutdown()
     assert sink.done.wait(30) and "shutting down" in sink.error
     assert not engine.has_unfinished_requests()
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+
+
+def test_end_in_flight_answers_everything_and_keeps_serving(engine):
+    loop = EngineLoop(engine)
+    loop.start()
+    running = Sink()
+    loop.submit([1, 2], greedy(1000), running)
+    deadline = time.monotonic() + 30
+    while len(running.ids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loop.end_in_flight("server is shutting down (exit timeout)")
+    assert running.done.wait(30) and running.kind is ErrorKind.UNAVAILABLE and "exit timeout" in running.error
+    later = Sink()
+    loop.submit([4, 5], greedy(3), later)
+    assert later.done.wait(30) and later.error is None and len(later.ids) == 3
+    loop.shutdown()
     assert engine.blocks.num_free == engine.blocks.num_blocks

@@ -12,9 +12,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from laminar_supervisor.processes import Stub, descendants, stubs_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MODEL = ROOT / "model_repository" / "laminar"
@@ -46,16 +49,21 @@ def write_variant(repo: Path, name: str, parameters: dict[str, str]) -> None:
 
 
 class TritonServer:
-    def __init__(self, repo: Path, env: dict[str, str], log_path: Path) -> None:
+    """supervised: run tritonserver under laminar_supervisor, as `./build.sh serve` does;
+    `proc` is then the supervisor."""
+
+    def __init__(self, repo: Path, env: dict[str, str], log_path: Path, supervised: bool = False) -> None:
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log_path = log_path
         clean = {k: v for k, v in os.environ.items() if not k.startswith("LAMINAR_")}
         self._log = open(log_path, "wb")
+        command = [tritonserver_binary(), "--model-repository", str(repo), "--http-port", str(self.http_port),
+                   "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+                   "--model-control-mode=explicit", "--load-model=*", "--exit-timeout-secs=20"]
+        if supervised:
+            command = [sys.executable, "-m", "laminar_supervisor", "--", *command]
         self.proc = subprocess.Popen(
-            [tritonserver_binary(), "--model-repository", str(repo), "--http-port", str(self.http_port),
-             "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
-             "--model-control-mode=explicit", "--load-model=*", "--exit-timeout-secs=20"],
-            env={**clean, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            command, env={**clean, **env}, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     @property
@@ -92,19 +100,11 @@ class TritonServer:
 
     def descendants(self) -> set[int]:
         """PIDs of every process below the server (the Python backend stubs), from /proc."""
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        found, todo = set(), [self.proc.pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                found.add(child)
-                todo.append(child)
-        return found
+        return descendants(self.proc.pid)
+
+    def stubs(self) -> dict[int, Stub]:
+        """The Python backend stubs below the server (or its supervisor)."""
+        return stubs_of(self.proc.pid)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:

@@ -2,9 +2,11 @@
 
 Triton's `execute` only enqueues requests here and returns at once; this thread admits them
 between steps, runs `engine.step()` while work exists, hands each output to the request's sink,
-aborts requests whose client cancelled or went away (freeing their KV blocks at the next step),
-and sleeps on a condition variable when idle. If the engine raises, every in-flight and queued
-request fails with the error and the loop reports itself unhealthy instead of hanging.
+aborts requests whose client cancelled or went away (freeing their KV blocks at the next step, and
+ending them with a final cancelled response: Triton holds a request's resources until its final
+flag, even when nobody listens), and sleeps on a condition variable when idle. If the engine
+raises, every in-flight and queued request fails with the error and the loop reports itself
+unhealthy instead of hanging.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from laminar import LLMEngine, RequestOutput, SamplingParams
     from laminar.serving.metrics import ServingMetrics
 
+from laminar.serving.errors import ErrorKind
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,8 +33,8 @@ class RequestSink(Protocol):
     def send(self, out: RequestOutput) -> None:
         """Delivers one engine delta; raising means the client is gone and the request is aborted."""
 
-    def fail(self, message: str) -> None:
-        """Ends the request with an error response."""
+    def fail(self, message: str, kind: ErrorKind) -> None:
+        """Ends the request with an error response (the final one, also when cancelled)."""
 
     def is_cancelled(self) -> bool:
         """True once the client cancelled or disconnected."""
@@ -43,12 +47,14 @@ class _Pending:
     params: SamplingParams
     sink: RequestSink
     arrival: float
+    client_id: str
 
 
 @dataclass
 class _Active:
     sink: RequestSink
     arrival: float
+    client_id: str
     last_token: float | None = None
 
 
@@ -70,6 +76,7 @@ class EngineLoop:
         self._pending: list[_Pending] = []
         self._active: dict[str, _Active] = {}
         self._stopping = False
+        self._ending: str | None = None
         self._error: str | None = None
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="laminar-engine-loop", daemon=True)
@@ -86,19 +93,38 @@ class EngineLoop:
         return self._error
 
     def submit(self, prompt: str | list[int], params: SamplingParams, sink: RequestSink,
-               arrival: float | None = None) -> str | None:
+               arrival: float | None = None, client_id: str = "") -> str | None:
         """Queues a request (thread-safe, never blocks on the engine); returns its engine id, or
-        None when it was failed at once because the loop is dead or stopping."""
+        None when it was failed at once because the loop is dead or stopping. `client_id` (the
+        client's request id) is what the logs name the request by."""
         with self._cv:
-            refusal = self._error or ("server is shutting down" if self._stopping else None)
-            if refusal is None:
+            error, stopping = self._error, self._stopping
+            if error is None and not stopping:
                 request_id = f"lp-{next(self._ids)}"
                 arrival = time.monotonic() if arrival is None else arrival
-                self._pending.append(_Pending(request_id, prompt, params, sink, arrival))
+                self._pending.append(_Pending(request_id, prompt, params, sink, arrival, client_id))
                 self._cv.notify()
                 return request_id
-        sink.fail(refusal)
+        if error is not None:
+            sink.fail(error, ErrorKind.INTERNAL)
+        else:
+            sink.fail("server is shutting down", ErrorKind.UNAVAILABLE)
         return None
+
+    def reject(self, sink: RequestSink, client_id: str, message: str) -> None:
+        """Ends a request the client got wrong: counted, logged with the client's id, answered."""
+        logger.warning("rejected request %s: %s", client_id or "(no id)", message)
+        if self._metrics is not None:
+            self._metrics.request_rejected()
+        sink.fail(message, ErrorKind.INVALID)
+
+    def end_in_flight(self, message: str) -> None:
+        """Ends every queued and running request with `message` (UNAVAILABLE) at the next step and
+        frees their KV blocks; the loop goes on serving. Thread-safe: the shutdown signal calls it
+        so that tritonserver is not left waiting on requests past its exit timeout."""
+        with self._cv:
+            self._ending = message
+            self._cv.notify()
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stops the loop, failing what is still in flight, and shuts the engine down."""
@@ -112,11 +138,11 @@ class EngineLoop:
         try:
             while self._iterate():
                 pass
-            self._fail_everything("server is shutting down")
+            self._fail_everything("server is shutting down", ErrorKind.UNAVAILABLE)
         except Exception as e:  # the engine is broken: fail loudly, never hang clients
             logger.exception("engine loop failed")
             self._error = f"engine failed: {type(e).__name__}: {e}"
-            self._fail_everything(self._error)
+            self._fail_everything(self._error, ErrorKind.INTERNAL)
             if self._on_failure is not None:
                 self._on_failure(self._error)
         finally:
@@ -125,11 +151,15 @@ class EngineLoop:
     def _iterate(self) -> bool:
         """One admit/cancel/step/dispatch round; False once asked to stop."""
         with self._cv:
-            while not (self._pending or self._stopping or self._engine.has_unfinished_requests()):
+            while not (self._pending or self._stopping or self._ending or self._engine.has_unfinished_requests()):
                 self._cv.wait()
             if self._stopping:
                 return False
-            batch, self._pending = self._pending, []
+            ending, self._ending = self._ending, None
+            batch, self._pending = ([], self._pending) if ending else (self._pending, [])
+        if ending:
+            self._fail_everything(ending, ErrorKind.UNAVAILABLE)
+            return True
         self._admit(batch)
         self._reap_cancelled()
         outputs = self._engine.step() if self._engine.has_unfinished_requests() else []
@@ -144,9 +174,9 @@ class EngineLoop:
             try:
                 self._engine.add_request(p.request_id, p.prompt, p.params, arrival_time=p.arrival)
             except ValueError as e:  # bad prompt (too long, bad ids...): this request only
-                p.sink.fail(str(e))
+                self.reject(p.sink, p.client_id, str(e))
                 continue
-            self._active[p.request_id] = _Active(p.sink, p.arrival)
+            self._active[p.request_id] = _Active(p.sink, p.arrival, p.client_id)
 
     def _reap_cancelled(self) -> None:
         for request_id, active in list(self._active.items()):
@@ -170,9 +200,9 @@ class EngineLoop:
                     self._metrics.request_finished(now - active.arrival, out.finish_reason or "")
             try:
                 active.sink.send(out)
-            except Exception as e:
-                if not out.finished:
-                    self._abort(out.request_id, f"response could not be sent ({e})")
+            except Exception as e:  # the client is gone: _abort still owes Triton a final flag
+                self._active[out.request_id] = active
+                self._abort(out.request_id, f"response could not be sent ({e})")
 
     def _observe_tokens(self, active: _Active, out: RequestOutput, now: float) -> None:
         """Latencies as the client sees them: from arrival in `execute` to dispatch."""
@@ -188,19 +218,30 @@ class EngineLoop:
         active.last_token = now
 
     def _abort(self, request_id: str, why: str) -> None:
+        """Frees the request's KV blocks and still ends it toward the client with a final
+        cancelled response; a sender that cannot take it any more has nobody to tell."""
         self._engine.abort(request_id)
-        del self._active[request_id]
-        logger.info("aborted request %s: %s", request_id, why)
+        active = self._active.pop(request_id)
+        logger.info("aborted request %s (%s): %s", active.client_id or "(no id)", request_id, why)
         if self._metrics is not None:
             self._metrics.request_aborted()
+        try:
+            active.sink.fail(f"request cancelled: {why}", ErrorKind.CANCELLED)
+        except Exception as e:
+            logger.debug("final response of %s not delivered: %s", request_id, e)
 
-    def _fail_everything(self, message: str) -> None:
+    def _fail_everything(self, message: str, kind: ErrorKind) -> None:
+        """Answers every queued and running request first, then frees the running ones' blocks
+        (after an engine failure the engine may raise again)."""
         with self._cv:
             pending, self._pending = self._pending, []
-        sinks = [p.sink for p in pending] + [a.sink for a in self._active.values()]
-        self._active.clear()
-        for sink in sinks:
+        active, self._active = self._active, {}
+        if pending or active:
+            logger.warning("ending %d requests: %s", len(pending) + len(active), message)
+        for sink in [p.sink for p in pending] + [a.sink for a in active.values()]:
             try:
-                sink.fail(message)
+                sink.fail(message, kind)
             except Exception:
                 logger.exception("could not deliver the failure to a request")
+        for request_id in active:
+            self._engine.abort(request_id)

@@ -1,6 +1,7 @@
 """Serving metrics published on Triton's /metrics endpoint through the Python backend's
 custom-metrics API (`pb_utils.MetricFamily`; histograms need server >= 2.49, we ship 2.51).
 
+Called from the engine loop thread and, for rejected requests, from Triton's execute thread.
 All names start with `lp:` and carry the labels model and version. Engine counters (tokens,
 iterations per schedule phase, expert bytes, preemptions) are published as deltas of the
 engine's cumulative EngineStats, so they agree with what the engine itself counted.
@@ -52,6 +53,7 @@ DESCRIPTIONS = {
     "lp:iterations_total": "Engine iterations by schedule phase (prefill, decode, mixed)",
     "lp:request_success_total": "Requests finished, by finish reason",
     "lp:request_aborted_total": "Requests aborted because the client cancelled or disconnected",
+    "lp:request_rejected_total": "Requests refused as invalid (bad input, over a limit) before generating",
     "lp:num_requests_running": "Requests being processed by the engine",
     "lp:num_requests_waiting": "Requests waiting in the engine's queue",
     "lp:kv_cache_usage_perc": "Fraction of KV cache blocks in use (0..1)",
@@ -69,7 +71,7 @@ FINISH_REASONS = ("stop", "length")
 
 
 class ServingMetrics:
-    """Owns the metric families of one model instance; called from the engine loop thread."""
+    """Owns the metric families of one model instance."""
 
     def __init__(self, pb_utils: ModuleType, labels: dict[str, str]) -> None:
         self._family_cls = pb_utils.MetricFamily
@@ -81,6 +83,7 @@ class ServingMetrics:
         self._e2e = self._metric("lp:e2e_request_latency_seconds", hist, buckets=LATENCY_BUCKETS)
         self._queue = self._metric("lp:request_queue_time_seconds", hist, buckets=LATENCY_BUCKETS)
         self._aborted = self._metric("lp:request_aborted_total", counter)
+        self._rejected = self._metric("lp:request_rejected_total", counter)
         self._success = {r: self._metric("lp:request_success_total", counter, {"finish_reason": r})
                          for r in FINISH_REASONS}
         self._stat_counters = {f: self._metric(n, counter, extra) for f, (n, extra) in _STAT_COUNTERS.items()}
@@ -114,6 +117,10 @@ class ServingMetrics:
 
     def request_aborted(self) -> None:
         self._aborted.increment(1)
+
+    def request_rejected(self) -> None:
+        """Triton's own nv_inference_request_success counts these too: the model answered them."""
+        self._rejected.increment(1)
 
     def engine_stats(self, stats: EngineStats) -> None:
         if stats.iterations > self._iterations:  # a step ran since the last call

@@ -53,6 +53,20 @@ def _as_int(name: str, array: np.ndarray) -> int:
     return int(_scalar(name, array, _INT_KINDS))
 
 
+def _as_token_id(name: str, array: np.ndarray) -> int:
+    value = _as_int(name, array)
+    if value < 0:
+        raise RequestError(f"input {name!r} must be a token id >= 0, got {value}")
+    return value
+
+
+def _check_json_seed(seed: Any) -> None:
+    """A JSON seed must fit UINT64, the random_seed tensor's type; a larger one cannot seed a
+    generator (and used to fail as "Overflow when unpacking long long")."""
+    if isinstance(seed, int) and not 0 <= seed < 2**64:
+        raise RequestError(f"sampling parameter 'seed' must be in [0, 2**64), got {seed}")
+
+
 def _as_float(name: str, array: np.ndarray) -> float:
     return float(_scalar(name, array, _FLOAT_KINDS))
 
@@ -94,7 +108,7 @@ _FIELD_TENSORS: dict[str, tuple[str, Callable[[str, np.ndarray], Any]]] = {
     "repetition_penalty": ("repetition_penalty", _as_float),
     "ignore_eos": ("ignore_eos", _as_bool),
     "stop_words": ("stop", _as_text_list),
-    "end_id": ("stop_token_ids", lambda n, a: [_as_int(n, a)]),
+    "end_id": ("stop_token_ids", lambda n, a: [_as_token_id(n, a)]),
 }
 _FLAGS = ("stream", "exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens",
           "return_logprobs")
@@ -128,9 +142,12 @@ def _sampling_dict(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             fields = json.loads(raw) if raw.strip() else {}
         except json.JSONDecodeError as e:
             raise RequestError(f"input 'sampling_parameters' is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError("input 'sampling_parameters' is nested too deeply") from None
         if not isinstance(fields, dict):
             raise RequestError("input 'sampling_parameters' must be a JSON object")
         fields = _vllm_json_fields(fields)
+        _check_json_seed(fields.get("seed"))
     for name, (field, read) in _FIELD_TENSORS.items():
         if name not in inputs:
             continue

@@ -1,0 +1,5 @@
+import sys
+
+from laminar_supervisor.supervisor import main
+
+sys.exit(main())
