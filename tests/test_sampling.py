@@ -79,7 +79,7 @@ def test_greedy_is_argmax_and_top_k_one_matches() -> None:
     tiny_t = sampler(logits, [SamplingParams(temperature=1e-7)] * 8, [None] * 8).tokens
     assert torch.equal(tiny_t, logits.argmax(-1))
     # 1e-50 is 0 in float32: the nucleus must still keep the most likely token, not none.
-    tiny_p = sampler(logits, [SamplingParams(top_p=1e-50)] * 8, [None] * 8)
+    tiny_p = sampler(logits, [SamplingParams(top_p=1e-50)] * 8, [None] * 8).tokens
     assert torch.equal(tiny_p, logits.argmax(-1))
 
 
