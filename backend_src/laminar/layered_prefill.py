@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from laminar.config import EngineArgs
@@ -115,19 +115,20 @@ class Segment:
     def num_tokens(self) -> int:
         return sum(c.length for c in self.chunks)
 
+    def samples(self, chunk: Chunk) -> bool:
+        """The logits rule for prefill rows: a chunk's last row gets logits when the chunk completes
+        its sequence's tokens and the segment crosses the last layer now."""
+        return self.finishes and chunk.completes
+
     @property
     def sampled(self) -> list[Sequence]:
-        """Sequences that get a token from this segment (the logits rule for prefill rows)."""
-        return [c.seq for c in self.chunks if c.completes] if self.finishes else []
+        """Sequences that get a token from this segment."""
+        return [c.seq for c in self.chunks if self.samples(c)]
 
     def logits_rows(self, offset: int) -> list[int]:
         """Rows (from offset, where this segment's rows start in the last layer's output) that get logits."""
-        rows = []
-        for c in self.chunks:
-            offset += c.length
-            if self.finishes and c.completes:
-                rows.append(offset - 1)
-        return rows
+        ends = itertools.accumulate(c.length for c in self.chunks)
+        return [offset + end - 1 for c, end in zip(self.chunks, ends) if self.samples(c)]
 
 
 @dataclass(frozen=True)

@@ -133,13 +133,14 @@ class ModelRunner:
         sizes = sorted({n for n in (1 << k for k in range(4, rows.bit_length())) if n < rows} | {rows})
         mixed_s = [self._time(self._synthetic(*_short_prompts(n))) / layers for n in sizes]
         b = min(64, self.args.max_num_seqs)
-        extra = self._time(self._synthetic([long] * b, [1] * b)) - self._time(self._synthetic([short] * b, [1] * b))
+        extra = self._time(self._synthetic([long] * b, [1] * b)) - decode_s[batches.index(b)] * layers  # b is a rung
         context_s = max(extra, 0.0) / (layers * b * (long - short))
         # Prefill attention beyond the profiled short prompts: one long prompt against the same
         # tokens as short prompts (pairs within a chunk), and one chunk at a long context against
         # the same chunk alone (pairs with earlier tokens); kernels spend differently on the two.
         n = min(4096, rows, self.max_model_len - 1)
-        extra = self.time_prompt(n) - self._time(self._synthetic(*_short_prompts(n)))
+        as_short = mixed_s[sizes.index(n)] * layers if n in sizes else self._time(self._synthetic(*_short_prompts(n)))
+        extra = self.time_prompt(n) - as_short
         pairs = n * (n + 1) / 2 - n * (PROFILE_SEQ_TOKENS + 1) / 2
         self_pair_s = max(extra, 0.0) / (layers * pairs) if pairs > 0 else 0.0
         q = min(512, rows)
@@ -248,7 +249,7 @@ class ModelRunner:
         """Every rank: the forward pass; keeps the rows of the batches that continue next iteration."""
         self.expert_hits.zero_()
         graphs = self.decode_graphs
-        if graphs is not None and graphs.fits(batch.decode_ids.shape[0]):
+        if graphs is not None and batch.decode_meta is not None and graphs.fits(batch.decode_ids.shape[0]):
             graphs.load(batch.decode_positions, batch.decode_meta)
         else:
             graphs = None
@@ -260,7 +261,11 @@ class ModelRunner:
         """Device tensors of one step, identical on every rank."""
         nd = inputs.num_decode
         ids = torch.tensor(inputs.token_ids, dtype=torch.long, device=self.device)
-        decode_meta, decode_positions = self._metadata(inputs, range(nd)) if nd else (None, ids[:0])
+        stretches = self._stretches(inputs)
+        # Decode rows alone need their own metadata only where some layers run them alone (not
+        # in a chunked step, nor when a segment spans the whole stack).
+        decode_alone = nd > 0 and any(not st.segments for st in stretches)
+        decode_meta, decode_positions = self._metadata(inputs, range(nd)) if decode_alone else (None, None)
         entries, first, segments = nd, nd, []
         for seg in inputs.segments:
             rows = sum(inputs.q_lens[entries: entries + seg.num_entries])
@@ -272,7 +277,7 @@ class ModelRunner:
             decode_positions=decode_positions,
             decode_meta=decode_meta,
             segments=segments,
-            stretches=self._stretches(inputs),
+            stretches=stretches,
             logits_rows=torch.tensor(inputs.logits_rows, dtype=torch.long, device=self.device),
         )
 

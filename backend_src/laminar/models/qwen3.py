@@ -48,7 +48,7 @@ class ForwardBatch:
     """The tensors of one iteration. In every stretch decode rows come first, segment rows after them."""
 
     decode_ids: torch.Tensor          # [Td] the last token of each decoding sequence
-    decode_positions: torch.Tensor    # [Td]
+    decode_positions: torch.Tensor | None  # [Td]; with decode_meta, None when no layer runs decodes alone
     decode_meta: AttentionMetadata | None
     segments: list[SegmentRows]
     stretches: list[Stretch]
