@@ -31,8 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "serving"))
-from grpc_stream import Stream, generate, text, wait_all  # noqa: E402
-from triton_server import TritonServer, write_variant  # noqa: E402
+from grpc_stream import Stream, generate, text  # noqa: E402
+from triton_server import TritonServer, wait_for, write_variant  # noqa: E402
 
 from laminar_supervisor.processes import shm_path  # noqa: E402
 
@@ -42,15 +42,6 @@ PROMPT = "The quick brown fox"
 def greedy(prompt: str, max_tokens: int) -> dict:
     return {"text_input": text(prompt), "stream": np.array([True]), "max_tokens": np.array([max_tokens], dtype=np.int32),
             "temperature": np.array([0.0], dtype=np.float32), "ignore_eos": np.array([True])}
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def start(work: Path, name: str, supervised: bool = False) -> TritonServer:
@@ -70,7 +61,7 @@ def proc_status(pid: int) -> dict[str, int]:
 def cancel_mid_stream(url: str) -> None:
     stream = Stream(url)
     result = stream.send("cancel-me", greedy(PROMPT, 2000))
-    wait_for(lambda: len(result.responses) >= 1)
+    wait_for(lambda: len(result.responses) >= 1, timeout=60)
     stream.close(cancel=True)
 
 
@@ -113,7 +104,7 @@ def long_request_shutdown(work: Path) -> dict:
     stubs = server.stubs()
     stream = Stream(server.grpc_url)
     result = stream.send("long", greedy(PROMPT, 3900))
-    wait_for(lambda: len(result.responses) >= 2)
+    wait_for(lambda: len(result.responses) >= 2, timeout=60)
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     result.done.wait(120)
@@ -134,7 +125,7 @@ def stub_kill(work: Path, n: int) -> dict:
     streams = [Stream(server.grpc_url) for _ in range(n)]
     try:
         results = [s.send(f"s{i}", greedy(PROMPT, 3000)) for i, s in enumerate(streams)]
-        wait_for(lambda: all(len(r.responses) >= 2 for r in results))
+        wait_for(lambda: all(len(r.responses) >= 2 for r in results), timeout=60)
         (stub,) = server.stubs().values()
         killed = time.monotonic()
         os.kill(stub.pid, signal.SIGKILL)
@@ -168,12 +159,12 @@ def gaps_during(times: list[float], start: float, end: float) -> list[float]:
 def stall_while(server: TritonServer, runner, prompt: str) -> tuple[float, str | None]:
     """The largest gap between the runner's responses while `prompt` is sent and refused."""
     n = len(runner.arrivals)
-    wait_for(lambda: len(runner.arrivals) >= n + 10)
+    wait_for(lambda: len(runner.arrivals) >= n + 10, timeout=60)
     sent = time.monotonic()
     reply = generate(server.grpc_url, {"text_input": text(prompt)})
     answered = time.monotonic()
     n = len(runner.arrivals)
-    wait_for(lambda: len(runner.arrivals) >= n + 10)
+    wait_for(lambda: len(runner.arrivals) >= n + 10, timeout=60)
     return max(gaps_during(runner.arrivals, sent, answered), default=0.0), reply.error
 
 
@@ -183,7 +174,7 @@ def big_prompt_stall(work: Path, repeats: int) -> dict:
     stream = Stream(server.grpc_url)
     runner = stream.send("runner", greedy(PROMPT, 100000))
     try:
-        wait_for(lambda: len(runner.arrivals) >= 20)
+        wait_for(lambda: len(runner.arrivals) >= 20, timeout=60)
         out, prompt = {}, "word " * 1_000_000
         for label in ("5 MB", "just under the byte bound (tokenized, then refused)"):
             measured = [stall_while(server, runner, prompt) for _ in range(repeats)]

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "serving"))
 sys.path.insert(0, str(ROOT / "perf"))
 from grpc_stream import Stream, generate, text  # noqa: E402
-from reliability import greedy, proc_status, start, wait_for  # noqa: E402
-from triton_server import TritonServer  # noqa: E402
+from reliability import greedy, proc_status, start  # noqa: E402
+from triton_server import TritonServer, wait_for  # noqa: E402
 
 PROMPT = "The quick brown fox"
 BAD = [

@@ -12,9 +12,10 @@ from test_scheduling import NUM_LAYERS, assert_each_token_crosses_each_layer_onc
     reference, workload  # noqa: F401  (reference is a fixture)
 
 from engine_utils import greedy, make_engine, run_to_completion
-from laminar import EngineArgs, LLMEngine
+from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.cost_model import FEATURES, CostModel, Profile
 from laminar.layered_prefill import Chunk, SegmentShape, StepShape, stretches
+from laminar.sequence import Sequence
 
 PROFILE = Profile(num_layers=NUM_LAYERS, decode_rows=(1, 32), decode_s=(1e-3, 2e-3), mixed_rows=(16, 128),
                   mixed_s=(4e-3, 12e-3), context_s=1e-6, self_pair_s=1e-7, context_pair_s=2e-7)
@@ -95,8 +96,7 @@ def test_cost_model_features_follow_the_profile():
     f = model.features(decode_only)
     assert f[FEATURES.index("decode_layers")] == pytest.approx(NUM_LAYERS * 2e-3)
     assert f[FEATURES.index("decode_context")] == pytest.approx(NUM_LAYERS * 3200 * 1e-6)
-    seq = type("S", (), {"num_tokens": 50})()
-    chunk = Chunk(seq, 10, 40)
+    chunk = Chunk(Sequence("s", list(range(50)), SamplingParams(), None, None, 0.0), 10, 40)
     mixed = StepShape(32, 3200, (SegmentShape.of([chunk], range(1, 3)),))
     f = model.features(mixed)
     assert f[FEATURES.index("decode_layers")] == pytest.approx(3 * 2e-3)

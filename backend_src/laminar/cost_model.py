@@ -67,6 +67,7 @@ class CostModel:
         self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=WINDOW)
         self.since_fit = 0
         self.prefill_steps: deque[tuple[np.ndarray, float]] = deque(maxlen=MARGIN_WINDOW)  # features, seconds
+        self.cached_margin: float | None = None  # margin() until a prefill step or a refit changes it
 
     def features(self, shape: StepShape) -> np.ndarray:
         p = self.profile
@@ -94,11 +95,13 @@ class CostModel:
         features = self.features(shape)
         if shape.segments:
             self.prefill_steps.append((features, seconds))
+            self.cached_margin = None
         self.samples.append((features, seconds))
         self.since_fit += 1
         if self.since_fit >= REFIT_EVERY:
             self.since_fit = 0
             self.weights = self._fit()
+            self.cached_margin = None
 
     def margin(self) -> float:
         """How much longer than the current fit predicts recent prefill steps ran (their 90th
@@ -106,10 +109,12 @@ class CostModel:
         the tail. Judged with the current weights, so steps from before a refit do not linger."""
         if len(self.prefill_steps) < 8:
             return MARGIN_LIMITS[0]
-        features = np.array([f for f, _ in self.prefill_steps])
-        seconds = np.array([t for _, t in self.prefill_steps])
-        ratios = seconds / np.maximum(features @ self.weights, 1e-9)
-        return float(np.clip(np.quantile(ratios, MARGIN_QUANTILE), *MARGIN_LIMITS))
+        if self.cached_margin is None:
+            features = np.array([f for f, _ in self.prefill_steps])
+            seconds = np.array([t for _, t in self.prefill_steps])
+            ratios = seconds / np.maximum(features @ self.weights, 1e-9)
+            self.cached_margin = float(np.clip(np.quantile(ratios, MARGIN_QUANTILE), *MARGIN_LIMITS))
+        return self.cached_margin
 
     def _fit(self) -> np.ndarray:
         """Weights minimising sum((w.f - t) / t)^2 + RIDGE * |w - prior|^2, kept non-negative."""

@@ -232,9 +232,7 @@ class LLMEngine:
             stats.prefill_iterations += 1
         else:
             stats.decode_iterations += 1
-        layers = stats.last_prefill_layers = sum(len(seg.layers) for seg in segments)
-        if layers:
-            stats.prefill_layers_run[layers] = stats.prefill_layers_run.get(layers, 0) + 1
+        stats.last_prefill_layers = sum(len(seg.layers) for seg in segments)
         stats.prompt_tokens += sum(seg.num_tokens for seg in segments if seg.finishes)
         stats.generated_tokens += len(sample_seqs)
         stats.expert_bytes_last_step = experts_touched * self.expert_bytes

@@ -1,7 +1,7 @@
 """What the engine reports: per-request deltas, finished completions, and engine counters."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -87,7 +87,6 @@ class EngineStats:
     generated_tokens: int = 0
     expert_bytes_total: int = 0
     expert_bytes_last_step: int = 0
-    prefill_layers_run: dict[int, int] = field(default_factory=dict)  # iterations by layers crossed by prefill rows
     num_preemptions: int = 0
     num_running: int = 0
     num_waiting: int = 0

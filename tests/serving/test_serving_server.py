@@ -7,7 +7,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import MODES, SLO_MODEL
 from grpc_stream import Stream, generate, text, wait_all
-from triton_server import ROOT
+from triton_server import ROOT, wait_for
 
 from laminar import SamplingParams
 
@@ -102,15 +101,6 @@ def test_32_concurrent_streams_of_mixed_lengths(server, offline_engines):
         assert result.error is None, f"request {i}: {result.error}"
         assert result.finish_reason == "length" and len(result.ids) == n
         assert result.ids == offline(offline_engines["layered"], [prompt], n)[0], f"request {i}"
-
-
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_cancel_mid_stream_frees_the_kv_cache(server):

@@ -23,6 +23,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MODEL = ROOT / "model_repository" / "laminar"
 
 
+def wait_for(predicate, timeout: float = 30.0, poll: float = 0.05) -> bool:
+    """Polls predicate until it holds (True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
