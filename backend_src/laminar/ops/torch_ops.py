@@ -51,12 +51,22 @@ def store_kv(
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sinks: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its whole paged context.
 
     The new tokens' keys must already be in the cache. Query i of a sequence with
     q_len new tokens and seq_len context sits at position seq_len - q_len + i.
+    `window` > 0 limits each query to the `window` most recent keys, itself included
+    (key position > query position - window), as HF's sliding-window layers do.
+    `sinks` (fp32 [num_q_heads]) adds one learned logit per head to the softmax
+    denominator only (GPT-OSS): its probability mass is dropped, so rows sum below 1.
     """
     out = torch.empty_like(q)
     block_size = k_cache.shape[1]
@@ -76,10 +86,25 @@ def paged_attention(
         v = v.repeat_interleave(num_q_heads // num_kv_heads, dim=1).transpose(0, 1).float()
         qb = q[q_start:q_end].transpose(0, 1).float()
         q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
-        mask = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]
-        o = F.scaled_dot_product_attention(qb, k, v, attn_mask=mask, scale=scale)
-        out[q_start:q_end] = o.transpose(0, 1).to(q.dtype)
+        k_pos = torch.arange(seq_len, device=q.device)[None, :]
+        mask = k_pos <= q_pos[:, None]
+        if window > 0:
+            mask &= k_pos > q_pos[:, None] - window
+        out[q_start:q_end] = _attend(qb, k, v, mask, scale, sinks).transpose(0, 1).to(q.dtype)
     return out
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, sinks: torch.Tensor | None
+) -> torch.Tensor:
+    """Masked softmax attention per head ([H, Tq, D] x [H, Tk, D]); a sink joins the denominator only."""
+    if sinks is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    logits = (q @ k.transpose(-1, -2)) * scale
+    logits = logits.masked_fill(~mask, float("-inf"))
+    sink = sinks.float().view(-1, 1, 1).expand(-1, logits.shape[1], 1)
+    probs = torch.softmax(torch.cat((logits, sink), dim=-1), dim=-1)[..., :-1]
+    return probs @ v
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
