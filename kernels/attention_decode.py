@@ -2,8 +2,9 @@
 
 Grid (seq, kv_head, split): each program handles all query heads of one KV head (GQA),
 so every KV tile is read from HBM once. Splits write fp32 partial outputs plus their
-log-sum-exp; a reduce kernel merges them. Splits keep all SMs busy at small batch or
-long context.
+log-sum-exp; a reduce kernel merges them and adds the attention sink, once per head.
+Splits keep all SMs busy at small batch or long context. A sliding window narrows the
+range the splits share to the window's keys, so keys outside it are never read.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 @jit_sized("n_splits", "stride_bt")
 def _decode_split_kernel(
     q_ptr, kc_ptr, vc_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, part_o_ptr, part_lse_ptr,
-    scale, head_dim, group, n_splits,
+    scale, head_dim, group, n_splits, window,
     stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt,
     PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -34,8 +35,10 @@ def _decode_split_kernel(
     q_start = tl.load(qsl_ptr + seq)
     q_len = tl.load(qsl_ptr + seq + 1) - q_start
     seq_len = tl.load(seq_lens_ptr + seq)
-    per_split = tl.cdiv(tl.cdiv(seq_len, n_splits), BLOCK_N) * BLOCK_N
-    lo = split * per_split
+    kv_lo = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)  # first key in the window
+    first = kv_lo // BLOCK_N * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(seq_len - first, n_splits), BLOCK_N) * BLOCK_N
+    lo = first + split * per_split
     hi = tl.minimum(lo + per_split, seq_len)
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
@@ -55,7 +58,7 @@ def _decode_split_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         t = start + offs_n
-        t_ok = t < hi
+        t_ok = (t < hi) & (t >= kv_lo)
         blk = tl.load(bt_row + t // PAGE, mask=t_ok, other=0).to(tl.int64)
         kv_off = blk * stride_cb + (t % PAGE) * stride_cs + kvh * stride_ch
         kv_mask = t_ok[:, None] & d_ok[None, :]
@@ -78,9 +81,10 @@ def _decode_split_kernel(
 
 @jit_sized("n_splits")
 def _decode_reduce_kernel(
-    part_o_ptr, part_lse_ptr, out_ptr, qsl_ptr, head_dim, n_splits, stride_ot, stride_oh,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    part_o_ptr, part_lse_ptr, out_ptr, qsl_ptr, sinks_ptr, head_dim, n_splits, stride_ot, stride_oh,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
+    """Weights each split by its share of the softmax mass; a sink takes its share and contributes 0."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
     q_start = tl.load(qsl_ptr + seq)
@@ -90,23 +94,31 @@ def _decode_reduce_kernel(
     d = tl.arange(0, BLOCK_D)
     row = (seq * tl.num_programs(1) + head) * n_splits + s
     lse = tl.load(part_lse_ptr + row, mask=s < n_splits, other=-float("inf"))
-    w = tl.exp2(lse - tl.max(lse, axis=0))
-    w = w / tl.sum(w, axis=0)
+    m = tl.max(lse, axis=0)
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
+        m = tl.maximum(m, sink)
+        w = tl.exp2(lse - m)
+        w = w / (tl.sum(w, axis=0) + tl.exp2(sink - m))
+    else:
+        w = tl.exp2(lse - m)
+        w = w / tl.sum(w, axis=0)
     o = tl.load(part_o_ptr + row[:, None].to(tl.int64) * BLOCK_D + d[None, :], mask=s[:, None] < n_splits, other=0.0)
     res = tl.sum(o * w[:, None], axis=0)
     tl.store(out_ptr + q_start.to(tl.int64) * stride_ot + head * stride_oh + d, res.to(out_ptr.dtype.element_ty),
              mask=d < head_dim)
 
 
-def choose_splits(n_seqs: int, n_kv_heads: int, max_seq_len: int, sms: int, block_n: int) -> int:
+def choose_splits(n_seqs: int, n_kv_heads: int, max_keys: int, sms: int, block_n: int) -> int:
     """Enough splits for ~4 programs per SM, but never splits shorter than a few KV tiles."""
     want = triton.cdiv(4 * sms, max(n_seqs * n_kv_heads, 1))
-    return max(1, min(want, triton.cdiv(max_seq_len, 4 * block_n), 64))
+    return max(1, min(want, triton.cdiv(max_keys, 4 * block_n), 64))
 
 
 def decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-    out: torch.Tensor, n_splits: int | None = None, block_n: int = 64, num_warps: int = 4, num_stages: int | None = None,
+    out: torch.Tensor, sinks: torch.Tensor | None = None, window: int = 0, n_splits: int | None = None,
+    block_n: int = 64, num_warps: int = 4, num_stages: int | None = None,
 ) -> torch.Tensor:
     """Fills out [T, Hq, D] for batches whose sequences each have at most one new token."""
     n_seqs = meta.num_seqs
@@ -114,19 +126,21 @@ def decode_attention(
     n_q_heads = q.shape[1]
     group = n_q_heads // n_kv_heads
     block_d = next_pow2(head_dim)
-    splits = n_splits or choose_splits(n_seqs, n_kv_heads, meta.max_seq_len, device_sms(q), block_n)
+    max_keys = min(meta.max_seq_len, window + block_n) if window > 0 else meta.max_seq_len
+    splits = n_splits or choose_splits(n_seqs, n_kv_heads, max_keys, device_sms(q), block_n)
     part_o = torch.empty((n_seqs * n_q_heads * splits, block_d), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((n_seqs * n_q_heads * splits,), dtype=torch.float32, device=q.device)
     _decode_split_kernel[(n_seqs, n_kv_heads, splits)](
         q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, part_o, part_lse,
-        scale, head_dim, group, splits,
+        scale, head_dim, group, splits, window,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         PAGE=page, BLOCK_G=max(16, next_pow2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         PRECISION=dot_precision(q.dtype), num_warps=num_warps,
         num_stages=num_stages or (2 if q.dtype == torch.float32 else 3),
     )
     _decode_reduce_kernel[(n_seqs, n_q_heads)](
-        part_o, part_lse, out, meta.query_start_loc, head_dim, splits, out.stride(0), out.stride(1),
-        BLOCK_S=next_pow2(splits), BLOCK_D=block_d,
+        part_o, part_lse, out, meta.query_start_loc, q if sinks is None else sinks,
+        head_dim, splits, out.stride(0), out.stride(1),
+        BLOCK_S=next_pow2(splits), BLOCK_D=block_d, HAS_SINKS=sinks is not None,
     )
     return out
