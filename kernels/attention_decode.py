@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .attention_tile import softmax_init, tile_step
 from .common import device_sms, dot_precision, jit_sized, next_pow2
 
 if TYPE_CHECKING:
@@ -51,27 +52,23 @@ def _decode_split_kernel(
     q = tl.load(q_ptr + q_start.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + d[None, :],
                 mask=g_ok[:, None] & d_ok[None, :], other=0.0)
     qk_scale = scale * 1.4426950408889634  # exp2 domain
-    m_i = tl.full([BLOCK_G], -float("inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    m_i, l_i = softmax_init(q_ptr, heads, BLOCK_G, False)  # the sink joins in the merge
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
-    offs_n = tl.arange(0, BLOCK_N)
-    for start in range(lo, hi, BLOCK_N):
-        t = start + offs_n
-        t_ok = (t < hi) & (t >= kv_lo)
-        blk = tl.load(bt_row + t // PAGE, mask=t_ok, other=0).to(tl.int64)
-        kv_off = blk * stride_cb + (t % PAGE) * stride_cs + kvh * stride_ch
-        kv_mask = t_ok[:, None] & d_ok[None, :]
-        k = tl.load(kc_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        s = tl.where(t_ok[None, :], s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(vc_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    q_pos = tl.full([BLOCK_G], seq_len - 1, dtype=tl.int32)
+    q_lo = tl.full([BLOCK_G], kv_lo, dtype=tl.int32)
+    # Whole tiles inside [kv_lo, seq_len) run unmasked; at most one masked tile at each end.
+    full_lo = tl.minimum(tl.maximum(lo, tl.cdiv(kv_lo, BLOCK_N) * BLOCK_N), hi)
+    full_hi = tl.maximum(tl.minimum(hi, seq_len // BLOCK_N * BLOCK_N), full_lo)
+    for start in range(lo, full_lo, BLOCK_N):
+        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, hi,
+                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, True, PRECISION)
+    for start in range(full_lo, full_hi, BLOCK_N):
+        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, hi,
+                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, False, PRECISION)
+    for start in range(full_hi, hi, BLOCK_N):
+        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, hi,
+                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, True, PRECISION)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, -float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
