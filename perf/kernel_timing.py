@@ -31,9 +31,11 @@ class Timer:
             fn()
         return graph.replay
 
-    def ms(self, fn: Callable[[], object]) -> tuple[float, str]:
+    def ms(self, fn: Callable[[], object], capture: bool = True) -> tuple[float, str]:
         """Median milliseconds of fn and how it ran ('graph' or 'eager')."""
         try:
+            if not capture:
+                raise RuntimeError("eager asked for")
             run, mode = self._capture(fn), "graph"
         except Exception:  # not capturable: time eager launches
             torch.cuda.synchronize()

@@ -50,7 +50,7 @@ def test_decode_split_reduce(n_splits: int) -> None:
     """Forced splits, more than some contexts have tiles: empty splits must drop out of the merge."""
     q, k_cache, v_cache, meta = paged_batch([(1, 70), (1, 5), (1, 33)], 8, 2, 32, 16, torch.bfloat16)
     out = torch.full_like(q, float("nan"))
-    decode_attention(q, k_cache, v_cache, meta, 0.2, out, n_splits=n_splits, block_n=16)
+    decode_attention(q, k_cache, v_cache, meta, 0.2, out, n_splits=n_splits, config=(16, 4, 1))
     ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 0.2)
     assert_close(out, ref, torch.bfloat16)
 
@@ -129,7 +129,7 @@ def test_decode_splits_with_window_and_sinks(n_splits: int) -> None:
     ref = R.paged_attention(q, k_cache, v_cache, meta, 0.2, sinks=sinks, window=20)
     poison_below_window(k_cache, v_cache, meta, 20)
     out = torch.full_like(q, float("nan"))
-    decode_attention(q, k_cache, v_cache, meta, 0.2, out, sinks=sinks, window=20, n_splits=n_splits, block_n=16)
+    decode_attention(q, k_cache, v_cache, meta, 0.2, out, sinks=sinks, window=20, n_splits=n_splits, config=(16, 4, 1))
     assert_close(out, ref, torch.float32)
 
 
