@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .attention_tile import softmax_init, tile_step
-from .common import dot_precision, jit_sized, next_pow2
+from .common import device_sms, dot_precision, jit_sized, next_pow2
 
 if TYPE_CHECKING:
     from laminar.ops.metadata import AttentionMetadata
@@ -96,12 +96,15 @@ def _prefill_kernel(
              out.to(out_ptr.dtype.element_ty), mask=row_mask)
 
 
-def prefill_config(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[int, int, int, int]:
+def prefill_config(head_dim: int, dtype: torch.dtype, on_gpu: bool, fills_256: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages): big tiles for 16-bit inputs on the GPU,
     shared-memory-sized ones for fp32, small ones for the interpreter (fewer, cheaper steps).
 
-    128 x 128 tiles over 8 warps, 3 KV stages, led an H100 sweep at 8k and 16k prompts
-    (393 and 402 TFLOP/s; 2 stages 357-373, 128 x 64 tiles 340-359).
+    On an H200 (perf/bench_kernels.py prefill_variants, 8k / 16k prompts) 256 x 64 tiles over
+    8 warps, double-buffered, ran at 425 / 439 TFLOP/s against 402 / 416 for 128 x 128 and
+    368 / 371 with 3 stages (an H100 ranked those 367 / 389, 357 / 373, 393 / 402). 256-row
+    tiles only where their grid fills two waves of the SMs (fills_256); short batches keep
+    128-row tiles.
     """
     if not on_gpu:
         return 32, 32, 4, 1
@@ -109,7 +112,9 @@ def prefill_config(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[int
         return 64, 32, 4, 3
     if head_dim > 128:
         return 128, 32, 8, 2
-    return 128, 128, 8, 3
+    if fills_256:
+        return 256, 64, 8, 2
+    return 128, 128, 8, 2
 
 
 def prefill_attention(
@@ -120,7 +125,8 @@ def prefill_attention(
     """Fills out [T, Hq, D] for any mix of prefill chunks and decodes; config overrides prefill_config."""
     _, page, n_kv_heads, head_dim = k_cache.shape
     group = q.shape[1] // n_kv_heads
-    block_m, block_n, num_warps, num_stages = config or prefill_config(head_dim, q.dtype, q.is_cuda)
+    fills_256 = n_kv_heads * meta.num_seqs * triton.cdiv(meta.max_query_len * group, 256) >= 2 * device_sms(q)
+    block_m, block_n, num_warps, num_stages = config or prefill_config(head_dim, q.dtype, q.is_cuda, fills_256)
     grid = (n_kv_heads, meta.num_seqs, triton.cdiv(meta.max_query_len * group, block_m))
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, meta.query_start_loc,

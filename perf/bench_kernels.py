@@ -179,8 +179,9 @@ def bench_prefill(timer: Timer, floors: dict) -> list[dict]:
 def prefill_variants(timer: Timer) -> list[dict]:
     """Tile configs (BLOCK_M, BLOCK_N, warps, stages) of the prefill kernel at long prompts."""
     res = []
-    configs = [(128, 128, 8, 3), (128, 128, 8, 2), (256, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3)]
-    for ctx in (8192, 16384):
+    configs = [(256, 64, 8, 2), (256, 64, 8, 3), (256, 32, 8, 3), (256, 64, 16, 2), (128, 128, 8, 2), (128, 64, 8, 2),
+               (128, 128, 8, 3)]
+    for ctx in (1024, 4096, 8192, 16384):
         k_cache, v_cache, meta, _ = paged_cache([ctx], [ctx])
         q = torch.randn(ctx, HQ, D, device="cuda", dtype=torch.bfloat16)
         out = torch.empty_like(q)
