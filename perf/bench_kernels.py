@@ -260,6 +260,19 @@ def prefill_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def prefill_variant_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Prefill tile sweep (BLOCK_M, BLOCK_N, warps, stages)", "", "| prompt | config | ms | TFLOP/s |",
+             "|---:|---|---:|---:|"]
+    return lines + [f"| {r['prompt']} | {tuple(r['config'])} | {r['ms']:.3f} | {r['tflops']:.0f} |" for r in rows]
+
+
+def decode_variant_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Decode tile and split sweep (BLOCK_N, warps, stages; splits None = heuristic)", "",
+             "| batch | context | config | splits | us | GB/s |", "|---:|---:|---|---:|---:|---:|"]
+    return lines + [f"| {r['batch']} | {r['ctx']} | {tuple(r['config'])} | {r['splits']} | {r['ms'] * 1e3:.1f} | "
+                    f"{r['GBps']:.0f} |" for r in rows]
+
+
 def write_markdown(path: Path, res: dict) -> None:
     f = res["floors"]
     lines = [f"# Kernel benchmark on {res['device']}", "",
@@ -268,7 +281,8 @@ def write_markdown(path: Path, res: dict) -> None:
              f"Floors measured in this run: copy {f['copy_bw_GBps']:.0f} GB/s (read+write), "
              f"bf16 GEMM {f['bf16_gemm_TFLOPs']:.0f} TFLOP/s (8192^3). Times: medians of CUDA-graph replays, "
              "L2 flushed before each.", ""]
-    for key, fmt in (("moe", moe_lines), ("decode", decode_lines), ("prefill", prefill_lines)):
+    for key, fmt in (("moe", moe_lines), ("decode", decode_lines), ("prefill", prefill_lines),
+                     ("prefill_variants", prefill_variant_lines), ("decode_variants", decode_variant_lines)):
         if key in res:
             lines += fmt(res[key]) + [""]
     path.write_text("\n".join(lines))
