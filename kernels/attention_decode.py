@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_tile import softmax_init, tile_step
+from .attention_tile import attend_bands, softmax_init
 from .common import device_sms, dot_precision, jit_sized, next_pow2
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def _decode_split_kernel(
     scale, head_dim, group, n_splits, window,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
     PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, HAS_SINKS: tl.constexpr, DIRECT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_SINKS: tl.constexpr, DIRECT: tl.constexpr, WINDOWED: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -58,15 +58,9 @@ def _decode_split_kernel(
     # Whole tiles inside [kv_lo, seq_len) run unmasked; at most one masked tile at each end.
     full_lo = tl.minimum(tl.maximum(lo, tl.cdiv(kv_lo, BLOCK_N) * BLOCK_N), hi)
     full_hi = tl.maximum(tl.minimum(hi, seq_len // BLOCK_N * BLOCK_N), full_lo)
-    for start in range(lo, full_lo, BLOCK_N):
-        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, hi,
-                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, True, PRECISION)
-    for start in range(full_lo, full_hi, BLOCK_N):
-        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, hi,
-                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, False, PRECISION)
-    for start in range(full_hi, hi, BLOCK_N):
-        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, hi,
-                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, True, PRECISION)
+    acc, m_i, l_i = attend_bands(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, q_pos, q_lo, kv_lo, hi,
+                                 lo, full_lo, full_hi, d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch,
+                                 PAGE, BLOCK_N, PRECISION, WINDOWED)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     if DIRECT:
@@ -155,7 +149,7 @@ def decode_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         PAGE=page, BLOCK_G=max(16, next_pow2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
-        PRECISION=dot_precision(q.dtype), HAS_SINKS=sinks is not None, DIRECT=direct,
+        PRECISION=dot_precision(q.dtype), HAS_SINKS=sinks is not None, DIRECT=direct, WINDOWED=window > 0,
         num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_tile import softmax_init, tile_step
+from .attention_tile import attend_bands, softmax_init
 from .common import device_sms, dot_precision, jit_sized, next_pow2
 
 if TYPE_CHECKING:
@@ -76,21 +76,15 @@ def _prefill_kernel(
     if WINDOWED:
         q_lo = q_pos - window + 1
         kv_lo, lo, full_lo, full_hi = kv_bands(first_pos, last_pos, window, BLOCK_N)
-        for start in range(lo, full_lo, BLOCK_N):
-            acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, kv_hi,
-                                      d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, True,
-                                      PRECISION)
     else:
         q_lo = tl.zeros_like(q_pos)
         kv_lo = 0
+        lo = 0
         full_lo = 0
         full_hi = (first_pos + 1) // BLOCK_N * BLOCK_N
-    for start in range(full_lo, full_hi, BLOCK_N):
-        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, kv_hi,
-                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, False, PRECISION)
-    for start in range(full_hi, kv_hi, BLOCK_N):
-        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, kv_hi,
-                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, True, PRECISION)
+    acc, m_i, l_i = attend_bands(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, q_pos, q_lo, kv_lo, kv_hi,
+                                 lo, full_lo, full_hi, d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch,
+                                 PAGE, BLOCK_N, PRECISION, WINDOWED)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + (q_start + tok).to(tl.int64)[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_mask)
@@ -100,11 +94,11 @@ def prefill_config(head_dim: int, dtype: torch.dtype, on_gpu: bool, fills_256: b
     """(BLOCK_M, BLOCK_N, num_warps, num_stages): big tiles for 16-bit inputs on the GPU,
     shared-memory-sized ones for fp32, small ones for the interpreter (fewer, cheaper steps).
 
-    On an H200 (perf/bench_kernels.py prefill_variants, 8k / 16k prompts) 256 x 64 tiles over
-    8 warps, double-buffered, ran at 425 / 439 TFLOP/s against 402 / 416 for 128 x 128 and
-    368 / 371 with 3 stages (an H100 ranked those 367 / 389, 357 / 373, 393 / 402). 256-row
-    tiles only where their grid fills two waves of the SMs (fills_256); short batches keep
-    128-row tiles.
+    On an H200 (perf/results/kernels-NVIDIA_H200-prefill_variants.md, 8k / 16k prompts)
+    256 x 64 tiles over 8 warps, double-buffered, ran at 424 / 439 TFLOP/s against 403 / 418
+    for 128 x 128 and 371 / 371 with 3 stages; the H100 runs the same default at 428 / 438.
+    At 1k prompts 256-row tiles leave SMs idle (153 vs 202 TFLOP/s), so they are taken only
+    where their grid fills two waves of the SMs (fills_256).
     """
     if not on_gpu:
         return 32, 32, 4, 1

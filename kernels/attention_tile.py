@@ -61,3 +61,25 @@ def tile_step(
     v = tl.load(vc_ptr + kv_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return acc, m_new, l_i
+
+
+@triton.jit
+def attend_bands(
+    q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, q_pos, q_lo, kv_lo, kv_hi, lo, full_lo, full_hi,
+    d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, LOWER_BAND: tl.constexpr,
+):
+    """Folds keys [lo, kv_hi) in three bands: [lo, full_lo) masked (the window's lower edge,
+    compiled only with LOWER_BAND), [full_lo, full_hi) unmasked, [full_hi, kv_hi) masked."""
+    if LOWER_BAND:
+        for start in range(lo, full_lo, BLOCK_N):
+            acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, kv_hi,
+                                      d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, True,
+                                      PRECISION)
+    for start in range(full_lo, full_hi, BLOCK_N):
+        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, kv_hi,
+                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, False, PRECISION)
+    for start in range(full_hi, kv_hi, BLOCK_N):
+        acc, m_i, l_i = tile_step(q, acc, m_i, l_i, kc_ptr, vc_ptr, bt_row, kvh, start, q_pos, q_lo, kv_lo, kv_hi,
+                                  d, d_ok, qk_scale, stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, True, PRECISION)
+    return acc, m_i, l_i
