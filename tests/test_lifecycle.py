@@ -35,7 +35,7 @@ def test_abort_mid_prefill_at_every_group(moe_checkpoint_5, abort_at):
         (segment,) = engine.last_step.segments
         assert "victim" in segment.request_ids and segment.layers.start == [0, 2, 3][abort_at - 1]
         (batch,) = engine.scheduler.batches
-        assert list(engine.runner.carry) == [batch.id] and batch.layers_done == segment.layers.stop
+        assert list(engine.executor.runner.carry) == [batch.id] and batch.layers_done == segment.layers.stop
     assert engine.abort("victim")
     assert not engine.abort("victim")
     while engine.has_unfinished_requests():

@@ -100,7 +100,7 @@ class LayerRows:
 
     def __init__(self, engine) -> None:
         self.rows: list[int] = [0] * NUM_LAYERS
-        for i, layer in enumerate(engine.runner.model.layers):
+        for i, layer in enumerate(engine.executor.runner.model.layers):
             layer.register_forward_hook(self._hook(i))
 
     def _hook(self, i):
