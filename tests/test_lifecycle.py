@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from engine_utils import greedy, make_engine, run_to_completion
+
 from laminar import SamplingParams
 
 PROMPT = list(range(1, 41))

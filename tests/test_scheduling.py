@@ -5,9 +5,9 @@ import random
 
 import pytest
 import torch
+from engine_utils import greedy, make_engine, run_to_completion
 from transformers import AutoModelForCausalLM
 
-from engine_utils import greedy, make_engine, run_to_completion
 from laminar.layered_prefill import paper_num_groups, split_layers
 
 NUM_LAYERS = 5

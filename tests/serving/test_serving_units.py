@@ -11,8 +11,16 @@ from grpc_stream import text
 
 from laminar import EngineArgs, LLMEngine, RequestOutput, SamplingParams
 from laminar.serving import (
-    KNOWN_INPUTS, EngineLoop, ErrorKind, PromptLimits, RequestError, ResponseBuilder, check_no_parameters,
-    engine_field_types, parse_request, resolve_engine_config,
+    KNOWN_INPUTS,
+    EngineLoop,
+    ErrorKind,
+    PromptLimits,
+    RequestError,
+    ResponseBuilder,
+    check_no_parameters,
+    engine_field_types,
+    parse_request,
+    resolve_engine_config,
 )
 
 
