@@ -1,4 +1,4 @@
-"""Host time to turn one scheduler plan into device tensors (StepInputs + build_batch).
+"""Host time to turn one scheduler plan into device tensors (plan_inputs + build_batch).
 
 This is the per-step CPU work between scheduling and the forward pass, the part of the host
 overhead that grows with batch size and context. Sequences are synthetic (Qwen3-30B-A3B-like
@@ -15,8 +15,10 @@ import statistics
 import time
 
 from laminar.config import EngineArgs, ModelConfig
+from laminar.distributed import TensorParallel
+from laminar.executor import plan_inputs
 from laminar.layered_prefill import Chunk, Segment, StepPlan
-from laminar.model_runner import ModelRunner, step_inputs
+from laminar.model_runner import ModelRunner
 from laminar.sampling_params import SamplingParams
 from laminar.sequence import Sequence
 
@@ -48,13 +50,13 @@ def main() -> None:
     args = ap.parse_args()
     cfg = ModelConfig.from_dir(args.model)
     engine_args = EngineArgs(model=args.model, device="cpu", num_kv_blocks=16, block_size=16)
-    runner = ModelRunner(cfg, engine_args, cfg.max_position_embeddings)
+    runner = ModelRunner(cfg, engine_args, cfg.max_position_embeddings, TensorParallel())
     for label, prompt in (("64 decodes @ 2k", 0), ("64 decodes @ 2k + 8k prompt, group 0", 8192)):
         plan = synthetic_plan(64, 2048, prompt, engine_args.block_size, cfg.vocab_size)
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            runner.build_batch(step_inputs(plan))
+            runner.build_batch(plan_inputs(plan))
             times.append(time.perf_counter() - start)
         print(f"{label}: median {1e3 * statistics.median(times):.2f} ms over {args.repeats}")
 

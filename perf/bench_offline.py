@@ -5,7 +5,7 @@ while long prompts arrive one after another. Reports decode step time against it
 memory floor, host overhead per step, TBT while a prompt is prefilled, TTFT, energy
 per token, and expert bytes; plus one long prompt prefilled alone (TTFT against one
 full pass of it, expert bytes). Every engine carries the cost model (profiled once on
-the shared runner), so each mode also reports the model's step-time prediction error.
+the shared executor), so each mode also reports the model's step-time prediction error.
 
 A mode is schedule_mode:budget[:gN][:sloMS]: gN sets num_stages (the static policy's largest
 group count), sloMS sets tbt_slo_ms (the SLO policy), e.g. layered:8192:g4, layered:8192:slo100.
@@ -32,6 +32,7 @@ import torch
 from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.config import ModelConfig
 from laminar.cost_model import CostModel
+from laminar.executor import Executor
 from laminar.model_runner import ModelRunner
 
 PRESETS = {
@@ -97,13 +98,13 @@ class Run:
 
 def non_expert_bytes(engine: LLMEngine) -> int:
     """Weights of rank 0's shard that every decode step reads besides experts (attention, router, norms, LM head)."""
-    total = 0
-    for name, p in engine.runner.model.named_parameters():
+    model, total = engine.executor.runner.model, 0
+    for name, p in model.named_parameters():
         if name.endswith(("w13", "w2")) or name == "embed_tokens":
             continue
         total += p.numel() * p.element_size()
-    if engine.runner.model.lm_head is None:
-        total += engine.runner.model.embed_tokens.numel() * engine.runner.model.embed_tokens.element_size()
+    if model.lm_head is None:
+        total += model.embed_tokens.numel() * model.embed_tokens.element_size()
     return total
 
 
@@ -111,9 +112,10 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     rng = random.Random(seed)
     vocab = engine.model_config.vocab_size
     mc = engine.model_config
-    tp = engine.runner.tp.size
+    runner = engine.executor.runner
+    tp = runner.tp.size
     # The floor is per GPU: each rank reads its own shard of weights and KV (rank 0's, measured).
-    kv_token_bytes = 2 * mc.num_layers * engine.runner.model.layout.num_kv_heads * mc.head_dim * engine.runner.dtype.itemsize
+    kv_token_bytes = 2 * mc.num_layers * runner.model.layout.num_kv_heads * mc.head_dim * runner.dtype.itemsize
     run = Run(engine)
     long_gen = SamplingParams(max_tokens=100_000, temperature=0.0, ignore_eos=True)
     for i in range(cfg["decode_batch"]):
@@ -188,7 +190,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     result["alone_prompt_tokens"] = cfg["alone_prompt"]
     result["alone_ttft_ms"] = 1e3 * (time.perf_counter() - start)
     result["alone_iterations"] = iterations
-    result["alone_one_pass_ms"] = 1e3 * engine.runner.time_prompt(cfg["alone_prompt"])
+    result["alone_one_pass_ms"] = 1e3 * engine.executor.time_prompt(cfg["alone_prompt"])
     result["alone_expert_gb"] = (engine.get_stats().expert_bytes_total - before) / 1e9
     return result
 
@@ -266,25 +268,26 @@ def main() -> None:
                 num_stages=cfg["num_stages"])
     report: dict = {"command": "python " + " ".join(sys.argv), "preset": cfg, "modes": {}}
     modes = {entry: mode_args(entry, base) for entry in cfg["modes"]}
-    # One set of weights (and TP workers) for every mode; the engines borrow it. The runner is
+    # One set of weights (and TP workers) for every mode; the engines borrow it. The executor is
     # built with the largest step any mode takes, so its graphs and profile cover them all.
     first = max(modes.values(), key=lambda a: (a.schedule_mode == "layered", a.max_num_batched_tokens))
-    runner = ModelRunner(ModelConfig.from_dir(args.model), first, max_len)
+    executor = Executor(ModelConfig.from_dir(args.model), first, max_len)
+    runner = executor.runner
     try:
         cfg["decode_batch"] = report["decode_batch"] = fit_decode_batch(cfg, runner)
         report["bandwidth_gbs"] = (measure_bandwidth(runner.device) or 0) / 1e9 or None
         device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
         bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
-        profile = runner.profile()
+        profile = executor.profile()
         report["profile"] = json.loads(profile.to_json())
         for entry, engine_args in modes.items():
             print(f"== {entry}", flush=True)
-            engine = LLMEngine(engine_args, runner=runner, cost=CostModel(profile))
+            engine = LLMEngine(engine_args, executor=executor, cost=CostModel(profile))
             report["modes"][entry] = bench_mode(engine, cfg, bandwidth, seed=0)
             print(json.dumps(report["modes"][entry], indent=1), flush=True)
     finally:
-        runner.shutdown()
+        executor.shutdown()
     report["device"] = device_name
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,10 @@ class LogitsRecorder:
     """Wraps the engine's sampler to keep the logits each request was sampled from."""
 
     def __init__(self, engine: LLMEngine) -> None:
-        self.inner = engine.runner.sampler
+        self.inner = engine.executor.sampler
         self.engine = engine
         self.logits: dict[int, list[torch.Tensor]] = {}
-        engine.runner.sampler = self
+        engine.executor.sampler = self
 
     def __call__(self, logits, params, generators, *histories):
         for row, p in zip(logits, params):

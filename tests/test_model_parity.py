@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from engine_utils import LogitsRecorder, greedy, make_engine
+from transformers import AutoModelForCausalLM
 
 
 def hf_logits(model_dir, ids: list[int]) -> torch.Tensor:

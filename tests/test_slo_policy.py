@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_scheduling import NUM_LAYERS, assert_each_token_crosses_each_layer_once, assert_no_decode_stall, observe, \
-    reference, workload  # noqa: F401  (reference is a fixture)
-
 from engine_utils import greedy, make_engine, run_to_completion
+from test_scheduling import (
+    NUM_LAYERS,
+    assert_each_token_crosses_each_layer_once,
+    assert_no_decode_stall,
+    observe,
+    reference,  # noqa: F401  (reference is a fixture)
+    workload,
+)
+
 from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.cost_model import FEATURES, CostModel, Profile
 from laminar.layered_prefill import Chunk, SegmentShape, StepShape, stretches
@@ -129,6 +135,6 @@ def test_tbt_slo_ms_is_validated():
 def test_profiled_engine_plans_on_its_own_measurements(moe_checkpoint_5, reference):  # noqa: F811
     """Without an injected model the engine profiles its runner, and still computes the same tokens."""
     engine = make_engine(moe_checkpoint_5, tbt_slo_ms=5, max_num_batched_tokens=32)
-    profile = engine.runner.measured
+    profile = engine.executor.measured
     assert profile is not None and profile.num_layers == NUM_LAYERS and all(t > 0 for t in profile.mixed_s)
     assert run_to_completion(engine, workload(0)) == reference

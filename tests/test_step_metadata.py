@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from engine_utils import greedy, make_engine
-from laminar.model_runner import step_inputs
+
+from laminar.executor import plan_inputs
 
 
 def test_metadata_parts_are_aligned_and_correct(moe_checkpoint_5):
@@ -10,7 +11,7 @@ def test_metadata_parts_are_aligned_and_correct(moe_checkpoint_5):
     for rid, n in (("a", 5), ("b", 7), ("c", 3)):  # odd counts: unaligned offsets if packed back to back
         engine.add_request(rid, list(range(1, n + 1)), greedy(2))
     plan = engine.scheduler.schedule()
-    batch = engine.runner.build_batch(step_inputs(plan))
+    batch = engine.executor.runner.build_batch(plan_inputs(plan))
     (stretch,) = batch.stretches  # chunked: one segment across the whole stack
     meta, positions = stretch.meta, stretch.positions
     for t in (meta.query_start_loc, meta.seq_lens, meta.block_tables, meta.slot_mapping, positions):

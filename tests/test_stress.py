@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from engine_utils import greedy, make_engine
 
 
@@ -40,7 +39,7 @@ def run(engine, arrivals, aborts) -> dict[str, list[int]]:
             outputs[out.request_id].extend(out.new_token_ids)
         it += 1
         assert it < 5_000, "engine did not finish"
-    assert engine.blocks.num_free == engine.runner.num_blocks, "KV blocks leaked"
+    assert engine.blocks.num_free == engine.executor.runner.num_blocks, "KV blocks leaked"
     return {rid: ids for rid, ids in outputs.items() if rid not in aborted}
 
 

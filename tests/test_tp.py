@@ -46,7 +46,7 @@ def run_script(engine: LLMEngine, abort_after: dict[str, int] | None = None, max
             for out in engine.step():
                 got.setdefault(out.request_id, []).extend(out.new_token_ids)
             step += 1
-        assert engine.blocks.num_free == engine.runner.num_blocks
+        assert engine.blocks.num_free == engine.executor.runner.num_blocks
     finally:
         engine.shutdown()
     return got
@@ -57,9 +57,9 @@ def test_tp2_matches_tp1(moe_checkpoint_5, mode, slo):
     """slo: a target below any step's time, so the SLO policy moves prompts one layer per step."""
     expected = run_script(make_engine(moe_checkpoint_5, 1, schedule_mode=mode))
     engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode, tbt_slo_ms=slo)
-    assert [p.poll() for p in engine.runner.workers.procs] == [None]
+    assert [p.poll() for p in engine.executor.workers.procs] == [None]
     assert run_script(engine) == expected
-    assert [p.returncode for p in engine.runner.workers.procs] == [0]  # stopped on request, not killed
+    assert [p.returncode for p in engine.executor.workers.procs] == [0]  # stopped on request, not killed
     assert worker_pids() == []
 
 
@@ -67,7 +67,7 @@ def test_tp4_replicates_kv_heads_dense(dense_checkpoint):
     """2 KV heads over 4 ranks: each KV head lives on two ranks; vocab 257 pads the last rank."""
     expected = run_script(make_engine(dense_checkpoint, 1))
     engine = make_engine(dense_checkpoint, 4)
-    assert engine.runner.model.layout.num_kv_heads == 1 and engine.runner.model.layout.vocab_per_rank == 65
+    assert engine.executor.runner.model.layout.num_kv_heads == 1 and engine.executor.runner.model.layout.vocab_per_rank == 65
     assert run_script(engine) == expected
 
 
@@ -105,13 +105,13 @@ def test_dead_worker_fails_the_step_and_leaves_nothing(moe_checkpoint_5):
     engine = make_engine(moe_checkpoint_5, 2)
     engine.add_request("a", PROMPTS[1], SamplingParams(max_tokens=4))
     engine.step()
-    worker = engine.runner.workers.procs[0]
+    worker = engine.executor.workers.procs[0]
     worker.kill()
     worker.wait()
     with pytest.raises(RuntimeError, match="worker rank 1 exited"):
         engine.step()
     engine.shutdown()
-    assert engine.blocks.num_free == engine.runner.num_blocks
+    assert engine.blocks.num_free == engine.executor.runner.num_blocks
     assert worker_pids() == []
 
 
@@ -155,7 +155,7 @@ def test_workers_exit_when_rank0_is_killed(moe_checkpoint_5):
     script = (
         "import os, sys, signal; sys.path.insert(0, sys.argv[2]); from test_tp import make_engine\n"
         "e = make_engine(sys.argv[1], 2)\n"
-        "print(e.runner.workers.procs[0].pid, flush=True)\n"
+        "print(e.executor.workers.procs[0].pid, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, str(moe_checkpoint_5), str(Path(__file__).parent)],
@@ -188,7 +188,7 @@ def test_idle_longer_than_the_collective_timeout(moe_checkpoint_5, monkeypatch):
         engine.add_request("b", PROMPTS[2], SamplingParams(max_tokens=2, ignore_eos=True))
         while engine.has_unfinished_requests():
             engine.step()
-        assert engine.runner.workers.procs[0].poll() is None
+        assert engine.executor.workers.procs[0].poll() is None
     finally:
         engine.shutdown()
 
@@ -198,7 +198,7 @@ def test_second_tp_engine_in_one_process_is_refused(moe_checkpoint_5):
     try:
         with pytest.raises(ValueError, match="one tensor-parallel engine per process"):
             make_engine(moe_checkpoint_5, 2)
-        assert worker_pids() == [first.runner.workers.procs[0].pid]
+        assert worker_pids() == [first.executor.workers.procs[0].pid]
         first.add_request("a", PROMPTS[0], SamplingParams(max_tokens=2))
         while first.has_unfinished_requests():
             first.step()

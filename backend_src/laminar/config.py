@@ -37,7 +37,6 @@ class ModelConfig:
     decoder_sparse_step: int = 1
     mlp_only_layers: tuple[int, ...] = ()
     eos_token_id: tuple[int, ...] = ()
-    torch_dtype: str = "float32"
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "ModelConfig":
@@ -72,7 +71,6 @@ class ModelConfig:
             decoder_sparse_step=cfg.get("decoder_sparse_step", 1) or 1,
             mlp_only_layers=tuple(cfg.get("mlp_only_layers") or ()),
             eos_token_id=tuple(eos if isinstance(eos, list) else ([] if eos is None else [eos])),
-            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype") or "float32",
         )
 
     @classmethod

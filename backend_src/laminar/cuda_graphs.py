@@ -23,13 +23,17 @@ import torch
 
 from laminar.ops import AttentionMetadata
 
+# Padded sizes to capture. The top rungs are the caps: larger decode batches run eagerly, where
+# launch overhead matters less, and larger mixed batches keep the GPU busier than the host's launches.
 DECODE_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 MIXED_SIZES = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
 def capture_sizes(limit: int, ladder: tuple[int, ...]) -> list[int]:
-    """Padded sizes to capture: the ladder's rungs below limit, and limit itself."""
-    return sorted({s for s in ladder if s < limit} | {limit})
+    """Padded sizes to capture for batches up to limit: the ladder's rungs below it, and the smaller of
+    limit and the top rung."""
+    top = min(limit, ladder[-1])
+    return sorted({s for s in ladder if s < top} | {top})
 
 
 class _LayerGraphs:
@@ -89,6 +93,7 @@ class DecodeGraphs(_LayerGraphs):
     def __init__(self, model, kv_caches, expert_hits: torch.Tensor, max_batch: int, max_model_len: int,
                  block_size: int) -> None:
         super().__init__(model, kv_caches, expert_hits, capture_sizes(max_batch, DECODE_SIZES))
+        self.loaded: AttentionMetadata | None = None  # the step whose metadata the buffers hold
         n = self.max_rows
         self.query_start = torch.arange(n + 1, dtype=torch.int32, device=self.device)
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=self.device)
@@ -100,24 +105,28 @@ class DecodeGraphs(_LayerGraphs):
         meta = AttentionMetadata(self.query_start[: bs + 1], self.seq_lens[:bs], self.tables[:bs],
                                  self.slots[:bs], max_query_len=1, max_seq_len=self.max_model_len)
         h, r = self.model.layers[i](self.hidden[:bs], self.residual[:bs], self.positions[:bs], self.kv_caches[i],
-                                    meta, self.model.rotary.cos_sin, self.expert_hits)
+                                    meta, self.expert_hits)
         self.hidden[:bs].copy_(h)
         self.residual[:bs].copy_(r)
 
-    def load(self, positions: torch.Tensor, meta: AttentionMetadata) -> None:
-        """Copies this step's decode metadata into the static buffers, padding with row 0."""
-        self._pad(positions.shape[0], positions, meta.slot_mapping)
-        bs, width = self.size, meta.block_tables.shape[1]
-        self.seq_lens[:bs].copy_(meta.seq_lens[self.src])
-        self.tables[:bs, :width].copy_(meta.block_tables[self.src])
-
-    def run(self, layers: range, hidden: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Replays the graphs of these layers for the loaded batch; returns views of the static buffers."""
+    def run(self, layers: range, hidden: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor,
+            meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replays the graphs of these layers; returns views of the static buffers."""
+        if meta is not self.loaded:  # once per step: its decode stretches share one metadata
+            self._load(positions, meta)
         self._load_rows(hidden, residual)
         for i in layers:
             self.graphs[(i, self.size)].replay()
         n = hidden.shape[0]
         return self.hidden[:n], self.residual[:n]
+
+    def _load(self, positions: torch.Tensor, meta: AttentionMetadata) -> None:
+        """Copies the step's decode metadata into the static buffers, padding with row 0."""
+        self._pad(positions.shape[0], positions, meta.slot_mapping)
+        bs, width = self.size, meta.block_tables.shape[1]
+        self.seq_lens[:bs].copy_(meta.seq_lens[self.src])
+        self.tables[:bs, :width].copy_(meta.block_tables[self.src])
+        self.loaded = meta
 
 
 class MixedGraphs(_LayerGraphs):
@@ -134,7 +143,7 @@ class MixedGraphs(_LayerGraphs):
 
     def _before(self, i: int, bs: int) -> None:
         q, r = self.model.layers[i].before_attention(self.hidden[:bs], self.residual[:bs], self.positions[:bs],
-                                                     self.kv_caches[i], self.slots[:bs], self.model.rotary.cos_sin)
+                                                     self.kv_caches[i], self.slots[:bs])
         self.q[:bs].copy_(q)
         self.residual[:bs].copy_(r)
 

@@ -15,8 +15,8 @@ from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, ModelConfig
 from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
+from laminar.executor import Executor
 from laminar.layered_prefill import StepPlan, StepShape
-from laminar.model_runner import ModelRunner
 from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord, TokenLogprobs
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
@@ -31,10 +31,10 @@ PREEMPTION_WARN_EVERY_S = 30.0
 
 
 class LLMEngine:
-    def __init__(self, args: EngineArgs, runner: ModelRunner | None = None, cost: CostModel | None = None) -> None:
-        """runner: reuse another engine's model and KV cache (benchmarks compare modes on one set of
+    def __init__(self, args: EngineArgs, executor: Executor | None = None, cost: CostModel | None = None) -> None:
+        """executor: reuse another engine's model and KV cache (benchmarks compare modes on one set of
         weights). cost: the step-time model the SLO policy plans with; by default, with tbt_slo_ms set,
-        one built from a profile of this runner, learning online."""
+        one built from a profile of this executor's model, learning online."""
         self.args = args
         self.model_config = cfg = ModelConfig.from_dir(args.model)
         self.max_model_len = args.max_model_len or cfg.max_position_embeddings
@@ -46,31 +46,31 @@ class LLMEngine:
         torch.manual_seed(args.seed)
         self.tokenizer: Tokenizer | None = load_tokenizer(args.model) if _has_tokenizer(args.model) else None
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) if self.tokenizer else set(cfg.eos_token_id)
-        self.owns_runner = runner is None
-        self.runner = runner or ModelRunner(cfg, args, self.max_model_len)
+        self.owns_executor = executor is None
+        self.executor = executor or Executor(cfg, args, self.max_model_len)
         try:
             if cost is None and args.tbt_slo_ms is not None:
-                cost = CostModel(self.runner.profile())
+                cost = CostModel(self.executor.profile())
             self.cost = cost
             self._init_state(args, cfg)
         except BaseException:
-            if self.owns_runner:  # do not leave TP workers behind a failed construction
-                self.runner.shutdown()
+            if self.owns_executor:  # do not leave TP workers behind a failed construction
+                self.executor.shutdown()
             raise
 
     def _init_state(self, args: EngineArgs, cfg: ModelConfig) -> None:
-        self.blocks = BlockManager(self.runner.num_blocks, args.block_size)
-        if self.runner.num_blocks * args.block_size < self.max_model_len:
+        self.blocks = BlockManager(self.executor.runner.num_blocks, args.block_size)
+        if self.executor.runner.num_blocks * args.block_size < self.max_model_len:
             raise ValueError(
-                f"the KV cache holds {self.runner.num_blocks * args.block_size} tokens, fewer than "
+                f"the KV cache holds {self.executor.runner.num_blocks * args.block_size} tokens, fewer than "
                 f"max_model_len {self.max_model_len}: raise the KV memory or lower max_model_len"
             )
         self.scheduler = Scheduler(args, cfg.num_layers, self.blocks, self.cost)
-        self.expert_bytes = cfg.expert_num_params() * self.runner.dtype.itemsize
+        self.expert_bytes = cfg.expert_num_params() * self.executor.runner.dtype.itemsize
         self.seqs: dict[str, Sequence] = {}
-        self.stats = EngineStats(kv_blocks_total=self.runner.num_blocks)
+        self.stats = EngineStats(kv_blocks_total=self.executor.runner.num_blocks)
         self.last_step: StepRecord | None = None
-        self.energy = EnergyMeter(self.runner.devices)
+        self.energy = EnergyMeter(self.executor.devices)
         self.energy_start = self.energy.read_joules()
         self.cycle: tuple[StepShape, float] | None = None  # the last step's shape and start, until the next starts
         self.recent_preemptions: deque[int] = deque(maxlen=PREEMPTION_WINDOW)
@@ -97,7 +97,7 @@ class LLMEngine:
             request_id=request_id,
             prompt_token_ids=prompt_ids,
             params=params,
-            generator=make_generator(params.seed, self.runner.device),
+            generator=make_generator(params.seed, self.executor.runner.device),
             detokenizer=detok,
             arrival_time=time.monotonic() if arrival_time is None else arrival_time,
         )
@@ -156,7 +156,7 @@ class LLMEngine:
                 chunk.seq.admitted_time = chunk.seq.admitted_time or now
         sample_seqs = plan.sample_seqs
         forward_start = time.perf_counter()
-        result = self.runner.execute(plan)
+        result = self.executor.execute(plan)
         forward_s = time.perf_counter() - forward_start - result.prepare_s
         self.scheduler.advance(plan)
         done = time.monotonic()
@@ -183,7 +183,8 @@ class LLMEngine:
         self.stats.num_preemptions += count
         self.recent_preemptions.append(count)
         recent = sum(self.recent_preemptions)
-        if count and recent >= PREEMPTION_WARN_COUNT and time.monotonic() - self.last_preemption_warning > PREEMPTION_WARN_EVERY_S:
+        quiet_s = time.monotonic() - self.last_preemption_warning
+        if count and recent >= PREEMPTION_WARN_COUNT and quiet_s > PREEMPTION_WARN_EVERY_S:
             self.last_preemption_warning = time.monotonic()
             logger.warning(
                 "%d preemptions in the last %d steps: the KV cache (%d blocks of %d tokens) is too small for "
@@ -262,8 +263,8 @@ class LLMEngine:
         """Aborts what is left so every KV block is back in the pool; stops the TP workers it started."""
         for request_id in list(self.seqs):
             self.abort(request_id)
-        if self.owns_runner:
-            self.runner.shutdown()
+        if self.owns_executor:
+            self.executor.shutdown()
 
 
 def _has_tokenizer(model_dir: str) -> bool:

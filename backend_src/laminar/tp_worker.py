@@ -26,6 +26,7 @@ import torch.distributed as dist
 from laminar import step_inputs
 from laminar.config import EngineArgs, ModelConfig
 from laminar.distributed import TensorParallel, destroy_tensor_parallel, free_port, init_tensor_parallel
+from laminar.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 SPEC_ENV = "LAMINAR_TP_WORKER"
@@ -132,8 +133,6 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def main() -> None:
-    from laminar.model_runner import ModelRunner  # noqa: PLC0415  (avoids an import cycle)
-
     spec = json.loads(os.environ[SPEC_ENV])
     _exit_with_parent(spec["parent"])
     values = spec["args"]

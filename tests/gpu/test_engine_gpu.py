@@ -5,8 +5,8 @@ import random
 
 import pytest
 import torch
-
 from engine_utils import greedy, make_engine, run_to_completion
+
 from laminar.demo import write_demo_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -51,8 +51,8 @@ def test_cuda_graphs_match_eager(demo, mode):
                 block_size=16, num_kv_blocks=256, dtype="float32", device="cuda", max_num_seqs=12)
     eager_engine = make_engine(demo, enforce_eager=True, **args)
     graph_engine = make_engine(demo, **args)
-    assert eager_engine.runner.decode_graphs is None and eager_engine.runner.mixed_graphs is None
-    assert graph_engine.runner.decode_graphs is not None and graph_engine.runner.mixed_graphs is not None
+    assert eager_engine.executor.runner.layers.decode is None and eager_engine.executor.runner.layers.mixed is None
+    assert graph_engine.executor.runner.layers.decode is not None and graph_engine.executor.runner.layers.mixed is not None
     eager = run_to_completion(eager_engine, workload())
     graphs = run_to_completion(graph_engine, workload())
     assert graphs == eager

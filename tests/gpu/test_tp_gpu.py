@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_utils import make_engine, run_to_completion
-from laminar.demo import write_demo_checkpoint
 from test_engine_gpu import workload
+
+from laminar.demo import write_demo_checkpoint
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 
@@ -32,6 +32,6 @@ def test_tp2_matches_tp1(demo, mode, eager):
                 enforce_eager=eager)
     tp1 = finished(make_engine(demo, **args))
     engine = make_engine(demo, tensor_parallel_size=2, **args)
-    assert (engine.runner.decode_graphs is None) == eager
+    assert (engine.executor.runner.layers.decode is None) == eager
     assert finished(engine) == tp1
-    assert [p.returncode for p in engine.runner.workers.procs] == [0]
+    assert [p.returncode for p in engine.executor.workers.procs] == [0]

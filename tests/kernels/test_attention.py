@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DEVICE, assert_close, paged_batch, randn
 
 import laminar_kernels as K
-from helpers import DEVICE, assert_close, paged_batch, randn
 from laminar.ops import torch_ops as R
 from laminar_kernels.attention_decode import decode_attention
 from laminar_kernels.attention_prefill import prefill_attention

@@ -1,4 +1,4 @@
 """Model architectures served by the engine."""
-from laminar.models.qwen3 import ForwardBatch, ForwardResult, Qwen3ForCausalLM
+from laminar.models.qwen3 import Qwen3ForCausalLM
 
-__all__ = ["ForwardBatch", "ForwardResult", "Qwen3ForCausalLM"]
+__all__ = ["Qwen3ForCausalLM"]

@@ -1,0 +1,151 @@
+"""Device tensors of one step, built identically on every rank from the step's plain integers.
+
+A step runs decode rows through every layer and each prefill segment's rows through its span
+(see layered_prefill). The stack is cut into stretches of layers whose set of rows is constant;
+each stretch carries its rows' positions and attention metadata. A segment's rows enter as
+token ids when its span starts at layer 0, else as the hidden state and residual it left the
+previous iteration with (kept on the device by the model runner, keyed by batch id).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from laminar.layered_prefill import stretches
+from laminar.ops import AttentionMetadata
+from laminar.step_inputs import SegmentInputs, StepInputs
+
+Carry = dict[int, tuple[torch.Tensor, torch.Tensor]]  # batch id -> (hidden, residual) between iterations
+
+
+@dataclass
+class SegmentRows:
+    """One prefill segment's rows: token ids when its span starts at layer 0, else the carried state."""
+
+    batch_id: int
+    layers: range
+    num_rows: int
+    ids: torch.Tensor | None
+    hidden: torch.Tensor | None       # [rows, H] carried from the previous iteration
+    residual: torch.Tensor | None
+
+
+@dataclass
+class Stretch:
+    """Consecutive layers that run the same rows: the decodes plus the segments listed."""
+
+    layers: range
+    segments: tuple[int, ...]         # indices into ForwardBatch.segments; empty: decode rows only
+    positions: torch.Tensor           # [rows], decode rows first
+    meta: AttentionMetadata
+
+
+@dataclass
+class ForwardBatch:
+    """The tensors of one iteration. In every stretch decode rows come first, segment rows after them."""
+
+    decode_ids: torch.Tensor          # [Td] the last token of each decoding sequence
+    segments: list[SegmentRows]
+    stretches: list[Stretch]          # stretches with no rows (no decodes, no segment) are left out
+    logits_rows: torch.Tensor         # rows of the last layer's output (decodes, then finishing segments)
+
+
+def build_batch(inputs: StepInputs, num_layers: int, block_size: int, carry: Carry,
+                device: torch.device) -> ForwardBatch:
+    """The step's device tensors; carried segments take their rows from `carry`."""
+    nd = inputs.num_decode
+    ids = torch.tensor(inputs.token_ids, dtype=torch.long, device=device)
+    entries, first, segments = nd, nd, []
+    for seg in inputs.segments:
+        rows = sum(inputs.q_lens[entries: entries + seg.num_entries])
+        segments.append(_segment_rows(seg, rows, ids[first: first + rows] if seg.first else None, carry, device))
+        first += rows if seg.first else 0
+        entries += seg.num_entries
+    return ForwardBatch(
+        decode_ids=ids[:nd],
+        segments=segments,
+        stretches=_stretches(inputs, num_layers, block_size, device),
+        logits_rows=torch.tensor(inputs.logits_rows, dtype=torch.long, device=device),
+    )
+
+
+def _segment_rows(seg: SegmentInputs, rows: int, ids: torch.Tensor | None, carry: Carry,
+                  device: torch.device) -> SegmentRows:
+    if ids is not None:
+        return SegmentRows(seg.batch_id, seg.layers, rows, ids, None, None)
+    hidden, residual = carry[seg.batch_id]
+    if seg.carry_rows is not None:
+        keep = torch.tensor(seg.carry_rows, dtype=torch.long, device=device)
+        hidden, residual = hidden.index_select(0, keep), residual.index_select(0, keep)
+    return SegmentRows(seg.batch_id, seg.layers, rows, None, hidden, residual)
+
+
+def _stretches(inputs: StepInputs, num_layers: int, block_size: int, device: torch.device) -> list[Stretch]:
+    """Stretches of the stack with their rows' metadata (built once per distinct set of rows)."""
+    bounds, entry = [], inputs.num_decode
+    for seg in inputs.segments:
+        bounds.append(range(entry, entry + seg.num_entries))
+        entry += seg.num_entries
+    built: dict[tuple[int, ...], tuple[AttentionMetadata, torch.Tensor]] = {}
+    out = []
+    for layers, active in stretches(num_layers, [seg.layers for seg in inputs.segments]):
+        if not active and not inputs.num_decode:
+            continue
+        if active not in built:
+            chosen = [*range(inputs.num_decode), *(e for j in active for e in bounds[j])]
+            built[active] = metadata(inputs, chosen, block_size, device)
+        meta, positions = built[active]
+        out.append(Stretch(layers, active, positions, meta))
+    return out
+
+
+def metadata(inputs: StepInputs, entries: list[int], block_size: int,
+             device: torch.device) -> tuple[AttentionMetadata, torch.Tensor]:
+    """Attention metadata and positions of the rows of these entries, in order.
+
+    Built with numpy and moved in two copies (one int32, one int64 buffer): per-op torch
+    overhead on small CPU tensors would otherwise be a visible share of a decode step. Each
+    part starts 16-byte aligned, as Triton compiles a kernel variant per pointer alignment.
+    """
+    bs, count = block_size, len(entries)
+    q_lens = np.asarray([inputs.q_lens[e] for e in entries], dtype=np.int64)
+    starts = np.asarray([inputs.starts[e] for e in entries], dtype=np.int64)
+    seq_lens = starts + q_lens
+    width = max(max((len(inputs.block_tables[e]) for e in entries), default=0), 1)
+    tables = np.zeros((count, width), dtype=np.int32)
+    for i, e in enumerate(entries):
+        table = inputs.block_tables[e]
+        tables[i, : len(table)] = table
+    query_start = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(q_lens, out=query_start[1:])
+    seq_index = np.repeat(np.arange(count), q_lens)
+    positions = starts[seq_index] + np.arange(int(query_start[-1])) - query_start[:-1][seq_index]
+    slots = tables[seq_index, positions // bs].astype(np.int64) * bs + positions % bs
+    qsl, lens, flat_tables = _aligned_parts(device, query_start.astype(np.int32), seq_lens.astype(np.int32),
+                                            tables.ravel())
+    slot_mapping, positions_t = _aligned_parts(device, slots, positions)
+    meta = AttentionMetadata(
+        query_start_loc=qsl,
+        seq_lens=lens,
+        block_tables=flat_tables.view(count, width),
+        slot_mapping=slot_mapping,
+        max_query_len=int(q_lens.max()),
+        max_seq_len=int(seq_lens.max()),
+    )
+    return meta, positions_t
+
+
+def _aligned_parts(device: torch.device, *parts: np.ndarray) -> list[torch.Tensor]:
+    """One host-to-device copy of same-dtype arrays: a view per part, each starting at a 16-byte boundary."""
+    step = 16 // parts[0].itemsize
+    offsets, size = [], 0
+    for part in parts:
+        offsets.append(size)
+        size += -(-len(part) // step) * step
+    host = np.zeros(size, dtype=parts[0].dtype)
+    for part, offset in zip(parts, offsets):
+        host[offset: offset + len(part)] = part
+    buffer = torch.from_numpy(host).to(device)
+    return [buffer[offset: offset + len(part)] for part, offset in zip(parts, offsets)]
