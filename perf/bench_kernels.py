@@ -33,7 +33,7 @@ from laminar_kernels.attention_decode import decode_attention  # noqa: E402
 from laminar_kernels.attention_prefill import prefill_attention  # noqa: E402
 
 MOE_TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-E, TOP_K, H, I = 128, 8, 2048, 768
+E, TOP_K, H, I = 128, 8, 2048, 768  # noqa: E741  (the MoE literature's names)
 HQ, HK, D, PAGE = 32, 4, 128, 16
 SCALE = D**-0.5
 SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
