@@ -103,6 +103,9 @@ class EngineArgs:
     policy runs: num_stages is the largest number of layer groups G a prefill batch is split
     into (layered mode), following group_token_thresholds by its token count (<=512: 1,
     <=1024: 2, <=2048: 4, <=4096: 8, more: num_stages), clamped to the layer count.
+
+    enable_prefix_caching keeps the KV blocks of computed prompts (and of full decode blocks)
+    for later requests that start with the same tokens; see block_manager.
     """
 
     model: str
@@ -123,6 +126,7 @@ class EngineArgs:
     enforce_eager: bool = False
     group_token_thresholds: tuple[int, ...] = field(default=(512, 1024, 2048, 4096))
     tbt_slo_ms: float | None = None
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_none: bool = False) -> None:

@@ -59,7 +59,7 @@ class LLMEngine:
             raise
 
     def _init_state(self, args: EngineArgs, cfg: ModelConfig) -> None:
-        self.blocks = BlockManager(self.executor.runner.num_blocks, args.block_size)
+        self.blocks = BlockManager(self.executor.runner.num_blocks, args.block_size, args.enable_prefix_caching)
         if self.executor.runner.num_blocks * args.block_size < self.max_model_len:
             raise ValueError(
                 f"the KV cache holds {self.executor.runner.num_blocks * args.block_size} tokens, fewer than "
@@ -151,9 +151,10 @@ class LLMEngine:
             self.last_step = None
             return []
         now = time.monotonic()
-        for seg in plan.segments:
-            for chunk in seg.chunks:
-                chunk.seq.admitted_time = chunk.seq.admitted_time or now
+        for seq in (chunk.seq for seg in plan.segments for chunk in seg.chunks):
+            if seq.admitted_time is None:
+                seq.admitted_time = now
+                self._count_lookup(seq)
         sample_seqs = plan.sample_seqs
         forward_start = time.perf_counter()
         result = self.executor.execute(plan)
@@ -166,6 +167,12 @@ class LLMEngine:
         self._learn(plan, start, total_s)
         self._account(plan, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
         return outputs
+
+    def _count_lookup(self, seq: Sequence) -> None:
+        """A prompt's prefix-cache lookup at its first admission, counted in tokens as vLLM does."""
+        if self.args.enable_prefix_caching:
+            self.stats.prefix_cache_queries += seq.num_prompt_tokens
+            self.stats.prefix_cache_hits += seq.num_cached_tokens
 
     def _learn(self, plan: StepPlan, start: float, total_s: float) -> None:
         """Feeds the cost model. A step with decodes is measured start to start, as its decodes see
@@ -216,6 +223,7 @@ class LLMEngine:
             finish_reason=reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=len(seq.output_token_ids),
+            num_cached_tokens=seq.num_cached_tokens or 0,
             arrival_time=seq.arrival_time,
             scheduled_time=seq.admitted_time,
             first_token_time=seq.first_token_time,

@@ -37,6 +37,7 @@ class LLM:
                     done.token_ids.extend(out.new_token_ids)
                     done.text += out.new_text
                     done.finish_reason = out.finish_reason
+                    done.num_cached_tokens = out.num_cached_tokens
                     if out.logprobs is not None:
                         done.logprobs = (done.logprobs or []) + out.logprobs
         finally:

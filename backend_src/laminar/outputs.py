@@ -29,6 +29,7 @@ class RequestOutput:
     scheduled_time: float | None       # first admission into a prefill batch (queue time ends)
     first_token_time: float | None
     logprobs: list[TokenLogprobs] | None = None  # one per new token when the request asked for them
+    num_cached_tokens: int = 0         # prompt tokens whose KV came from the prefix cache (first admission)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class CompletionOutput:
     text: str
     finish_reason: str | None
     logprobs: list[TokenLogprobs] | None = None  # one per token when SamplingParams.logprobs is set
+    num_cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass
@@ -79,11 +81,13 @@ class EngineStats:
     mixed_iterations: int = 0      # decode tokens and prefill tokens together
     decode_iterations: int = 0     # decode tokens only
     prefill_iterations: int = 0    # prefill tokens only
-    prompt_tokens: int = 0         # prompt (or recomputed) tokens that finished all layers
+    prompt_tokens: int = 0         # prompt (or recomputed) tokens that finished all layers; cached ones are not
     generated_tokens: int = 0
     expert_bytes_total: int = 0
     expert_bytes_last_step: int = 0
     num_preemptions: int = 0
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache (at first admission)
+    prefix_cache_hits: int = 0     # of them, tokens found (their KV was reused, not computed)
     num_running: int = 0
     num_waiting: int = 0
     kv_blocks_total: int = 0

@@ -3,6 +3,12 @@
 Every decoding sequence joins every iteration; how prompt tokens travel (which batches, which
 layer spans) is layered_prefill's job. A prompt longer than the token budget is cut into
 chunks, each chunk a batch of its own that crosses the layers under the same rule.
+
+Prefix caching: a sequence is admitted with the cached blocks of its longest cached prefix, and
+its first chunk starts after them, so only the uncached tokens form prefill batches (and are
+what the policies and the cost model count); they attend to the cached prefix as context, as a
+later chunk of a long prompt does. Blocks are registered in the cache when a segment crosses
+the last layer, or a decode fills a block: never while a batch is still between layers.
 """
 from __future__ import annotations
 
@@ -29,11 +35,13 @@ class Scheduler:
         self.decoding: list[Sequence] = []        # one uncomputed token each, in admission order
         self.batches: list[PrefillBatch] = []     # prefill batches in flight, oldest first
         self.batch_ids = itertools.count()
+        self.lookups: dict[Sequence, list[int]] = {}  # this step's prefix-cache hits per waiting sequence
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
     def schedule(self) -> StepPlan:
+        self.lookups = {}  # the policies propose several times per step: look each prompt up once
         preempted: list[Sequence] = []
         decode = self._schedule_decodes(preempted)
         segments = self.policy.plan(decode, self.batches, self)
@@ -47,6 +55,7 @@ class Scheduler:
         """Records the iteration's progress; sequences that reach their end move to decoding."""
         for seq in plan.decode:
             seq.num_computed += 1
+            self.blocks.register(seq)
         for seg in plan.segments:
             batch = next(b for b in self.batches if b.id == seg.batch_id)
             batch.layers_done = seg.layers.stop
@@ -55,6 +64,7 @@ class Scheduler:
                 continue
             for chunk in batch.chunks:
                 chunk.seq.num_computed += chunk.length
+                self.blocks.register(chunk.seq)
                 if chunk.seq.num_uncomputed == 0:
                     self.prefilling.remove(chunk.seq)
                     chunk.seq.status = Status.DECODING
@@ -74,27 +84,48 @@ class Scheduler:
                 break
             if id(seq) in in_flight:
                 continue
-            length = min(seq.num_uncomputed, budget)
-            needed = self.blocks.blocks_needed(seq, seq.num_computed + length)
+            if admitting:
+                hits = self._cached_prefix(seq)
+                start = len(hits) * self.blocks.block_size
+                length = min(seq.num_tokens - start, budget)
+                needed = self.blocks.admission_cost(hits, start + length)
+            else:
+                start, length = seq.num_computed, min(seq.num_uncomputed, budget)
+                needed = self.blocks.blocks_needed(seq, start + length)
             if needed > free_blocks:
                 break
             free_blocks -= needed
-            chunks.append(Chunk(seq, seq.num_computed, length))
+            chunks.append(Chunk(seq, start, length))
             budget -= length
             seats -= 1 if admitting else 0
         return chunks
 
     def open_batch(self, chunks: list[Chunk], groups: tuple[range, ...] | None) -> PrefillBatch:
         """Admits the chunks' sequences, grows their blocks and puts the batch in flight."""
+        for chunk in chunks:  # every cached prefix is taken before growing: growth may evict cached blocks
+            if chunk.seq.status == Status.WAITING:
+                self._admit(chunk)
         for chunk in chunks:
             self.blocks.grow(chunk.seq, chunk.start + chunk.length)
-            if chunk.seq.status == Status.WAITING:
-                self.waiting.remove(chunk.seq)
-                chunk.seq.status = Status.PREFILLING
-                self.prefilling.append(chunk.seq)
         batch = PrefillBatch(next(self.batch_ids), list(chunks), groups)
         self.batches.append(batch)
         return batch
+
+    def _cached_prefix(self, seq: Sequence) -> list[int]:
+        if seq not in self.lookups:
+            self.lookups[seq] = self.blocks.lookup(seq)
+        return self.lookups[seq]
+
+    def _admit(self, chunk: Chunk) -> None:
+        """A waiting sequence joins: it shares the cached blocks before chunk.start, which it skips."""
+        seq = chunk.seq
+        self.blocks.admit(seq, self._cached_prefix(seq)[: chunk.start // self.blocks.block_size])
+        seq.num_computed = chunk.start
+        if seq.num_cached_tokens is None:  # a recompute after preemption is not a prompt's lookup
+            seq.num_cached_tokens = chunk.start
+        self.waiting.remove(seq)
+        seq.status = Status.PREFILLING
+        self.prefilling.append(seq)
 
     def remove(self, seq: Sequence) -> None:
         """Takes seq out of every queue and the in-flight batch, and frees its blocks."""

@@ -11,7 +11,7 @@ from laminar.tokenizer import IncrementalDetokenizer
 
 
 class Status(enum.Enum):
-    WAITING = "waiting"        # not admitted, or preempted: nothing of it in the KV cache
+    WAITING = "waiting"        # not admitted, or preempted: it holds no KV blocks
     PREFILLING = "prefilling"  # admitted; prompt tokens still to compute
     DECODING = "decoding"      # exactly one uncomputed token (the last sampled)
     FINISHED = "finished"
@@ -23,7 +23,8 @@ class Sequence:
 
     A decode is the case of exactly one uncomputed token, so prefill, decode and
     recompute after preemption share one rule: compute what is left, and sample
-    a token when nothing is left.
+    a token when nothing is left. With prefix caching, admission starts num_computed
+    at the tokens whose KV another request already computed (block_manager).
     """
 
     request_id: str
@@ -39,6 +40,9 @@ class Sequence:
     finish_reason: str | None = None
     first_token_time: float | None = None
     admitted_time: float | None = None
+    num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache at first admission
+    block_hashes: list[bytes] = field(default_factory=list)  # chain hashes of its first full blocks
+    num_registered_blocks: int = 0  # blocks of block_table already offered to the prefix cache
 
     @property
     def num_prompt_tokens(self) -> int:
