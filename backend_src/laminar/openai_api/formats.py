@@ -16,11 +16,6 @@ from laminar.openai_api.triton_stream import Delta
 TokenEntries = list[dict[str, dict[str, Any]]]
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
 class Completions:
     object = "text_completion"
     chunk_object = "text_completion"
@@ -96,7 +91,7 @@ class Responder:
         self.fmt, self.model, self.include_usage = fmt, model, include_usage
         self.id = f"{fmt.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
         self._first = True
 
     def _envelope(self, obj: str, choices: list[dict]) -> dict[str, Any]:
@@ -112,7 +107,7 @@ class Responder:
         return body
 
     def usage_chunk(self) -> dict[str, Any]:
-        return {**self._envelope(self.fmt.chunk_object, []), "usage": usage(self.prompt_tokens, self.completion_tokens)}
+        return {**self._envelope(self.fmt.chunk_object, []), "usage": self._usage()}
 
     def response(self, deltas: list[Delta]) -> dict[str, Any]:
         for delta in deltas:
@@ -120,8 +115,15 @@ class Responder:
         entries = None if deltas[0].logprobs is None else [e for d in deltas for e in d.logprobs]
         text = "".join(d.text for d in deltas)
         body = self._envelope(self.fmt.object, [self.fmt.choice(text, entries, deltas[-1].finish_reason, True)])
-        return {**body, "usage": usage(self.prompt_tokens, self.completion_tokens)}
+        return {**body, "usage": self._usage()}
+
+    def _usage(self) -> dict[str, Any]:
+        """OpenAI's usage object; cached_tokens are the prompt tokens the prefix cache held."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
     def _count(self, delta: Delta) -> None:
         self.prompt_tokens = delta.num_prompt_tokens
+        self.cached_tokens = delta.num_cached_tokens
         self.completion_tokens += delta.num_tokens

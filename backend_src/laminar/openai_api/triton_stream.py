@@ -29,6 +29,7 @@ class Delta:
     text: str
     num_tokens: int
     num_prompt_tokens: int
+    num_cached_tokens: int           # prompt tokens the prefix cache held
     finish_reason: str | None        # set on the last delta only
     logprobs: list[dict[str, dict[str, Any]]] | None  # vLLM backend's JSON, one dict per token
 
@@ -45,7 +46,7 @@ def _inputs(prompt: str | list[int], sampling: dict[str, Any], logprobs: bool) -
     else:
         first = _tensor("input_ids", np.array(prompt, dtype=np.int32), "INT32")
     flags = {"stream": True, "exclude_input_in_output": True, "return_num_input_tokens": True,
-             "return_num_output_tokens": True, "return_logprobs": logprobs}
+             "return_num_output_tokens": True, "return_num_cached_tokens": True, "return_logprobs": logprobs}
     return [first, _tensor("sampling_parameters", np.array([json.dumps(sampling).encode()], dtype=np.object_), "BYTES"),
             *(_tensor(name, np.array([value]), "BOOL") for name, value in flags.items())]
 
@@ -57,6 +58,7 @@ def _delta(result: grpcclient.InferResult) -> Delta:
         text=result.as_numpy("text_output")[0].decode(),
         num_tokens=int(result.as_numpy("num_output_tokens")[0]),
         num_prompt_tokens=int(result.as_numpy("num_input_tokens")[0]),
+        num_cached_tokens=int(result.as_numpy("num_cached_tokens")[0]),
         finish_reason=reason or None,
         logprobs=None if logprobs is None else json.loads(logprobs[0]),
     )

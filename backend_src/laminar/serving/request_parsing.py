@@ -34,6 +34,7 @@ class ParsedRequest:
     exclude_input_in_output: bool = False
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
+    return_num_cached_tokens: bool = False
     return_logprobs: bool = False
 
 
@@ -111,7 +112,7 @@ _FIELD_TENSORS: dict[str, tuple[str, Callable[[str, np.ndarray], Any]]] = {
     "end_id": ("stop_token_ids", lambda n, a: [_as_token_id(n, a)]),
 }
 _FLAGS = ("stream", "exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens",
-          "return_logprobs")
+          "return_num_cached_tokens", "return_logprobs")
 _PROMPTS = ("text_input", "input_ids")
 KNOWN_INPUTS = frozenset(_FIELD_TENSORS) | set(_FLAGS) | set(_PROMPTS) | {"sampling_parameters"}
 

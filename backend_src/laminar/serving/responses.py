@@ -90,6 +90,8 @@ class ResponseBuilder:
             arrays["num_input_tokens"] = np.array([out.num_prompt_tokens], dtype=np.uint32)
         if self._request.return_num_output_tokens:
             arrays["num_output_tokens"] = np.array([len(ids)], dtype=np.uint32)
+        if self._request.return_num_cached_tokens:
+            arrays["num_cached_tokens"] = np.array([out.num_cached_tokens], dtype=np.uint32)
         if self._request.return_logprobs:
             arrays["logprobs"] = _bytes(logprobs_json(logprobs, self._decode))
         return arrays
