@@ -33,8 +33,9 @@ def greedy(max_tokens: int, **kw) -> SamplingParams:
 
 
 def run_to_completion(engine: LLMEngine, arrivals: dict[int, list[tuple[str, list[int], SamplingParams]]],
-                      on_step=None) -> dict[str, list[int]]:
-    """Adds requests at the given iteration numbers and steps until all finish; returns output ids."""
+                      on_step=None, on_output=None) -> dict[str, list[int]]:
+    """Adds requests at the given iteration numbers and steps until all finish; returns output ids.
+    on_step(iteration, engine) runs after every step, on_output(RequestOutput) for every output."""
     outputs: dict[str, list[int]] = {}
     it = 0
     while engine.has_unfinished_requests() or any(k >= it for k in arrivals):
@@ -43,6 +44,8 @@ def run_to_completion(engine: LLMEngine, arrivals: dict[int, list[tuple[str, lis
             outputs[rid] = []
         for out in engine.step():
             outputs[out.request_id].extend(out.new_token_ids)
+            if on_output:
+                on_output(out)
         if on_step:
             on_step(it, engine)
         it += 1
