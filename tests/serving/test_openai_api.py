@@ -83,6 +83,15 @@ def test_completions_match_the_engine_streaming_or_not(client, offline_engines):
     assert all(c.usage is None for c in chunks[:-1])
 
 
+def test_usage_counts_cached_prompt_tokens(client, offline_engines):
+    """The second request with a prompt finds all its full blocks but the last token's in the cache."""
+    prompt = "The prefix cache keeps the KV blocks of prompts it has seen, " * 4
+    n_prompt = len(offline_engines["layered"].tokenizer.encode(prompt))
+    cached = [client.completions.create(model="laminar", prompt=prompt, max_tokens=2, **GREEDY)
+              .usage.prompt_tokens_details.cached_tokens for _ in range(2)]
+    assert cached == [0, (n_prompt - 1) // 16 * 16] and n_prompt > 32
+
+
 def test_chat_renders_the_checkpoint_template(client, offline_engines):
     want, _, _ = offline(offline_engines["layered"], CHAT_PROMPT, max_tokens=6, temperature=0.0, ignore_eos=True)
     messages = [{"role": "user", "content": "hi there"}]
