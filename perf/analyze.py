@@ -21,10 +21,13 @@ receive time of each streamed response; genai-perf's definitions where it has on
               nv_energy_consumption) over the run / change of lp prompt + generation tokens;
               also per output token. Absent (null) on CPU.
   expert GB/request  change of lp:expert_weight_bytes_total / change of lp:request_success_total.
+  cache hit rate  change of lp:prefix_cache_hits_total / change of lp:prefix_cache_queries_total:
+              the share of prompt tokens whose KV the prefix cache held (absent with caching off).
 A request succeeded when its last response carries a finish reason and it made max_tokens tokens.
 
 The comparison table puts each layered engine beside each chunked one, workload by workload
-and rate by rate, as ratios layered / chunked (below 1: layered lower).
+and rate by rate, as ratios layered / chunked (below 1: layered lower); a second one puts each
+engine with prefix caching beside the engine whose parameters differ only in caching off.
 
     python perf/analyze.py /tmp/sweep [--ttft-slo-ms 2000 --tbt-slo-ms 100]
 """
@@ -118,6 +121,8 @@ def summarize_run(records: list[dict], metrics_delta: dict[str, float], slo: dic
         "expert_gb_per_request": metrics_delta.get("lp:expert_weight_bytes_total", 0) / 1e9 / finished
         if finished else None,
         "preemptions": metrics_delta.get("lp:num_preemptions_total"),
+        "cache_hit_rate": metrics_delta["lp:prefix_cache_hits_total"] / metrics_delta["lp:prefix_cache_queries_total"]
+        if metrics_delta.get("lp:prefix_cache_queries_total") else None,
     }
 
 
@@ -141,7 +146,21 @@ def analyze_sweep(sweep_dir: Path, slo: dict | None = None) -> dict:
         per_request.append({**keys, "requests": [{k: v for k, v in r.items() if not k.endswith("_ns")}
                                                  for r in records]})
     return {"slo": slo, "runs": rows, "skipped": manifest.get("skipped", []),
-            "failures": manifest.get("failures", []), "requests": per_request}
+            "failures": manifest.get("failures", []), "requests": per_request,
+            "cache_pairs": cache_pairs(manifest["config"])}
+
+
+def cache_pairs(config: dict) -> list[tuple[str, str]]:
+    """(engine with prefix caching, the engine with every other parameter the same and caching off)."""
+    def params(engine: dict) -> dict[str, str]:
+        merged = {k: str(v).lower() for k, v in {**config["parameters"], **engine["parameters"]}.items()}
+        return {"enable_prefix_caching": "true", **merged}  # the engine's default is on
+
+    engines = {e["label"]: params(e) for e in config["engines"]}
+    rest = {label: {k: v for k, v in p.items() if k != "enable_prefix_caching"} for label, p in engines.items()}
+    return [(on, off) for on in engines for off in engines
+            if engines[on]["enable_prefix_caching"] == "true" and engines[off]["enable_prefix_caching"] == "false"
+            and rest[on] == rest[off]]
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -152,7 +171,7 @@ def markdown(analysis: dict) -> str:
     slo = analysis["slo"]
     head = ("| engine | workload | rate | ok/n | TTFT mean/p50/p99 ms | TBT p50/p99/max ms | TPOT mean ms | E2E p50 ms "
             f"| SLO att. (TTFT<={slo['ttft_ms']:g}, TBT<={slo['tbt_ms']:g}) | goodput req/s | out tok/s "
-            "| J/token | expert GB/req |")
+            "| J/token | expert GB/req | cache hit % |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in analysis["runs"]:
         if "error" in r:
@@ -164,8 +183,9 @@ def markdown(analysis: dict) -> str:
             f"| {fmt(r['tbt_ms']['p50'])} / {fmt(r['tbt_ms']['p99'])} / {fmt(r['tbt_ms']['max'], 0)} "
             f"| {fmt(r['tpot_ms']['mean'])} | {fmt(r['e2e_ms']['p50'], 0)} "
             f"| {fmt(r['slo_attainment'], 2)} | {fmt(r['goodput'], 2)} | {fmt(r['output_token_throughput'])} "
-            f"| {fmt(r['energy_j_per_token'], 4)} | {fmt(r['expert_gb_per_request'], 2)} |")
-    lines += comparison(analysis)
+            f"| {fmt(r['energy_j_per_token'], 4)} | {fmt(r['expert_gb_per_request'], 2)} "
+            f"| {fmt(r['cache_hit_rate'] and 100 * r['cache_hit_rate'])} |")
+    lines += comparison(analysis) + cache_comparison(analysis)
     notes = [f"\nSkipped (deadline): {', '.join(analysis['skipped'])}"] if analysis.get("skipped") else []
     notes += [f"\nEngine failed: {f.splitlines()[0]}" for f in analysis.get("failures", [])]
     return "\n".join(lines + notes) + "\n"
@@ -198,6 +218,26 @@ def comparison(analysis: dict) -> list[str]:
         return []
     return ["", "Layered / chunked, same workload and rate:", "",
             "| pair | workload | rate | mean TTFT | P99 TBT | J/token | expert GB/req | SLO attainment |",
+            "|---|---|---|---|---|---|---|---|", *lines]
+
+
+def cache_comparison(analysis: dict) -> list[str]:
+    """Prefix caching on / off ratios for every pair of otherwise equal engines, per workload and rate."""
+    cells = {(r["engine"], r["workload"], r["request_rate"]): r for r in analysis["runs"] if "error" not in r}
+    lines = []
+    for on, off in analysis.get("cache_pairs", []):
+        for (engine, workload, rate), r in cells.items():
+            base = cells.get((off, workload, rate))
+            if engine != on or base is None:
+                continue
+            ratios = [ratio(r[metric][stat], base[metric][stat])
+                      for metric, stat in (("ttft_ms", "mean"), ("ttft_ms", "p99"), ("tpot_ms", "mean"), ("tbt_ms", "p99"))]
+            hits = fmt(r["cache_hit_rate"] and 100 * r["cache_hit_rate"])
+            lines.append(f"| {on} / {off} | {workload} | {rate:g} | {' | '.join(ratios)} | {hits} |")
+    if not lines:
+        return []
+    return ["", "Prefix caching on / off, engines otherwise equal, same workload and rate:", "",
+            "| pair | workload | rate | mean TTFT | P99 TTFT | mean TPOT | P99 TBT | hit % (on) |",
             "|---|---|---|---|---|---|---|---|", *lines]
 
 

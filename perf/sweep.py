@@ -41,7 +41,8 @@ MODEL_NAME = "laminar"
 # Counters whose change over a run is kept (summed over label sets of our model or of the GPUs).
 SCRAPED = ("lp:prompt_tokens_total", "lp:generation_tokens_total", "lp:expert_weight_bytes_total",
            "lp:num_preemptions_total", "lp:request_success_total", "lp:request_aborted_total",
-           "lp:gpu_energy_joules_total", "nv_energy_consumption", "nv_inference_request_failure")
+           "lp:gpu_energy_joules_total", "nv_energy_consumption", "nv_inference_request_failure",
+           "lp:prefix_cache_queries_total", "lp:prefix_cache_hits_total")
 _SAMPLE = re.compile(r'^([A-Za-z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)')
 
 

@@ -14,6 +14,18 @@ Length sources (all seeded, so a workload is reproducible from its spec):
 Then `scale` multiplies both lengths (CPU smoke runs use e.g. 0.02), `max_output_tokens` caps
 outputs, and prompt + output is clipped to the model's max_model_len (the prompt is shortened).
 
+Shared-prefix kinds (token ids only; lengths uniform in the spec's ranges, times `scale`), for the
+prefix cache:
+  system-prompt  `prefixes` system prompts of `prefix_tokens` tokens, each request one of them
+                 (uniformly) followed by a user message of `user_tokens` tokens.
+  multi-turn     conversations of `turns` turns on one of the system prompts; each turn resends
+                 the history (the previous prompt, then its answer as random tokens of the answer's
+                 length: the client cannot know the model's reply when the data is written), then a
+                 new user message. Turns go round-robin over the conversations, so a conversation's
+                 next turn is sent about (number of conversations) / rate seconds after the last.
+  The first request of either shares nothing: the sweep's warm-up sends it, and it must not
+  warm the cache for the measured requests.
+
     python perf/workloads.py --kind arxiv --requests 16 --model-dir demo_model --scale 0.05 --out a.json
 """
 from __future__ import annotations
@@ -47,6 +59,14 @@ class WorkloadSpec:
     max_output_tokens: int | None = None
     trace: str = "perf/traces/sharegpt_8k_lengths.csv"
     prompt_format: str = "ids"     # "ids" (input_ids) or "text" (text_input)
+    prefixes: int = 4                                # shared-prefix kinds: system prompts
+    prefix_tokens: tuple[int, int] = (1024, 4096)   # their length range
+    user_tokens: tuple[int, int] = (64, 512)        # a user message's length range
+    output_tokens: tuple[int, int] = (32, 128)      # an answer's length range
+    turns: int = 4                                   # multi-turn: turns per conversation
+
+
+SHARED_PREFIX_KINDS = ("system-prompt", "multi-turn")
 
 
 def sharegpt_lengths(trace: Path, n: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -83,6 +103,33 @@ def lengths_for(spec: WorkloadSpec, max_model_len: int) -> list[tuple[int, int]]
     return shape_lengths(pairs, spec.scale, spec.max_output_tokens, max_model_len)
 
 
+def shared_prefix_requests(spec: WorkloadSpec, vocab: int, max_model_len: int) -> list[tuple[list[int], int]]:
+    """(prompt ids, output tokens) per request of a shared-prefix kind, in sending order."""
+    rng = random.Random(spec.seed)
+
+    def length(bounds: tuple[int, int]) -> int:
+        return max(1, round(rng.randint(*bounds) * spec.scale))
+
+    def ids(n: int) -> list[int]:
+        return [rng.randrange(vocab) for _ in range(n)]
+
+    def output() -> int:
+        return min(length(spec.output_tokens), spec.max_output_tokens or max_model_len, max_model_len - 1)
+
+    systems = [ids(length(spec.prefix_tokens)) for _ in range(spec.prefixes)] or [[]]
+    requests = [(ids(length(spec.user_tokens)), output())]
+    if spec.kind == "system-prompt":
+        requests += [(rng.choice(systems) + ids(length(spec.user_tokens)), output()) for _ in range(spec.requests - 1)]
+    else:
+        histories = [rng.choice(systems) for _ in range(-(-(spec.requests - 1) // spec.turns))]
+        for _turn in range(spec.turns):
+            for c, history in enumerate(histories[: spec.requests - len(requests)]):
+                prompt, out = history + ids(length(spec.user_tokens)), output()
+                requests.append((prompt, out))
+                histories[c] = prompt + ids(out)
+    return [(prompt[: max_model_len - out], out) for prompt, out in requests]
+
+
 def text_prompt(token_ids: list[int], length: int, rng: random.Random, decode) -> str:
     """A slice of the corpus about `length` tokens long, from a random offset (wrapping)."""
     start = rng.randrange(len(token_ids))
@@ -93,13 +140,20 @@ def text_prompt(token_ids: list[int], length: int, rng: random.Random, decode) -
 def input_data(spec: WorkloadSpec, model_dir: Path, max_model_len: int) -> dict:
     """perf_analyzer's input-data document: one entry per request, in order."""
     rng = random.Random(spec.seed + 1)
-    pairs = lengths_for(spec, max_model_len)
-    if spec.prompt_format == "text":
+    if spec.kind in SHARED_PREFIX_KINDS:
+        if spec.prompt_format != "ids":
+            raise ValueError(f"workload {spec.name}: {spec.kind} prompts are token ids (prompt_format ids)")
+        requests = shared_prefix_requests(spec, vocab_size(model_dir), max_model_len)
+        prompts = [{"input_ids": {"content": ids, "shape": [len(ids)]}} for ids, _ in requests]
+        pairs = [(len(ids), out) for ids, out in requests]
+    elif spec.prompt_format == "text":
+        pairs = lengths_for(spec, max_model_len)
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         corpus_ids = tok.encode(CORPUS.read_text()).ids
         prompts = [{"text_input": [text_prompt(corpus_ids, p, rng, tok.decode)]} for p, _ in pairs]
     elif spec.prompt_format == "ids":
+        pairs = lengths_for(spec, max_model_len)
         vocab = vocab_size(model_dir)
         prompts = [{"input_ids": {"content": [rng.randrange(vocab) for _ in range(p)], "shape": [p]}}
                    for p, _ in pairs]
@@ -115,7 +169,7 @@ def max_model_len(model_dir: Path, override: int | None = None) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", choices=["sharegpt", "arxiv"], required=True)
+    parser.add_argument("--kind", choices=["sharegpt", "arxiv", *SHARED_PREFIX_KINDS], required=True)
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)

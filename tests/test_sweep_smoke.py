@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "perf"))
 from analyze import load_records  # noqa: E402
 
 CONFIG = ROOT / "perf" / "sweep_configs" / "cpu_smoke.json"
+PREFIX_CONFIG = ROOT / "perf" / "sweep_configs" / "cpu_prefix_smoke.json"
 
 
 def _tool(name: str) -> bool:
@@ -25,13 +26,16 @@ pytestmark = pytest.mark.skipif(not (_tool("tritonserver") and _tool("perf_analy
                                 reason="tritonserver/perf_analyzer not set up (./build.sh)")
 
 
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sweep")
-    proc = subprocess.run([sys.executable, str(ROOT / "perf" / "sweep.py"), "--config", str(CONFIG),
+def run_sweep(config: Path, out: Path) -> Path:
+    proc = subprocess.run([sys.executable, str(ROOT / "perf" / "sweep.py"), "--config", str(config),
                            "--out-dir", str(out)], capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    return run_sweep(CONFIG, tmp_path_factory.mktemp("sweep"))
 
 
 def test_every_run_present(sweep_dir: Path) -> None:
@@ -82,3 +86,17 @@ def test_plots_written(sweep_dir: Path) -> None:
     for name in ("pareto_ttft_tbt.png", "slo_attainment.png", "timeline.png"):
         png = sweep_dir / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
+
+
+def test_prefix_cache_sweep(tmp_path):
+    """The shared-prefix workloads through the sweep: every request succeeds, the engine with the
+    cache reports its hit rate (the off engine none), and the on / off table pairs them."""
+    out = run_sweep(PREFIX_CONFIG, tmp_path)
+    runs = json.loads((out / "analysis.json").read_text())["runs"]
+    assert len(runs) == 4 and all(r["rc"] == 0 and r["succeeded"] == r["requests"] > 0 for r in runs)
+    hit_rates = {(r["engine"], r["workload"]): r["cache_hit_rate"] for r in runs}
+    for workload in ("system-prompt", "multi-turn"):
+        assert hit_rates[("layered", workload)] is None
+        assert 0.3 < hit_rates[("layered-cache", workload)] < 1
+    table = (out / "analysis.md").read_text()
+    assert len([line for line in table.splitlines() if line.startswith("| layered-cache / layered |")]) == 2
