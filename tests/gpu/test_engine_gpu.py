@@ -57,3 +57,22 @@ def test_cuda_graphs_match_eager(demo, mode):
     graphs = run_to_completion(graph_engine, workload())
     assert graphs == eager
     assert graph_engine.get_stats().expert_bytes_total == eager_engine.get_stats().expert_bytes_total
+
+
+@pytest.mark.parametrize("mode", ["layered", "chunked"])
+def test_gpu_prefix_cache_matches_cpu_without(demo, mode):
+    """Hits on the GPU (the kernels reading a cached prefix as context, in layered mode across the
+    layer groups) give the CPU's tokens computed without the cache."""
+    rng = random.Random(6)
+    systems = [[rng.randrange(3, 2048) for _ in range(n)] for n in (40, 130)]
+    arrivals: dict[int, list] = {}
+    for i in range(10):
+        prompt = rng.choice(systems) + [rng.randrange(3, 2048) for _ in range(rng.randint(1, 60))]
+        arrivals.setdefault(2 * i, []).append((f"r{i}", prompt, greedy(rng.randint(1, 12))))
+    args = dict(schedule_mode=mode, num_stages=3, group_token_thresholds=(), max_num_batched_tokens=256,
+                block_size=16, num_kv_blocks=256, dtype="float32")
+    cpu = run_to_completion(make_engine(demo, device="cpu", enable_prefix_caching=False, **args), arrivals)
+    engine = make_engine(demo, device="cuda", **args)
+    gpu = run_to_completion(engine, arrivals)
+    assert gpu == cpu
+    assert engine.get_stats().prefix_cache_hits > 0 and engine.blocks.num_free == engine.blocks.num_blocks
