@@ -97,10 +97,13 @@ class Run:
 
 
 def non_expert_bytes(engine: LLMEngine) -> int:
-    """Weights of rank 0's shard that every decode step reads besides experts (attention, router, norms, LM head)."""
+    """Weights of rank 0's shard that every decode step reads besides experts (attention, router, norms, LM head).
+
+    Expert tensors (w13 / w2 and their MXFP4 scales and biases) are read per touched expert instead.
+    """
     model, total = engine.executor.runner.model, 0
     for name, p in model.named_parameters():
-        if name.endswith(("w13", "w2")) or name == "embed_tokens":
+        if name.rsplit(".", 1)[-1].startswith(("w13", "w2")) or name == "embed_tokens":
             continue
         total += p.numel() * p.element_size()
     if model.lm_head is None:

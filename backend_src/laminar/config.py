@@ -136,10 +136,6 @@ class ModelConfig:
         """The layer's sliding window in tokens, or FULL_ATTENTION."""
         return self.layer_windows[layer] if self.layer_windows else FULL_ATTENTION
 
-    def expert_num_params(self) -> int:
-        """Parameters of one expert (gate, up and down projections)."""
-        return 3 * self.hidden_size * self.moe_intermediate_size
-
 
 def _gpt_oss_fields(cfg: dict, scaling: dict) -> dict:
     """GPT-OSS: MoE in every layer (softmax over the top-k router logits, i.e. renormalised), clamped
