@@ -6,7 +6,7 @@
 #   ./build.sh serve [ARGS]   tritonserver on model_repository/ (extra ARGS go to tritonserver), and
 #                             the OpenAI-compatible API at http://localhost:9000/v1 beside it
 #                             (LAMINAR_OPENAI_PORT sets its port; LAMINAR_OPENAI_PORT=off turns it off)
-#   ./build.sh test [ARGS]    set up, then pytest tests (extra ARGS go to pytest)
+#   ./build.sh test [ARGS]    set up, lint (ruff), then pytest tests (extra ARGS go to pytest)
 #   ./build.sh client PROMPT  stream PROMPT through perf/client.py (see --help for options)
 #
 # Serving options are environment variables read by model_repository/laminar/1/model.py:
@@ -21,7 +21,7 @@ TOOLS=$ROOT/.cache/tools
 PY_PINS=("numpy==1.26.4" "tritonclient[all]==2.73.0" "nvidia-pytriton==0.7.0" "pytest==9.2.*"
          "safetensors==0.8.0" "tokenizers==0.23.3" "transformers==5.23.0" "triton==3.9.0"
          "nvidia-ml-py==13.615.71" "matplotlib==3.11.2"
-         "fastapi==0.163.2" "uvicorn==0.54.0" "openai==3.51.0")
+         "fastapi==0.163.2" "uvicorn==0.54.0" "openai==3.51.0" "ruff==0.17.6")
 TORCH_PIN="torch==2.13.0"
 PA_PIN="perf-analyzer==2.60.0"
 AIPERF_PIN="aiperf==0.13.0"
@@ -219,6 +219,7 @@ case $cmd in
   test)
     setup
     cd "$ROOT"
+    "$VENV/bin/ruff" check .
     rc=0; "$VENV/bin/python" -m pytest tests "$@" || rc=$?
     # pytest exits 5 when it collected no tests: nothing failed.
     [ $rc -eq 5 ] && rc=0

@@ -33,7 +33,8 @@ def _prefix_kernel(
     totals = tl.zeros([BLOCK_E], dtype=tl.int32)
     for c0 in range(0, n_chunks, ROWS):
         r = c0 + tl.arange(0, ROWS)
-        totals += tl.sum(tl.load(counts_ptr + r[:, None] * BLOCK_E + experts[None, :], mask=r[:, None] < n_chunks, other=0), axis=0)
+        counts = tl.load(counts_ptr + r[:, None] * BLOCK_E + experts[None, :], mask=r[:, None] < n_chunks, other=0)
+        totals += tl.sum(counts, axis=0)
     padded = (totals + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
     running = ends - padded

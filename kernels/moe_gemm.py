@@ -8,7 +8,6 @@ WEIGHTED: the fp32 routing weight of each row scales the output (down projection
 """
 from __future__ import annotations
 
-import triton
 import triton.language as tl
 
 from .common import jit_sized

@@ -15,9 +15,9 @@ import statistics
 import time
 
 from laminar.config import EngineArgs, ModelConfig
-from laminar.layered_prefill import Chunk, Segment, StepPlan
 from laminar.distributed import TensorParallel
 from laminar.executor import plan_inputs
+from laminar.layered_prefill import Chunk, Segment, StepPlan
 from laminar.model_runner import ModelRunner
 from laminar.sampling_params import SamplingParams
 from laminar.sequence import Sequence

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import torch
+from engine_utils import LogitsRecorder, greedy, make_engine, run_to_completion
 from transformers import GptOssConfig, GptOssForCausalLM
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts, GptOssRotaryEmbedding
 
-from engine_utils import LogitsRecorder, greedy, make_engine, run_to_completion
 from laminar.config import FULL_ATTENTION, ModelConfig
 from laminar.models.rotary import RotaryCache
 

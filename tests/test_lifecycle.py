@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from engine_utils import greedy, make_engine, run_to_completion
+
 from laminar import SamplingParams
 
 PROMPT = list(range(1, 41))
@@ -17,7 +17,8 @@ def reference(model_dir, prompts: dict[str, list[int]], n: int) -> dict[str, lis
 
 def assert_pool_full(engine) -> None:
     assert engine.blocks.num_free == engine.blocks.num_blocks
-    assert not engine.seqs and engine.scheduler.num_unfinished == 0 and not engine.scheduler.batches
+    sched = engine.scheduler
+    assert not engine.seqs and not (sched.waiting or sched.prefilling or sched.decoding) and not sched.batches
 
 
 @pytest.mark.parametrize("abort_at", range(5))

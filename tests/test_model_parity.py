@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Mxfp4Config
-
 from engine_utils import LogitsRecorder, greedy, make_engine
+from transformers import AutoModelForCausalLM, Mxfp4Config
 
 
 def hf_logits(model_dir, ids: list[int]) -> torch.Tensor:

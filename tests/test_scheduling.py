@@ -5,9 +5,9 @@ import random
 
 import pytest
 import torch
+from engine_utils import greedy, make_engine, run_to_completion
 from transformers import AutoModelForCausalLM
 
-from engine_utils import greedy, make_engine, run_to_completion
 from laminar.layered_prefill import paper_num_groups, split_layers
 
 NUM_LAYERS = 5
@@ -170,7 +170,7 @@ def test_layered_invariants(moe_checkpoint_5, groups):
         assert len(record.segments) <= 1  # the static policy moves one batch at a time
         for seg in record.segments:
             spans.setdefault(seg.batch_id, []).append(seg.layers)
-        for rid in record.prefill_ids:
+        for rid in (rid for seg in record.segments for rid in seg.request_ids):
             batch_iters.setdefault(rid, []).append(it)
         for rid in new:
             first_token.setdefault(rid, it)

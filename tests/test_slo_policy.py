@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_scheduling import NUM_LAYERS, assert_each_token_crosses_each_layer_once, assert_no_decode_stall, observe, \
-    reference, workload  # noqa: F401  (reference is a fixture)
-
 from engine_utils import greedy, make_engine, run_to_completion
+from test_scheduling import (
+    NUM_LAYERS,
+    assert_each_token_crosses_each_layer_once,
+    assert_no_decode_stall,
+    observe,
+    reference,  # noqa: F401  (reference is a fixture)
+    workload,
+)
+
 from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.cost_model import FEATURES, CostModel, Profile
 from laminar.layered_prefill import Chunk, SegmentShape, StepShape, stretches

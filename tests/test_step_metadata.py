@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from engine_utils import greedy, make_engine
+
 from laminar.executor import plan_inputs
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from engine_utils import greedy, make_engine
 
 

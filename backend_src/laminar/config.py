@@ -69,7 +69,6 @@ class ModelConfig:
     decoder_sparse_step: int = 1
     mlp_only_layers: tuple[int, ...] = ()
     eos_token_id: tuple[int, ...] = ()
-    torch_dtype: str = "float32"
     yarn: Yarn | None = None
     layer_windows: tuple[int, ...] = ()
     swiglu_alpha: float = 1.0
@@ -99,7 +98,6 @@ class ModelConfig:
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             eos_token_id=tuple(eos if isinstance(eos, list) else ([] if eos is None else [eos])),
-            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype") or "float32",
         )
         if arch == "GptOssForCausalLM":
             return cls(**common, **_gpt_oss_fields(cfg, scaling))

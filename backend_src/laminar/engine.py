@@ -15,8 +15,8 @@ from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, ModelConfig
 from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
-from laminar.layered_prefill import StepPlan, StepShape
 from laminar.executor import Executor
+from laminar.layered_prefill import StepPlan, StepShape
 from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord, TokenLogprobs
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
@@ -183,7 +183,8 @@ class LLMEngine:
         self.stats.num_preemptions += count
         self.recent_preemptions.append(count)
         recent = sum(self.recent_preemptions)
-        if count and recent >= PREEMPTION_WARN_COUNT and time.monotonic() - self.last_preemption_warning > PREEMPTION_WARN_EVERY_S:
+        quiet_s = time.monotonic() - self.last_preemption_warning
+        if count and recent >= PREEMPTION_WARN_COUNT and quiet_s > PREEMPTION_WARN_EVERY_S:
             self.last_preemption_warning = time.monotonic()
             logger.warning(
                 "%d preemptions in the last %d steps: the KV cache (%d blocks of %d tokens) is too small for "

@@ -65,10 +65,6 @@ class StepRecord:
     total_s: float     # wall time of the whole step, the GPU work included
     predicted_s: float | None = None  # the cost model's prediction (when the engine has one)
 
-    @property
-    def prefill_ids(self) -> list[str]:
-        return [rid for seg in self.segments for rid in seg.request_ids]
-
 
 @dataclass
 class EngineStats:

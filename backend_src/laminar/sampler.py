@@ -12,9 +12,6 @@ from laminar.outputs import TokenLogprobs
 from laminar.penalties import TokenHistory, apply_penalties
 from laminar.sampling_params import SamplingParams
 
-# Temperatures below this are treated as greedy: dividing logits by ~0 overflows to inf.
-_GREEDY_EPS = 1e-5
-
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
     """One generator per seeded request, kept by the engine for the request's lifetime, so
@@ -98,7 +95,7 @@ class Sampler:
         want_logprobs = any(p.logprobs is not None for p in params)
         tokens = logits.argmax(dim=-1)
         processed = logits
-        rows = [i for i, p in enumerate(params) if p.temperature >= _GREEDY_EPS]
+        rows = [i for i, p in enumerate(params) if not p.greedy]
         if rows:
             device = logits.device
             all_rows = len(rows) == batch

@@ -6,6 +6,7 @@ from typing import Any
 
 # The OpenAI API's top_logprobs limit; a bound keeps one request from making every step's top-k slow.
 MAX_LOGPROBS = 20
+GREEDY_TEMPERATURE = 1e-5
 
 
 def _is_int(value: Any) -> bool:
@@ -131,5 +132,6 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """Greedy rows skip filtering and random draws entirely."""
-        return self.temperature == 0.0
+        """Greedy rows skip filtering and random draws entirely. Temperatures below GREEDY_TEMPERATURE
+        count as 0: dividing logits by ~0 overflows to inf."""
+        return self.temperature < GREEDY_TEMPERATURE

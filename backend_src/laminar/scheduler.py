@@ -30,10 +30,6 @@ class Scheduler:
         self.batches: list[PrefillBatch] = []     # prefill batches in flight, oldest first
         self.batch_ids = itertools.count()
 
-    @property
-    def num_unfinished(self) -> int:
-        return len(self.waiting) + len(self.prefilling) + len(self.decoding)
-
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 

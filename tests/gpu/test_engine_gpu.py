@@ -5,8 +5,8 @@ import random
 
 import pytest
 import torch
-
 from engine_utils import greedy, make_engine, run_to_completion
+
 from laminar.demo import write_demo_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

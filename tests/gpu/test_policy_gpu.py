@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_utils import run_to_completion
 from test_engine_gpu import demo, workload  # noqa: F401  (demo is a fixture)
 
-from engine_utils import run_to_completion
 from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.cost_model import CostModel, Profile
 

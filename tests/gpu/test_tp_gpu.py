@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_utils import make_engine, run_to_completion
-from laminar.demo import write_demo_checkpoint
 from test_engine_gpu import workload
+
+from laminar.demo import write_demo_checkpoint
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 

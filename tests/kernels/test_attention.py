@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DEVICE, assert_close, paged_batch
 
 import laminar_kernels as K
-from helpers import DEVICE, assert_close, paged_batch
 from laminar.ops import torch_ops as R
 from laminar_kernels.attention_decode import decode_attention
 

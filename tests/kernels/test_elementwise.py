@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DEVICE, TOL, assert_close, randn
 
 import laminar_kernels as K
-from helpers import DEVICE, TOL, assert_close, randn
 from laminar.ops import torch_ops as R
 
 ON_GPU = DEVICE == "cuda"
@@ -74,8 +74,11 @@ def test_store_kv(n_tok: int, page: int, hk: int, d: int, dtype: torch.dtype) ->
     assert torch.equal(caches[1].nan_to_num(7.0), caches[3].nan_to_num(7.0))
 
 
+ROUTE_SHAPES = [(1, 8, 2), (17, 20, 4), (5, 128, 8)] + ([(8192, 128, 8), (333, 32, 4)] if ON_GPU else [])
+
+
 @pytest.mark.parametrize("renormalize", [True, False])
-@pytest.mark.parametrize("n_tok,n_experts,top_k", [(1, 8, 2), (17, 20, 4), (5, 128, 8)] + ([(8192, 128, 8), (333, 32, 4)] if ON_GPU else []))
+@pytest.mark.parametrize("n_tok,n_experts,top_k", ROUTE_SHAPES)
 def test_route_topk(n_tok: int, n_experts: int, top_k: int, renormalize: bool) -> None:
     logits = randn(n_tok, n_experts, dtype=torch.float32, scale=2.0)
     w, ids = K.route_topk(logits, top_k, renormalize)

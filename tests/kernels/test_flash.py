@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DEVICE, assert_close, paged_batch
 
 import laminar_kernels as K
 import laminar_kernels.flash as flash
-from helpers import DEVICE, assert_close, paged_batch
 from laminar.ops import torch_ops as R
 
 SEQS = [(5, 5), (20, 300), (1, 513), (40, 40)]  # fresh prompts, a cached prefix, a decode

@@ -126,7 +126,8 @@ def _too_long(server) -> dict:
 
 BAD_REQUESTS = {
     "no prompt": ({"max_tokens": np.array([4], dtype=np.int32)}, "exactly one of 'text_input' or 'input_ids'"),
-    "both prompts": ({"text_input": text("hi"), "input_ids": np.array([1, 2], dtype=np.int32)}, "got 'text_input' and 'input_ids'"),
+    "both prompts": ({"text_input": text("hi"), "input_ids": np.array([1, 2], dtype=np.int32)},
+                     "got 'text_input' and 'input_ids'"),
     "malformed json": ({"text_input": text("hi"), "sampling_parameters": text("{max_tokens: 3")}, "not valid JSON"),
     "unknown field": ({"text_input": text("hi"), "sampling_parameters": text('{"temprature": 0}')}, "temprature"),
     "negative temperature": ({"text_input": text("hi"), "temperature": np.array([-1.0], dtype=np.float32)}, "temperature"),

@@ -1,8 +1,8 @@
 """Serving layer between Triton's Python backend and the engine, testable without Triton:
 engine config from model parameters, request parsing and limits, response assembly, the engine
 loop thread and the custom metrics."""
-from laminar.serving.engine_config import engine_field_types, resolve_engine_config
 from laminar.serving.drain_signal import on_drain_signal
+from laminar.serving.engine_config import engine_field_types, resolve_engine_config
 from laminar.serving.engine_loop import EngineLoop, RequestSink
 from laminar.serving.errors import ErrorKind
 from laminar.serving.metrics import ServingMetrics

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 
 from laminar_supervisor import DRAIN_SIGNAL
+
 logger = logging.getLogger(__name__)
 
 

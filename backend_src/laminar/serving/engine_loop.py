@@ -85,10 +85,6 @@ class EngineLoop:
         self._thread.start()
 
     @property
-    def healthy(self) -> bool:
-        return self._error is None and self._thread.is_alive()
-
-    @property
     def error(self) -> str | None:
         return self._error
 

@@ -19,8 +19,19 @@ import triton_python_backend_utils as pb_utils
 
 from laminar import EngineArgs, LLMEngine, RequestOutput
 from laminar.serving import (
-    KNOWN_INPUTS, EngineLoop, ErrorKind, ParsedRequest, PromptLimits, RequestError, ResponseBuilder,
-    ServingMetrics, check_no_parameters, engine_field_types, on_drain_signal, parse_request, resolve_engine_config,
+    KNOWN_INPUTS,
+    EngineLoop,
+    ErrorKind,
+    ParsedRequest,
+    PromptLimits,
+    RequestError,
+    ResponseBuilder,
+    ServingMetrics,
+    check_no_parameters,
+    engine_field_types,
+    on_drain_signal,
+    parse_request,
+    resolve_engine_config,
 )
 from laminar_supervisor import SUPERVISED_ENV
 
