@@ -11,6 +11,7 @@ from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts, GptOssRo
 
 from laminar.config import FULL_ATTENTION, ModelConfig
 from laminar.models.rotary import RotaryCache
+from laminar.ops.torch_ops import dequantize_mxfp4
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = torch.randint(1, 257, (37,), generator=torch.Generator().manual_seed(3)).tolist()
@@ -76,3 +77,14 @@ def test_dequantized_experts_match_packed(gpt_oss_mxfp4) -> None:
     cfg = packed_engine.model_config
     values = 3 * cfg.hidden_size * cfg.moe_intermediate_size
     assert packed_engine.expert_bytes == values * 17 // 32 and dense_engine.expert_bytes == values * 4
+
+
+def test_dequantize_mxfp4_matches_transformers() -> None:
+    """Our reference decoding of the release's blocks / scales is transformers' (which returns x @ W matrices)."""
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    gen = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (3, 40, 4, 16), dtype=torch.uint8, generator=gen)
+    scales = torch.randint(100, 140, (3, 40, 4), dtype=torch.uint8, generator=gen)
+    ref = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32).transpose(1, 2)
+    assert torch.equal(dequantize_mxfp4(blocks, scales, torch.float32), ref)
