@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DEVICE, assert_close, randn
 
 import laminar_kernels as K
-from helpers import DEVICE, assert_close, randn
 from laminar.ops import torch_ops as R
 
 ON_GPU = DEVICE == "cuda"
