@@ -166,8 +166,9 @@ def fused_moe(
     w13_scales / w2_scales [E, N, K/32], see dequantize_mxfp4); swiglu = (alpha, limit) selects
     clamped_swiglu instead of silu_and_mul.
     """
-    if w13_scales is not None:
-        w13, w2 = dequantize_mxfp4(w13, w13_scales, x.dtype), dequantize_mxfp4(w2, w2_scales, x.dtype)
+    def weight(w: torch.Tensor, scales: torch.Tensor | None, expert: int) -> torch.Tensor:
+        return w[expert] if scales is None else dequantize_mxfp4(w[expert], scales[expert], x.dtype)
+
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     flat_ids = topk_ids.flatten()
     token_idx = torch.arange(x.shape[0], device=x.device).repeat_interleave(topk_ids.shape[1])
@@ -181,11 +182,11 @@ def fused_moe(
         sel = order[start : start + n]
         start += n
         tok = token_idx[sel]
-        gate_up = x[tok] @ w13[expert].t()
+        gate_up = x[tok] @ weight(w13, w13_scales, expert).t()
         if b13 is not None:
             gate_up = gate_up + b13[expert]
         h = silu_and_mul(gate_up) if swiglu is None else clamped_swiglu(gate_up, *swiglu)
-        y = h @ w2[expert].t()
+        y = h @ weight(w2, w2_scales, expert).t()
         if b2 is not None:
             y = y + b2[expert]
         out.index_add_(0, tok, y.float() * flat_w[sel, None])
