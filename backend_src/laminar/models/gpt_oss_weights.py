@@ -8,13 +8,10 @@ experts' down projection) are read by rank 0 only (see laminar.models.layers).
 """
 from __future__ import annotations
 
-import re
-
 import torch
 
-from laminar.models.placements import ALL, Placement, outer_placements, part, qkv_rows
+from laminar.models.placements import ALL, Placement, part, placements, qkv_rows
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _REPLICATED = {
     "input_layernorm.weight": "input_layernorm",
     "post_attention_layernorm.weight": "post_attention_layernorm",
@@ -30,15 +27,10 @@ def _transposed(t: torch.Tensor) -> torch.Tensor:
 
 def gpt_oss_placements(model, name: str) -> list[Placement]:
     """Where this rank's part of one checkpoint tensor goes; [] for tensors this rank does not hold."""
-    outer = outer_placements(model, name)
-    if outer is not None:
-        return outer
-    m = _LAYER.match(name)
-    if not m:
-        return []
-    prefix, rest = f"layers.{m.group(1)}.", m.group(2)
-    if rest in _REPLICATED:
-        return [Placement(prefix + _REPLICATED[rest], (), ())]
+    return placements(model, name, _REPLICATED, _layer_placements)
+
+
+def _layer_placements(model, prefix: str, rest: str) -> list[Placement]:
     if rest in _RANK0:
         return [Placement(prefix + _RANK0[rest], (), ())] if model.tp.rank == 0 else []
     qkv = qkv_rows(model)

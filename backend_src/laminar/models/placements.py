@@ -6,11 +6,13 @@ transform of what was read (GPT-OSS stores its dense experts transposed).
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, NamedTuple
 
 import torch
 
 ALL = slice(None)
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 class Placement(NamedTuple):
@@ -31,7 +33,27 @@ def vocab_rows(model) -> slice:
     return slice(start, min(start + layout.vocab_per_rank, vocab))
 
 
-def outer_placements(model, name: str) -> list[Placement] | None:
+def placements(model, name: str, replicated: dict[str, str],
+               in_layer: Callable[[object, str, str], list[Placement]]) -> list[Placement]:
+    """Where this rank's part of one checkpoint tensor goes; [] for tensors the rank does not use.
+
+    The embedding, LM head, final norm and the layers' `replicated` tensors (checkpoint name
+    after `model.layers.N.` -> ours after `layers.N.`) are placed here, the rest of a layer's
+    tensors by in_layer(model, "layers.N.", name after "model.layers.N.").
+    """
+    outer = _outer_placements(model, name)
+    if outer is not None:
+        return outer
+    m = _LAYER.match(name)
+    if not m:
+        return []
+    prefix, rest = f"layers.{m.group(1)}.", m.group(2)
+    if rest in replicated:
+        return [Placement(prefix + replicated[rest], (), ())]
+    return in_layer(model, prefix, rest)
+
+
+def _outer_placements(model, name: str) -> list[Placement] | None:
     """Embedding, LM head and final norm; None for a name inside the layers."""
     if name in ("model.embed_tokens.weight", "lm_head.weight"):
         if name == "lm_head.weight" and model.cfg.tie_word_embeddings:

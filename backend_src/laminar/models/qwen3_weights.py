@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 
-from laminar.models.placements import ALL, Placement, outer_placements, part, qkv_rows
+from laminar.models.placements import ALL, Placement, part, placements, qkv_rows
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _EXPERT = re.compile(r"^mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _REPLICATED = {
     "input_layernorm.weight": "input_layernorm",
@@ -23,15 +22,10 @@ _REPLICATED = {
 
 def qwen3_placements(model, name: str) -> list[Placement]:
     """Where this rank's part of one HF tensor goes; [] for tensors the model does not use."""
-    outer = outer_placements(model, name)
-    if outer is not None:
-        return outer
-    m = _LAYER.match(name)
-    if not m:
-        return []
-    prefix, rest = f"layers.{m.group(1)}.", m.group(2)
-    if rest in _REPLICATED:
-        return [Placement(prefix + _REPLICATED[rest], (), ())]
+    return placements(model, name, _REPLICATED, _layer_placements)
+
+
+def _layer_placements(model, prefix: str, rest: str) -> list[Placement]:
     rank, layout = model.tp.rank, model.layout
     qkv = qkv_rows(model)
     for proj, (dest_rows, src_rows) in qkv.items():
