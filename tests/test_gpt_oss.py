@@ -9,7 +9,8 @@ from engine_utils import LogitsRecorder, greedy, make_engine, run_to_completion
 from transformers import GptOssConfig, GptOssForCausalLM
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts, GptOssRotaryEmbedding
 
-from laminar.config import FULL_ATTENTION, ModelConfig
+from laminar.config import FULL_ATTENTION, SUPPORTED_ARCHITECTURES, ModelConfig
+from laminar.models import ARCHITECTURES
 from laminar.models.rotary import RotaryCache
 from laminar.ops.torch_ops import dequantize_mxfp4
 
@@ -88,3 +89,7 @@ def test_dequantize_mxfp4_matches_transformers() -> None:
     scales = torch.randint(100, 140, (3, 40, 4), dtype=torch.uint8, generator=gen)
     ref = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32).transpose(1, 2)
     assert torch.equal(dequantize_mxfp4(blocks, scales, torch.float32), ref)
+
+
+def test_every_supported_architecture_has_a_model() -> None:
+    assert set(ARCHITECTURES) == set(SUPPORTED_ARCHITECTURES)
