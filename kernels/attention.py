@@ -15,16 +15,22 @@ if TYPE_CHECKING:
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    sinks: torch.Tensor | None = None, window: int = 0,
 ) -> torch.Tensor:
-    """Causal attention of each sequence's new queries over its paged context (keys already stored)."""
+    """Causal attention of each sequence's new queries over its paged context (keys already stored).
+
+    `window` > 0 keeps keys with position > query position - window; `sinks` (fp32
+    [num_q_heads]) adds one logit per head to the softmax denominator only. Both as in
+    laminar.ops.torch_ops.paged_attention; window is a per-layer constant, so no host sync.
+    """
     if q.stride(-1) != 1:
         q = q.contiguous()
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if q.shape[0] == 0 or meta.num_seqs == 0 or meta.max_query_len == 0:
         return out
-    if flash_can_serve(q, k_cache):
-        return flash_paged_attention(q, k_cache, v_cache, meta, scale)
+    if flash_can_serve(q, k_cache, sinks):
+        return flash_paged_attention(q, k_cache, v_cache, meta, scale, window)
     if meta.max_query_len == 1:
-        return decode_attention(q, k_cache, v_cache, meta, scale, out)
-    return prefill_attention(q, k_cache, v_cache, meta, scale, out)
+        return decode_attention(q, k_cache, v_cache, meta, scale, out, sinks, window)
+    return prefill_attention(q, k_cache, v_cache, meta, scale, out, sinks, window)

@@ -1,10 +1,12 @@
-"""Kernel benchmark on one GPU: floors, then MoE and paged attention vs torch, in one run.
+"""Kernel benchmark on one GPU: floors, then MoE and paged attention against their peers, in one run.
 
 Floors are measured here (device-to-device copy bandwidth, 8192^3 bf16 matmul rate).
 MoE: HBM floor = distinct experts touched x expert bytes / bandwidth, compute floor =
-2 * T * k * 3 * H * I / GEMM rate; '% floor' is max(floors) / time. Attention: KV bytes
-read / bandwidth (decode) and causal FLOPs / GEMM rate (prefill). Baselines run in the
-same process: torch._grouped_mm for MoE, SDPA for attention.
+2 * T * k * 3 * H * I / GEMM rate; '% floor' is max(floors) / time; baselines are
+torch._grouped_mm and vLLM's tuned fused_moe kernel (perf/vllm_fused_moe.py). Attention:
+KV bytes read / bandwidth (decode) and causal FLOPs / GEMM rate (prefill); the baseline is
+SDPA's fastest backend over the same KV stored contiguously. Every time is the median of
+CUDA-graph replays with L2 flushed before each (perf/kernel_timing.py).
 Run: PYTHONPATH=backend_src:<dir holding laminar_kernels> python perf/bench_kernels.py --out-dir perf/results
 """
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
+from kernel_timing import Timer, rel_diff  # noqa: E402
 from moe_bench_util import grouped_mm_moe, moe_inputs  # noqa: E402
 
 import laminar_kernels as K  # noqa: E402
@@ -29,153 +33,244 @@ from laminar_kernels.attention_decode import decode_attention  # noqa: E402
 from laminar_kernels.attention_prefill import prefill_attention  # noqa: E402
 
 MOE_TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-E, TOP_K, H, I = 128, 8, 2048, 768
+E, TOP_K, H, I = 128, 8, 2048, 768  # noqa: E741  (the MoE literature's names)
 HQ, HK, D, PAGE = 32, 4, 128, 16
+SCALE = D**-0.5
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
+DECODE_SHAPES = [(1, 1024), (1, 4096), (1, 16384), (1, 32768), (4, 32768), (8, 32768), (16, 1024), (16, 4096),
+                 (16, 16384), (64, 1024), (64, 2048), (64, 4096), (64, 16384), (256, 1024), (256, 4096)]
+PREFILL_PROMPTS = [[1024], [4096], [8192], [16384], [4096, 2048, 1024, 512, 300, 128, 64]]
 
 
-def ms(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+def copy_rate(timer: Timer, n: int = 1 << 30) -> float:
+    """Device-to-device copy of n bf16 elements: bytes read plus written per second.
 
-
-def graph_ms(fn) -> float:
-    """Replay time of a captured CUDA graph: the op's GPU time without Python launch overhead."""
-    try:
-        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
-    except Exception:
-        return float("nan")
-
-
-def measure_floors() -> dict:
-    n = 1 << 30  # 2 GiB of bf16 each way
+    Eager: captured in a graph, the copy becomes a memcpy node that the copy engines serve,
+    about 20% slower than the SM copy kernel that eager launches and our kernels' loads see.
+    """
     src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    bw = 2 * n * 2 / (ms(lambda: dst.copy_(src)) * 1e-3)
-    del src, dst
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    flops = 2 * 8192**3 / (ms(lambda: a @ b) * 1e-3)
-    return {"copy_bw_GBps": bw / 1e9, "bf16_gemm_TFLOPs": flops / 1e12}
+    return 2 * n * 2 / (timer.ms(lambda: dst.copy_(src), capture=False)[0] * 1e-3)
 
 
-def bench_moe(floors: dict) -> list[dict]:
+def gemm_rate(timer: Timer, n: int = 8192) -> float:
+    """bf16 n^3 matrix product on random data, FLOP/s."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    return 2 * n**3 / (timer.ms(lambda: a @ b)[0] * 1e-3)
+
+
+def measure_floors(timer: Timer) -> dict:
+    return {"copy_bw_GBps": copy_rate(timer) / 1e9, "bf16_gemm_TFLOPs": gemm_rate(timer) / 1e12}
+
+
+def bench_moe(timer: Timer, floors: dict) -> list[dict]:
+    from vllm_fused_moe import vllm_fused_moe
+
     rows = []
     bw, rate = floors["copy_bw_GBps"] * 1e9, floors["bf16_gemm_TFLOPs"] * 1e12
     expert_bytes = 3 * H * I * 2
     for n_tok in MOE_TOKENS:
         x, w13, w2, weights, ids = moe_inputs(n_tok, E, TOP_K, H, I)
         w13_t, w2_t = w13.transpose(1, 2), w2.transpose(1, 2)
-        ours = ms(lambda: K.fused_moe(x, w13, w2, weights, ids))
+        ours, _ = timer.ms(lambda: K.fused_moe(x, w13, w2, weights, ids))
         ref = K.fused_moe(x, w13, w2, weights, ids)
-        try:
-            base_out = grouped_mm_moe(x, w13_t, w2_t, weights, ids)
-            base = ms(lambda: grouped_mm_moe(x, w13_t, w2_t, weights, ids))
-            agree = ((ref.float() - base_out.float()).norm() / base_out.float().norm()).item()
-        except Exception as exc:  # recorded, not fatal: the table says why
-            base, agree = float("nan"), repr(exc)[:120]
-        graph = graph_ms(lambda: K.fused_moe(x, w13, w2, weights, ids))
+        base, _ = timer.ms(lambda: grouped_mm_moe(x, w13_t, w2_t, weights, ids))
+        vllm, _ = timer.ms(lambda: vllm_fused_moe(x, w13, w2, weights, ids))
         touched = int(torch.unique(ids).numel())
         hbm = (touched * expert_bytes + 2 * n_tok * H * 2) / bw * 1e3
         comp = 2 * n_tok * TOP_K * 3 * H * I / rate * 1e3
         floor, bound = (hbm, "hbm") if hbm >= comp else (comp, "gemm")
-        rows.append({"tokens": n_tok, "ms": ours, "graph_ms": graph, "grouped_mm_ms": base, "experts_touched": touched,
-                     "hbm_floor_ms": hbm, "gemm_floor_ms": comp, "bound": bound,
-                     "pct_floor": 100 * floor / ours, "pct_hbm": 100 * hbm / ours, "pct_gemm": 100 * comp / ours,
-                     "speedup_vs_grouped_mm": base / ours, "rel_diff_vs_grouped_mm": agree})
+        rows.append({"tokens": n_tok, "ms": ours, "grouped_mm_ms": base, "vllm_ms": vllm, "experts_touched": touched,
+                     "hbm_floor_ms": hbm, "gemm_floor_ms": comp, "bound": bound, "pct_floor": 100 * floor / ours,
+                     "speedup_vs_grouped_mm": base / ours, "speedup_vs_vllm": vllm / ours,
+                     "rel_diff_vs_grouped_mm": rel_diff(ref, grouped_mm_moe(x, w13_t, w2_t, weights, ids)),
+                     "rel_diff_vs_vllm": rel_diff(ref, vllm_fused_moe(x, w13, w2, weights, ids))})
         r = rows[-1]
-        print(f"moe T={n_tok:5d} {ours * 1e3:9.1f} us (graph {graph * 1e3:.1f})  {r['pct_floor']:5.1f}% of {bound} floor  "
-              f"grouped_mm {base * 1e3:9.1f} us  x{r['speedup_vs_grouped_mm']:.2f}", flush=True)
-        del x, w13, w2
+        print(f"moe T={n_tok:5d} {ours * 1e3:8.1f} us {r['pct_floor']:5.1f}% of {bound} floor  "
+              f"grouped_mm x{r['speedup_vs_grouped_mm']:.2f}  vllm {vllm * 1e3:8.1f} us x{r['speedup_vs_vllm']:.2f}",
+              flush=True)
     return rows
 
 
-def paged_cache(n_seqs: int, ctx: int, q_len: int):
-    """Contiguous per-sequence KV (for SDPA) plus shuffled block tables over the same storage."""
-    blocks_per_seq = triton.cdiv(ctx, PAGE)
-    n_blocks = n_seqs * blocks_per_seq
-    k_cache = torch.randn(n_blocks, PAGE, HK, D, device="cuda", dtype=torch.bfloat16)
+def paged_cache(ctx_lens: list[int], q_lens: list[int]):
+    """A paged KV cache whose block tables list randomly placed pages, plus each sequence's
+    keys and values gathered into contiguous [Hk, ctx, D] tensors for SDPA (not timed)."""
+    pages = [triton.cdiv(c, PAGE) for c in ctx_lens]
+    k_cache = torch.randn(sum(pages), PAGE, HK, D, device="cuda", dtype=torch.bfloat16)
     v_cache = torch.randn_like(k_cache)
-    perm = torch.randperm(n_blocks, device="cuda").view(n_seqs, blocks_per_seq).to(torch.int32)
+    perm = torch.randperm(sum(pages), device="cuda").to(torch.int32)
+    tables = torch.zeros(len(ctx_lens), max(pages), device="cuda", dtype=torch.int32)
+    views, first = [], 0
+    for b, (n, ctx) in enumerate(zip(pages, ctx_lens)):
+        ids = perm[first:first + n]
+        tables[b, :n] = ids
+        first += n
+        views.append(tuple(c[ids.long()].flatten(0, 1)[:ctx].transpose(0, 1).contiguous()
+                           for c in (k_cache, v_cache)))
+    qsl = torch.zeros(len(q_lens) + 1, device="cuda", dtype=torch.int32)
+    qsl[1:] = torch.cumsum(torch.tensor(q_lens, device="cuda"), 0)
     meta = AttentionMetadata(
-        query_start_loc=torch.arange(n_seqs + 1, device="cuda", dtype=torch.int32) * q_len,
-        seq_lens=torch.full((n_seqs,), ctx, device="cuda", dtype=torch.int32), block_tables=perm,
-        slot_mapping=torch.zeros(n_seqs * q_len, device="cuda", dtype=torch.int64),
-        max_query_len=q_len, max_seq_len=ctx)
-    return k_cache, v_cache, meta
+        query_start_loc=qsl, seq_lens=torch.tensor(ctx_lens, device="cuda", dtype=torch.int32), block_tables=tables,
+        slot_mapping=torch.zeros(sum(q_lens), device="cuda", dtype=torch.int64),
+        max_query_len=max(q_lens), max_seq_len=max(ctx_lens))
+    return k_cache, v_cache, meta, views
 
 
-def sdpa_views(k_cache, v_cache, n_seqs: int, ctx: int):
-    """SDPA reads the same storage as [B, Hk, ctx, D] views (identity block order); no copy is timed."""
-    k = k_cache.view(n_seqs, -1, HK, D)[:, :ctx].transpose(1, 2)
-    v = v_cache.view(n_seqs, -1, HK, D)[:, :ctx].transpose(1, 2)
-    return k, v
+def sdpa_fns(q_views, kv_views, causal: bool) -> dict:
+    """One way per SDPA backend to run every sequence (GQA by enable_gqa), for Timer.best."""
+    def run(backend):
+        def fn():
+            with sdpa_kernel([backend]):
+                return [F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=SCALE, enable_gqa=True)
+                        for q, (k, v) in zip(q_views, kv_views)]
+        return fn
+    return {name: run(b) for name, b in SDPA_BACKENDS.items()}
 
 
-def bench_decode(floors: dict) -> list[dict]:
+def bench_decode(timer: Timer, floors: dict) -> list[dict]:
     rows = []
     bw = floors["copy_bw_GBps"] * 1e9
-    for n_seqs in (1, 16, 64, 256):
-        for ctx in (1024, 4096, 16384):
-            k_cache, v_cache, meta = paged_cache(n_seqs, ctx, 1)
-            q = torch.randn(n_seqs, HQ, D, device="cuda", dtype=torch.bfloat16)
-            ours = ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, D**-0.5))
-            k, v = sdpa_views(k_cache, v_cache, n_seqs, ctx)
-            qs = q.view(n_seqs, HQ, 1, D)
-            try:
-                base = ms(lambda: F.scaled_dot_product_attention(qs, k, v, scale=D**-0.5, enable_gqa=True))
-            except Exception:
-                base = float("nan")
-            floor = 2 * n_seqs * ctx * HK * D * 2 / bw * 1e3
-            graph = graph_ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, D**-0.5))
-            rows.append({"batch": n_seqs, "ctx": ctx, "ms": ours, "graph_ms": graph, "sdpa_ms": base, "hbm_floor_ms": floor,
-                         "pct_floor": 100 * floor / ours, "speedup_vs_sdpa": base / ours})
-            print(f"decode B={n_seqs:3d} ctx={ctx:5d} {ours * 1e3:8.1f} us (graph {graph * 1e3:.1f}) "
-                  f"{rows[-1]['pct_floor']:5.1f}% hbm "
-                  f"sdpa {base * 1e3:8.1f} us x{base / ours:.2f}", flush=True)
-            del k_cache, v_cache
+    for n_seqs, ctx in DECODE_SHAPES:
+        k_cache, v_cache, meta, views = paged_cache([ctx] * n_seqs, [1] * n_seqs)
+        q = torch.randn(n_seqs, HQ, D, device="cuda", dtype=torch.bfloat16)
+        ours, _ = timer.ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, SCALE))
+        k = torch.stack([kv[0] for kv in views])
+        v = torch.stack([kv[1] for kv in views])
+        base, backend = timer.best(sdpa_fns([q.view(n_seqs, HQ, 1, D)], [(k, v)], causal=False))
+        ref = F.scaled_dot_product_attention(q.view(n_seqs, HQ, 1, D), k, v, scale=SCALE, enable_gqa=True)
+        floor = 2 * n_seqs * ctx * HK * D * 2 / bw * 1e3
+        rows.append({"batch": n_seqs, "ctx": ctx, "ms": ours, "sdpa_ms": base, "sdpa_backend": backend,
+                     "hbm_floor_ms": floor, "pct_floor": 100 * floor / ours, "speedup_vs_sdpa": base / ours,
+                     "rel_diff_vs_sdpa": rel_diff(K.paged_attention(q, k_cache, v_cache, meta, SCALE),
+                                                  ref.view(n_seqs, HQ, D))})
+        r = rows[-1]
+        print(f"decode B={n_seqs:3d} ctx={ctx:5d} {ours * 1e3:8.1f} us {r['pct_floor']:5.1f}% hbm  "
+              f"sdpa[{backend}] {base * 1e3:8.1f} us x{r['speedup_vs_sdpa']:.2f}  diff {r['rel_diff_vs_sdpa']:.1e}",
+              flush=True)
     return rows
 
 
-def decode_variants() -> list[dict]:
-    """Split counts at mid-size points, to check the split heuristic (default tiles)."""
+def bench_prefill(timer: Timer, floors: dict) -> list[dict]:
+    rows = []
+    rate = floors["bf16_gemm_TFLOPs"] * 1e12
+    for prompts in PREFILL_PROMPTS:
+        k_cache, v_cache, meta, views = paged_cache(prompts, prompts)
+        q = torch.randn(sum(prompts), HQ, D, device="cuda", dtype=torch.bfloat16)
+        q_views = [qs.transpose(0, 1).unsqueeze(0) for qs in q.split(prompts)]
+        kv_views = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in views]
+        ours, _ = timer.ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, SCALE))
+        base, backend = timer.best(sdpa_fns(q_views, kv_views, causal=True))
+        ref = torch.cat([F.scaled_dot_product_attention(qv, k, v, is_causal=True, scale=SCALE, enable_gqa=True)
+                         [0].transpose(0, 1) for qv, (k, v) in zip(q_views, kv_views)])
+        flops = sum(4 * HQ * D * n * (n + 1) / 2 for n in prompts)
+        rows.append({"prompts": prompts, "ms": ours, "sdpa_ms": base, "sdpa_backend": backend,
+                     "tflops": flops / ours / 1e9, "sdpa_tflops": flops / base / 1e9,
+                     "gemm_floor_ms": flops / rate * 1e3, "speedup_vs_sdpa": base / ours,
+                     "rel_diff_vs_sdpa": rel_diff(K.paged_attention(q, k_cache, v_cache, meta, SCALE), ref)})
+        r = rows[-1]
+        print(f"prefill {prompts} {ours:8.3f} ms {r['tflops']:5.0f} TFLOP/s  sdpa[{backend}] {base:8.3f} ms "
+              f"{r['sdpa_tflops']:5.0f} TFLOP/s  x{r['speedup_vs_sdpa']:.2f}  diff {r['rel_diff_vs_sdpa']:.1e}",
+              flush=True)
+    return rows
+
+
+def prefill_variants(timer: Timer) -> list[dict]:
+    """Tile configs (BLOCK_M, BLOCK_N, warps, stages) of the prefill kernel at long prompts."""
     res = []
-    for n_seqs, ctx in ((16, 4096), (64, 1024), (64, 4096)):
-        k_cache, v_cache, meta = paged_cache(n_seqs, ctx, 1)
-        q = torch.randn(n_seqs, HQ, D, device="cuda", dtype=torch.bfloat16)
+    configs = [(256, 64, 8, 2), (256, 64, 8, 3), (256, 32, 8, 3), (256, 64, 16, 2), (128, 128, 8, 2), (128, 64, 8, 2),
+               (128, 128, 8, 3)]
+    for ctx in (1024, 4096, 8192, 16384):
+        k_cache, v_cache, meta, _ = paged_cache([ctx], [ctx])
+        q = torch.randn(ctx, HQ, D, device="cuda", dtype=torch.bfloat16)
         out = torch.empty_like(q)
-        for splits in (None, 1, 2, 4, 8, 16):
-            fn = lambda: decode_attention(q, k_cache, v_cache, meta, 0.1, out, n_splits=splits)  # noqa: E731
-            res.append({"batch": n_seqs, "ctx": ctx, "splits": splits, "ms": ms(fn), "graph_ms": graph_ms(fn)})
-            print("decode variant", res[-1], flush=True)
+        flops = 4 * HQ * D * ctx * (ctx + 1) / 2
+        for cfg in configs:
+            try:
+                t, _ = timer.ms(lambda: prefill_attention(q, k_cache, v_cache, meta, SCALE, out, config=cfg))
+            except Exception as exc:
+                print("prefill variant", ctx, cfg, "failed:", repr(exc)[:100], flush=True)
+                continue
+            res.append({"prompt": ctx, "config": cfg, "ms": t, "tflops": flops / t / 1e9})
+            print(f"prefill variant {ctx} {cfg} {t:.3f} ms {res[-1]['tflops']:.0f} TFLOP/s", flush=True)
     return res
 
 
-def bench_prefill(floors: dict) -> list[dict]:
-    rows = []
-    rate = floors["bf16_gemm_TFLOPs"] * 1e12
-    for ctx in (1024, 4096, 16384):
-        k_cache, v_cache, meta = paged_cache(1, ctx, ctx)
-        q = torch.randn(ctx, HQ, D, device="cuda", dtype=torch.bfloat16)
-        ours = ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, D**-0.5))
-        k, v = sdpa_views(k_cache, v_cache, 1, ctx)
-        qs = q.view(1, ctx, HQ, D).transpose(1, 2)
-        try:
-            base = ms(lambda: F.scaled_dot_product_attention(qs, k, v, is_causal=True, scale=D**-0.5, enable_gqa=True))
-        except Exception:
-            base = float("nan")
-        floor = 4 * HQ * D * ctx * ctx / 2 / rate * 1e3
-        variants = {}
-        for bm, bn, w, s in ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 8, 2)):
-            out = torch.empty_like(q)
-            try:
-                variants[f"{bm}x{bn}w{w}s{s}"] = ms(lambda: prefill_attention(
-                    q, k_cache, v_cache, meta, 0.1, out, block_m=bm, block_n=bn, num_warps=w, num_stages=s))
-            except Exception:
-                variants[f"{bm}x{bn}w{w}s{s}"] = float("nan")
-        rows.append({"prompt": ctx, "ms": ours, "sdpa_ms": base, "gemm_floor_ms": floor,
-                     "pct_floor": 100 * floor / ours, "speedup_vs_sdpa": base / ours, "variants_ms": variants})
-        print(f"prefill {ctx:5d} {ours:8.3f} ms {rows[-1]['pct_floor']:5.1f}% gemm  sdpa {base:8.3f} ms "
-              f"x{base / ours:.2f}  variants {variants}", flush=True)
-    return rows
+def decode_variants(timer: Timer) -> list[dict]:
+    """Tile configs (BLOCK_N, warps, stages) and split counts of the decode kernel."""
+    res = []
+    configs = [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 8, 4), (128, 4, 2)]
+    for n_seqs, ctx in ((64, 2048), (64, 4096), (4, 32768)):
+        k_cache, v_cache, meta, _ = paged_cache([ctx] * n_seqs, [1] * n_seqs)
+        q = torch.randn(n_seqs, HQ, D, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        floor_bytes = 2 * n_seqs * ctx * HK * D * 2
+        for bn, w, s in configs:
+            for splits in (None, 1, 2, 4, 8, 16, 32):
+                try:
+                    t, _ = timer.ms(lambda: decode_attention(q, k_cache, v_cache, meta, SCALE, out, n_splits=splits,
+                                                             config=(bn, w, s)))
+                except Exception as exc:
+                    print("decode variant", (bn, w, s), "failed:", repr(exc)[:100], flush=True)
+                    break
+                res.append({"batch": n_seqs, "ctx": ctx, "config": (bn, w, s), "splits": splits, "ms": t,
+                            "GBps": floor_bytes / t / 1e6})
+            best = min((r for r in res if r["ctx"] == ctx and r["config"] == (bn, w, s)), key=lambda r: r["ms"],
+                       default=None)
+            if best:
+                print(f"decode variant B={n_seqs} ctx={ctx} {(bn, w, s)} best splits={best['splits']} "
+                      f"{best['ms'] * 1e3:.1f} us {best['GBps']:.0f} GB/s", flush=True)
+    return res
+
+
+def moe_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Fused MoE, Qwen3-30B-A3B (E=128, top-8, H=2048, I=768), uniform random routing", "",
+             "| tokens | experts touched | ours (us) | HBM floor (us) | GEMM floor (us) | % of floor (bound) | "
+             "torch._grouped_mm (us) | vLLM fused_moe (us) | vs grouped_mm | vs vLLM |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['tokens']} | {r['experts_touched']} | {r['ms'] * 1e3:.1f} | "
+                     f"{r['hbm_floor_ms'] * 1e3:.1f} | "
+                     f"{r['gemm_floor_ms'] * 1e3:.1f} | {r['pct_floor']:.1f} ({r['bound']}) | "
+                     f"{r['grouped_mm_ms'] * 1e3:.1f} | {r['vllm_ms'] * 1e3:.1f} | {r['speedup_vs_grouped_mm']:.2f} | "
+                     f"{r['speedup_vs_vllm']:.2f} |")
+    return lines
+
+
+def decode_lines(rows: list[dict]) -> list[str]:
+    lines = [f"## Paged decode attention ({HQ} q heads, {HK} kv heads, D={D}, {PAGE}-token pages)", "",
+             "| batch | context | ours (us) | KV-read floor (us) | % of HBM floor | SDPA best (us) | backend | "
+             "speedup vs SDPA |", "|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        lines.append(f"| {r['batch']} | {r['ctx']} | {r['ms'] * 1e3:.1f} | {r['hbm_floor_ms'] * 1e3:.1f} | "
+                     f"{r['pct_floor']:.1f} | {r['sdpa_ms'] * 1e3:.1f} | {r['sdpa_backend']} | "
+                     f"{r['speedup_vs_sdpa']:.2f} |")
+    return lines
+
+
+def prefill_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Paged prefill attention (causal fresh prompts, same heads; SDPA runs one call per prompt)", "",
+             "| prompts | ours (ms) | ours TFLOP/s | causal GEMM floor (ms) | SDPA best (ms) | backend | "
+             "SDPA TFLOP/s | speedup vs SDPA |", "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {'+'.join(map(str, r['prompts']))} | {r['ms']:.3f} | {r['tflops']:.0f} | "
+                     f"{r['gemm_floor_ms']:.3f} | {r['sdpa_ms']:.3f} | {r['sdpa_backend']} | {r['sdpa_tflops']:.0f} | "
+                     f"{r['speedup_vs_sdpa']:.2f} |")
+    return lines
+
+
+def prefill_variant_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Prefill tile sweep (BLOCK_M, BLOCK_N, warps, stages)", "", "| prompt | config | ms | TFLOP/s |",
+             "|---:|---|---:|---:|"]
+    return lines + [f"| {r['prompt']} | {tuple(r['config'])} | {r['ms']:.3f} | {r['tflops']:.0f} |" for r in rows]
+
+
+def decode_variant_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Decode tile and split sweep (BLOCK_N, warps, stages; splits None = heuristic)", "",
+             "| batch | context | config | splits | us | GB/s |", "|---:|---:|---|---:|---:|---:|"]
+    return lines + [f"| {r['batch']} | {r['ctx']} | {tuple(r['config'])} | {r['splits']} | {r['ms'] * 1e3:.1f} | "
+                    f"{r['GBps']:.0f} |" for r in rows]
 
 
 def write_markdown(path: Path, res: dict) -> None:
@@ -184,49 +279,40 @@ def write_markdown(path: Path, res: dict) -> None:
              f"Command: `{res['command']}`  ", f"Machine: {res['machine']}  ",
              f"torch {res['torch']}, triton {res['triton']}; {res['date']}", "",
              f"Floors measured in this run: copy {f['copy_bw_GBps']:.0f} GB/s (read+write), "
-             f"bf16 GEMM {f['bf16_gemm_TFLOPs']:.0f} TFLOP/s (8192^3).", "",
-             "## Fused MoE, Qwen3-30B-A3B (E=128, top-8, H=2048, I=768), uniform random routing", "",
-             "| tokens | experts touched | ours (us) | ours, CUDA graph (us) | HBM floor (us) | GEMM floor (us) | % of floor (bound) | torch._grouped_mm (us) | speedup |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in res["moe"]:
-        lines.append(f"| {r['tokens']} | {r['experts_touched']} | {r['ms'] * 1e3:.1f} | {r['graph_ms'] * 1e3:.1f} | "
-                     f"{r['hbm_floor_ms'] * 1e3:.1f} | "
-                     f"{r['gemm_floor_ms'] * 1e3:.1f} | {r['pct_floor']:.1f} ({r['bound']}) | "
-                     f"{r['grouped_mm_ms'] * 1e3:.1f} | {r['speedup_vs_grouped_mm']:.2f} |")
-    lines += ["", "## Paged decode attention (32 q heads, 4 kv heads, D=128, block 16)", "",
-              "| batch | context | ours (us) | ours, CUDA graph (us) | KV-read floor (us) | % of HBM floor | SDPA (us) | speedup |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in res["decode"]:
-        lines.append(f"| {r['batch']} | {r['ctx']} | {r['ms'] * 1e3:.1f} | {r['graph_ms'] * 1e3:.1f} | "
-                     f"{r['hbm_floor_ms'] * 1e3:.1f} | "
-                     f"{r['pct_floor']:.1f} | {r['sdpa_ms'] * 1e3:.1f} | {r['speedup_vs_sdpa']:.2f} |")
-    lines += ["", "## Paged prefill attention (one causal prompt, same heads)", "",
-              "| prompt | ours (ms) | causal GEMM floor (ms) | % of floor | SDPA (ms) | speedup |",
-              "|---:|---:|---:|---:|---:|---:|"]
-    for r in res["prefill"]:
-        lines.append(f"| {r['prompt']} | {r['ms']:.3f} | {r['gemm_floor_ms']:.3f} | {r['pct_floor']:.1f} | "
-                     f"{r['sdpa_ms']:.3f} | {r['speedup_vs_sdpa']:.2f} |")
-    path.write_text("\n".join(lines) + "\n")
+             f"bf16 GEMM {f['bf16_gemm_TFLOPs']:.0f} TFLOP/s (8192^3). Times: medians of CUDA-graph replays, "
+             "L2 flushed before each.", ""]
+    for key, fmt in (("moe", moe_lines), ("decode", decode_lines), ("prefill", prefill_lines),
+                     ("prefill_variants", prefill_variant_lines), ("decode_variants", decode_variant_lines)):
+        if key in res:
+            lines += fmt(res[key]) + [""]
+    path.write_text("\n".join(lines))
+
+
+SECTIONS = {"moe": bench_moe, "decode": bench_decode, "prefill": bench_prefill}
+VARIANTS = {"prefill_variants": prefill_variants, "decode_variants": decode_variants}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS) + list(VARIANTS))
     parser.add_argument("--command", default=" ".join(sys.argv))
     args = parser.parse_args()
     dev = torch.cuda.get_device_name()
     props = torch.cuda.get_device_properties(0)
-    floors = measure_floors()
-    print(f"{dev}: copy {floors['copy_bw_GBps']:.0f} GB/s, bf16 GEMM {floors['bf16_gemm_TFLOPs']:.0f} TFLOP/s", flush=True)
+    timer = Timer()
+    floors = measure_floors(timer)
+    print(f"{dev}: copy {floors['copy_bw_GBps']:.0f} GB/s, bf16 GEMM {floors['bf16_gemm_TFLOPs']:.0f} TFLOP/s",
+          flush=True)
     res = {"device": dev, "machine": f"{dev}, {props.multi_processor_count} SMs, {platform.node()}",
            "command": args.command, "torch": torch.__version__, "triton": triton.__version__,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "floors": floors}
-    res["moe"] = bench_moe(floors)
-    res["decode"] = bench_decode(floors)
-    res["decode_variants_b64_4k"] = decode_variants()
-    res["prefill"] = bench_prefill(floors)
+    for name in args.sections:
+        res[name] = SECTIONS[name](timer, floors) if name in SECTIONS else VARIANTS[name](timer)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "kernels-" + dev.replace(" ", "_")
+    if not set(SECTIONS) <= set(args.sections):
+        stem += "-" + "-".join(args.sections)
     (args.out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
     write_markdown(args.out_dir / f"{stem}.md", res)
     print((args.out_dir / f"{stem}.md").read_text())

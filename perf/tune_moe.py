@@ -57,7 +57,8 @@ def bench(fn) -> float:
         return float("inf")
 
 
-def tune_shape(n_experts: int, top_k: int, hidden: int, inter: int, tokens: list[int]) -> dict:
+def tune_shape(n_experts: int, top_k: int, hidden: int, inter: int, tokens: list[int], path: Path) -> dict:
+    """Tunes each token count in turn, rewriting the table after each so a run cut short keeps its rows."""
     table = {}
     for n_tok in tokens:
         x, w13, w2, weights, ids = moe_inputs(n_tok, n_experts, top_k, hidden, inter)
@@ -83,6 +84,7 @@ def tune_shape(n_experts: int, top_k: int, hidden: int, inter: int, tokens: list
             if total < best[0]:
                 best = (total, {"BLOCK_M": block_m, **picks})
         table[n_tok] = best[1]
+        path.write_text(json.dumps({str(k): v for k, v in table.items()}, indent=1) + "\n")
         print(f"  T={n_tok:5d}: {best[0] * 1e3:8.1f} us  {best[1]}", flush=True)
     return table
 
@@ -99,9 +101,8 @@ def main() -> None:
         n_experts, top_k, hidden, inter = SHAPES[name]
         start = time.time()
         print(f"{name}: E={n_experts} top{top_k} H={hidden} I={inter} on {dev}", flush=True)
-        table = tune_shape(n_experts, top_k, hidden, inter, args.tokens)
         path = args.out_dir / config_file_name(n_experts, hidden, inter, dev)
-        path.write_text(json.dumps({str(k): v for k, v in table.items()}, indent=1) + "\n")
+        tune_shape(n_experts, top_k, hidden, inter, args.tokens, path)
         print(f"  wrote {path} in {time.time() - start:.0f} s", flush=True)
 
 
