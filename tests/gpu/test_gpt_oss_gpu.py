@@ -1,25 +1,13 @@
 """Tiny GPT-OSS on CUDA (Triton kernels: sinks and windows in attention, MXFP4 in the fused MoE) gives the CPU's tokens."""
 from __future__ import annotations
 
-import inspect
 import random
 
 import pytest
 import torch
 from engine_utils import greedy, make_engine, run_to_completion
 
-
-def _kernels_attend_with_sinks() -> bool:
-    import laminar_kernels
-
-    return "sinks" in inspect.signature(laminar_kernels.paged_attention).parameters
-
-
-pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.skipif(torch.cuda.is_available() and not _kernels_attend_with_sinks(),
-                       reason="the Triton attention kernels do not take sinks / window yet"),
-]
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 ARGS = dict(num_stages=3, group_token_thresholds=(), max_num_batched_tokens=64, max_num_seqs=12, block_size=16,
             num_kv_blocks=128, max_model_len=512)
 

@@ -62,8 +62,6 @@ class Attention(nn.Module):
         return q
 
     def attend(self, q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
-        if self.sinks is None and self.window == FULL_ATTENTION:
-            return self.ops.paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
         return self.ops.paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, sinks=self.sinks,
                                         window=self.window)
 
