@@ -55,7 +55,7 @@ def fused_moe(
     if n_tok == 0:
         return torch.empty_like(x)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device)
+    cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device, w13_scales is not None)
     block_m = cfg["BLOCK_M"]
     n_valid = n_tok * top_k
     max_rows = max_padded_rows(n_valid, n_experts, block_m)

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_kernels import measure_floors  # noqa: E402
 from kernel_timing import Timer, rel_diff  # noqa: E402
+from moe_bench_util import mxfp4_weights  # noqa: E402
 
 import laminar_kernels as K  # noqa: E402
 from laminar.ops import torch_ops as R  # noqa: E402
@@ -36,12 +37,7 @@ MXFP4_BITS = 4.25
 def experts(shape: dict, device: torch.device, gen: torch.Generator) -> dict:
     """MXFP4 experts near std 0.02 (the dummy loader's), their bf16 dequantization, and bf16 biases."""
     e, h, i = shape["experts"], shape["hidden"], shape["inter"]
-
-    def packed(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = torch.randint(0, 256, (e, rows, cols // 32, 16), dtype=torch.uint8, generator=gen)
-        return blocks.to(device), torch.full((e, rows, cols // 32), 120, dtype=torch.uint8, device=device)
-
-    up, down = packed(2 * i, h), packed(h, i)
+    up, down = mxfp4_weights(e, 2 * i, h, gen, device), mxfp4_weights(e, h, i, gen, device)
     bias = lambda *s: (torch.randn(*s, generator=gen) * 0.1).to(device, torch.bfloat16)  # noqa: E731
     return {"up": up, "down": down, "w13": R.dequantize_mxfp4(*up, torch.bfloat16),
             "w2": R.dequantize_mxfp4(*down, torch.bfloat16), "b13": bias(e, 2 * i), "b2": bias(e, h)}
