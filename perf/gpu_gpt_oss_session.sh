@@ -25,7 +25,7 @@ PY
   TESTS="tests/test_gpt_oss.py tests/kernels/test_moe_gpt_oss.py"; RESULTS=$TINY/results
 else
   MODEL=perf/models/gpt-oss-20b; MOE_ARGS=""; BENCH_ARGS="--modes layered:8192 chunked:512 chunked:2048 --prompts 8192"
-  TESTS="tests/gpu/test_gpt_oss_gpu.py tests/kernels/test_moe_gpt_oss.py"
+  TESTS="tests/gpu/test_gpt_oss_gpu.py tests/kernels/test_moe_gpt_oss.py tests/kernels/test_gpt_oss_model.py"
 fi
 {
   nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv 2>/dev/null || echo "no GPU"
