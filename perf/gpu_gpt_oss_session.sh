@@ -22,7 +22,7 @@ cfg.update(hidden_size=128, intermediate_size=128, num_hidden_layers=4, num_atte
 json.dump(cfg, open(sys.argv[1] + "/config.json", "w"))
 PY
   MODEL=$TINY; MOE_ARGS="--tiny"; BENCH_ARGS="--preset cpu --modes layered:1024 chunked:128 --prompts 256"
-  TESTS="tests/test_gpt_oss.py tests/kernels/test_moe_gpt_oss.py"; RESULTS=$TINY/results
+  TESTS="tests/test_gpt_oss.py tests/kernels/test_moe_gpt_oss.py tests/kernels/test_gpt_oss_model.py"; RESULTS=$TINY/results
 else
   MODEL=perf/models/gpt-oss-20b; MOE_ARGS=""; BENCH_ARGS="--modes layered:8192 chunked:512 chunked:2048 --prompts 8192"
   TESTS="tests/gpu/test_gpt_oss_gpu.py tests/kernels/test_moe_gpt_oss.py tests/kernels/test_gpt_oss_model.py"
