@@ -1,4 +1,4 @@
-"""SwiGLU activation (gate | up halves) for the dense MLP path."""
+"""Gated activations: the in-register forms the MoE GEMM fuses, and SwiGLU (gate | up halves) for the dense MLP."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,20 @@ import triton.language as tl
 from .common import jit_sized
 
 
+@triton.jit
+def silu_mul(gate, up):
+    """silu(gate) * up, on fp32 tiles."""
+    return gate / (1.0 + tl.exp(-gate)) * up
+
+
+@triton.jit
+def clamped_swiglu_mul(gate, up, alpha, limit):
+    """GPT-OSS: (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g) with g = min(gate, limit), on fp32 tiles."""
+    gate = tl.minimum(gate, limit)
+    up = tl.minimum(tl.maximum(up, -limit), limit)
+    return (up + 1.0) * gate / (1.0 + tl.exp(-alpha * gate))
+
+
 @jit_sized("n_rows")
 def _silu_and_mul_kernel(x_ptr, out_ptr, n_rows, inter, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -15,8 +29,7 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, n_rows, inter, BLOCK: tl.constexpr):
     mask = cols < inter
     gate = tl.load(x_ptr + row * 2 * inter + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * 2 * inter + inter + cols, mask=mask, other=0.0).to(tl.float32)
-    y = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + row * inter + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * inter + cols, silu_mul(gate, up).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

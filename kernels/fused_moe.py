@@ -1,4 +1,4 @@
-"""Fused MoE forward: align -> gated up-GEMM (SiLU*up fused) -> weighted down-GEMM -> top-k sum."""
+"""Fused MoE forward: align -> gated up-GEMM (activation fused) -> weighted down-GEMM -> top-k sum."""
 from __future__ import annotations
 
 import torch
@@ -12,19 +12,27 @@ from .moe_reduce import topk_sum
 
 
 def _launch_gemm(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, weights: torch.Tensor, align: tuple,
-    n_valid: int, max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool,
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, weights: torch.Tensor, align: tuple, n_valid: int,
+    max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool,
+    scales: torch.Tensor | None = None, bias: torch.Tensor | None = None, swiglu: tuple[float, float] | None = None,
 ) -> None:
+    """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32]."""
     sorted_ids, expert_ids, total = align
     n_out = b.shape[1] // 2 if gated else b.shape[1]
-    k_dim = b.shape[2]
+    k_dim = b.shape[2] if scales is None else scales.shape[2] * 32
+    if scales is not None:
+        assert cfg["BLOCK_K"] % 32 == 0 and b.stride(-1) == 1 and b.stride(-2) == 16 and scales.stride(-1) == 1
     grid = (triton.cdiv(max_rows, block_m) * triton.cdiv(n_out, cfg["BLOCK_N"]),)
+    alpha, limit = swiglu or (1.0, 0.0)
     moe_gemm_kernel[grid](
-        a, b, c, weights, sorted_ids, expert_ids, total,
-        n_out, k_dim, n_valid, max_rows,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), c.stride(0), c.stride(1),
+        a, b, c, weights, sorted_ids, expert_ids, total, b if bias is None else bias, b if scales is None else scales,
+        n_out, k_dim, n_valid, max_rows, alpha, limit,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(-1), c.stride(0), c.stride(1),
+        0 if bias is None else bias.stride(0), 0 if scales is None else scales.stride(0),
+        0 if scales is None else scales.stride(1),
         A_DIV=a_div, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % cfg["BLOCK_K"] == 0,
-        PRECISION=dot_precision(a.dtype),
+        PRECISION=dot_precision(a.dtype), HAS_BIAS=bias is not None, CLAMPED=swiglu is not None,
+        MXFP4=scales is not None,
         BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
@@ -32,27 +40,31 @@ def _launch_gemm(
 
 def fused_moe(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
-    config: dict | None = None,
+    b13: torch.Tensor | None = None, b2: torch.Tensor | None = None,
+    w13_scales: torch.Tensor | None = None, w2_scales: torch.Tensor | None = None,
+    swiglu: tuple[float, float] | None = None, config: dict | None = None,
 ) -> torch.Tensor:
     """Mixture of SwiGLU experts. x [T, H], w13 [E, 2I, H] (gate | up), w2 [E, H, I] -> [T, H].
 
-    `config` overrides the table lookup (the tuner uses it).
+    Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales,
+    the clamped SwiGLU). `config` overrides the table lookup (the tuner uses it).
     """
     n_tok, hidden = x.shape
-    n_experts, two_inter, _ = w13.shape
-    inter = two_inter // 2
+    n_experts, inter = w13.shape[0], w13.shape[1] // 2
     top_k = topk_ids.shape[1]
     if n_tok == 0:
         return torch.empty_like(x)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device)
+    cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device, w13_scales is not None)
     block_m = cfg["BLOCK_M"]
     n_valid = n_tok * top_k
     max_rows = max_padded_rows(n_valid, n_experts, block_m)
     align = moe_align(topk_ids, n_experts, block_m)
     weights = topk_weights.reshape(-1).float().contiguous()
     act = torch.empty((n_valid, inter), dtype=x.dtype, device=x.device)
-    _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False)
+    _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False,
+                 w13_scales, b13, swiglu)
     partial = torch.empty((n_valid, hidden), dtype=x.dtype, device=x.device)
-    _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True)
+    _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True,
+                 w2_scales, b2)
     return topk_sum(partial, n_tok, top_k)

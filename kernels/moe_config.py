@@ -1,8 +1,10 @@
-"""Tile configs for the MoE GEMMs: a tuned JSON table per (E, H, I, device), else heuristics.
+"""Tile configs for the MoE GEMMs: a tuned JSON table per (E, H, I, weight format, device), else heuristics.
 
 Tables live in kernels/configs/ and are written by perf/tune_moe.py. Each maps a token
 count to {"BLOCK_M", "up": {...}, "down": {...}}; a lookup takes the nearest token count.
 BLOCK_M is shared by both GEMMs because it fixes the expert padding of one moe_align.
+MXFP4 experts have tables of their own (decoding in registers changes which tiles win); their
+BLOCK_K must be a multiple of 32, one scale group, as every heuristic tile is.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import torch
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-def config_file_name(n_experts: int, hidden: int, inter: int, device_name: str) -> str:
-    """One table per expert shape and GPU model (tile choices differ across both)."""
-    return f"E{n_experts}_H{hidden}_I{inter}_{device_name.replace(' ', '_')}.json"
+def config_file_name(n_experts: int, hidden: int, inter: int, device_name: str, mxfp4: bool = False) -> str:
+    """One table per expert shape, weight format and GPU model (tile choices differ across all three)."""
+    return f"E{n_experts}_H{hidden}_I{inter}{'_MXFP4' if mxfp4 else ''}_{device_name.replace(' ', '_')}.json"
 
 
 def device_name(device: torch.device) -> str:
@@ -52,12 +54,13 @@ def _gemm(block_n: int, block_k: int, group_m: int, warps: int, stages: int) -> 
 
 
 def get_config(
-    n_tokens: int, top_k: int, n_experts: int, hidden: int, inter: int, dtype: torch.dtype, device: torch.device
+    n_tokens: int, top_k: int, n_experts: int, hidden: int, inter: int, dtype: torch.dtype, device: torch.device,
+    mxfp4: bool = False,
 ) -> dict:
     """Tuned entry nearest in token count when a table exists for this shape and GPU, else the default."""
     on_gpu = device.type == "cuda"
     if on_gpu and dtype != torch.float32:
-        table = _load_table(config_file_name(n_experts, hidden, inter, device_name(device)))
+        table = _load_table(config_file_name(n_experts, hidden, inter, device_name(device), mxfp4))
         if table:
             return table[min(table, key=lambda m: abs(m - n_tokens))]
     return default_config(n_tokens, top_k, n_experts, dtype, on_gpu)

@@ -3,23 +3,92 @@
 Each program owns a BLOCK_M x BLOCK_N tile of one expert's padded row run. Rows are
 gathered through `sorted_ids` (flat token*top_k + slot indices; the pad value M masks
 a row off), so no permuted copy of the activations is ever written.
-GATED: B holds [gate; up] rows and the tile computes silu(A@gate^T) * (A@up^T).
+GATED: B holds [gate; up] rows and the tile computes act(A@gate^T + b_gate, A@up^T + b_up),
+act = silu(gate) * up, or GPT-OSS's clamped SwiGLU (CLAMPED).
+HAS_BIAS: one bias row per expert is added before the activation / the routing weight.
 WEIGHTED: the fp32 routing weight of each row scales the output (down projection).
+MXFP4: B is packed e2m1 bytes [E, N, K/2] with e8m0 exponents [E, N, K/32] (kernels.mxfp4),
+decoded to A's dtype in registers group by group; the A tile of a group splits into its
+even and odd columns, which meet the low and high nibbles.
 """
 from __future__ import annotations
 
+import triton
 import triton.language as tl
 
+from .activation import clamped_swiglu_mul, silu_mul
 from .common import jit_sized
+from .mxfp4 import mxfp4_group
+
+
+@triton.jit
+def _dense_k_loop(a_rows, b_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, up_off,
+                  GATED: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_rows + offs_k[None, :] * stride_ak
+    b_ptrs = b_cols + offs_k[:, None] * stride_bk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, k_dim, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = offs_k + k0 < k_dim
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if GATED:
+            if EVEN_K:
+                b_up = tl.load(b_ptrs + up_off, mask=n_ok[None, :], other=0.0)
+            else:
+                b_up = tl.load(b_ptrs + up_off, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc, acc_up
+
+
+@triton.jit
+def _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, offs_n, k_dim, stride_ak, up_off, up_scale_off,
+                  GATED: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    dtype = a_rows.dtype.element_ty
+    offs_32 = tl.arange(0, 32)
+    offs_16 = tl.arange(0, 16)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, k_dim, BLOCK_K):
+        for g in tl.static_range(BLOCK_K // 32):
+            kk = k0 + g * 32
+            # k_dim is a multiple of 32, so a group is all in or all out.
+            a_ok = row_ok[:, None] & (kk + offs_32 < k_dim)[None, :]
+            b_ok = (kk + 2 * offs_16 < k_dim)[:, None] & n_ok[None, :]
+            s_ok = n_ok & (kk + 0 * offs_n < k_dim)
+            a = tl.load(a_rows + (kk + offs_32)[None, :] * stride_ak, mask=a_ok, other=0.0)
+            a_even, a_odd = tl.split(tl.reshape(a, (BLOCK_M, 16, 2)))
+            b_ptrs = b_cols + (kk // 2 + offs_16)[:, None]
+            even, odd = mxfp4_group(tl.load(b_ptrs, mask=b_ok, other=0), tl.load(s_cols + kk // 32, mask=s_ok, other=0),
+                                    dtype)
+            acc = tl.dot(a_even, even, acc, input_precision=PRECISION)
+            acc = tl.dot(a_odd, odd, acc, input_precision=PRECISION)
+            if GATED:
+                even, odd = mxfp4_group(tl.load(b_ptrs + up_off, mask=b_ok, other=0),
+                                        tl.load(s_cols + up_scale_off + kk // 32, mask=s_ok, other=0), dtype)
+                acc_up = tl.dot(a_even, even, acc_up, input_precision=PRECISION)
+                acc_up = tl.dot(a_odd, odd, acc_up, input_precision=PRECISION)
+    return acc, acc_up
 
 
 @jit_sized("n_valid", "max_rows")
 def moe_gemm_kernel(
-    a_ptr, b_ptr, c_ptr, w_ptr, sorted_ptr, expert_ptr, total_ptr,
-    n_out, k_dim, n_valid, max_rows,
+    a_ptr, b_ptr, c_ptr, w_ptr, sorted_ptr, expert_ptr, total_ptr, bias_ptr, scale_ptr,
+    n_out, k_dim, n_valid, max_rows, alpha, limit,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
+    stride_bias_e, stride_se, stride_sn,
     A_DIV: tl.constexpr, GATED: tl.constexpr, WEIGHTED: tl.constexpr, EVEN_K: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr, CLAMPED: tl.constexpr, MXFP4: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -38,32 +107,25 @@ def moe_gemm_kernel(
     row_ok = rows < n_valid
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < n_out
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + (rows // A_DIV).to(tl.int64)[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + expert * stride_be + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None] * stride_bk
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if GATED:
-        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        up_off = n_out * stride_bn
-    for k0 in range(0, k_dim, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
-        else:
-            k_ok = offs_k + k0 < k_dim
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    a_rows = a_ptr + (rows // A_DIV).to(tl.int64)[:, None] * stride_am
+    b_cols = b_ptr + expert * stride_be + offs_n[None, :].to(tl.int64) * stride_bn
+    if MXFP4:
+        s_cols = scale_ptr + expert * stride_se + offs_n.to(tl.int64) * stride_sn
+        acc, acc_up = _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, offs_n, k_dim, stride_ak, n_out * stride_bn,
+                                    n_out * stride_sn, GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        acc, acc_up = _dense_k_loop(a_rows, b_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, n_out * stride_bn,
+                                    GATED, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if HAS_BIAS:
+        bias_row = bias_ptr + expert * stride_bias_e
+        acc += tl.load(bias_row + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GATED:
-            if EVEN_K:
-                b_up = tl.load(b_ptrs + up_off, mask=n_ok[None, :], other=0.0)
-            else:
-                b_up = tl.load(b_ptrs + up_off, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+            acc_up += tl.load(bias_row + n_out + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if GATED:
-        acc = acc / (1.0 + tl.exp(-acc)) * acc_up
+        if CLAMPED:
+            acc = clamped_swiglu_mul(acc, acc_up, alpha, limit)
+        else:
+            acc = silu_mul(acc, acc_up)
     if WEIGHTED:
         acc = acc * tl.load(w_ptr + rows, mask=row_ok, other=0.0)[:, None]
     c_ptrs = c_ptr + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn

@@ -13,6 +13,9 @@ The decode batch shrinks to what the KV cache holds (the report says so).
 
 GPU (Qwen3-30B-A3B shapes, random weights):
   python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy
+GPU (GPT-OSS-20B shapes, random MXFP4 experts; perf/gpu_gpt_oss_session.sh):
+  python perf/bench_offline.py --model perf/models/gpt-oss-20b --load-format dummy --modes layered:8192 chunked:512 \
+    chunked:2048 --prompts 8192 --tag gpt-oss-20b
 CPU (the demo model):
   python perf/bench_offline.py --model demo_model --preset cpu
 """
@@ -97,10 +100,13 @@ class Run:
 
 
 def non_expert_bytes(engine: LLMEngine) -> int:
-    """Weights of rank 0's shard that every decode step reads besides experts (attention, router, norms, LM head)."""
+    """Weights of rank 0's shard that every decode step reads besides experts (attention, router, norms, LM head).
+
+    Expert tensors (w13 / w2 and their MXFP4 scales and biases) are read per touched expert instead.
+    """
     model, total = engine.executor.runner.model, 0
     for name, p in model.named_parameters():
-        if name.endswith(("w13", "w2")) or name == "embed_tokens":
+        if name.rsplit(".", 1)[-1].startswith(("w13", "w2")) or name == "embed_tokens":
             continue
         total += p.numel() * p.element_size()
     if model.lm_head is None:
@@ -115,7 +121,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     runner = engine.executor.runner
     tp = runner.tp.size
     # The floor is per GPU: each rank reads its own shard of weights and KV (rank 0's, measured).
-    kv_token_bytes = 2 * mc.num_layers * runner.model.layout.num_kv_heads * mc.head_dim * runner.dtype.itemsize
+    kv_token_layer_bytes = 2 * runner.model.layout.num_kv_heads * mc.head_dim * runner.dtype.itemsize
     run = Run(engine)
     long_gen = SamplingParams(max_tokens=100_000, temperature=0.0, ignore_eos=True)
     for i in range(cfg["decode_batch"]):
@@ -142,7 +148,9 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     decode_step = statistics.median(steps)  # robust to a stray slow step on a shared CPU
     experts_per_step = (s1.expert_bytes_total - exp0) / len(steps)
     context = cfg["decode_context"] + cfg["decode_steps"]
-    floor_bytes = non_expert_bytes(engine) + experts_per_step / tp + cfg["decode_batch"] * context * kv_token_bytes
+    # A sliding-window layer (GPT-OSS) needs only its window of the context.
+    kv_tokens = sum(min(context, mc.window(i) or context) for i in range(mc.num_layers))
+    floor_bytes = non_expert_bytes(engine) + experts_per_step / tp + cfg["decode_batch"] * kv_tokens * kv_token_layer_bytes
     result = {
         "decode_step_ms": 1e3 * decode_step,
         "decode_step_floor_ms": 1e3 * floor_bytes / bandwidth if bandwidth else None,
@@ -255,6 +263,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, nargs="*", help="prompt lengths arriving during decode (preset's if unset)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--dequantize-experts", action="store_true", help="MXFP4 experts dequantized at load (GPT-OSS)")
     ap.add_argument("--out-dir", default="perf/results")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -265,6 +274,7 @@ def main() -> None:
     max_len = max(cfg["prompts"] + [cfg["decode_context"]]) + 2048
     base = dict(model=args.model, load_format=args.load_format, max_model_len=max_len,
                 tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
+                dequantize_experts=args.dequantize_experts,
                 num_stages=cfg["num_stages"])
     report: dict = {"command": "python " + " ".join(sys.argv), "preset": cfg, "modes": {}}
     modes = {entry: mode_args(entry, base) for entry in cfg["modes"]}

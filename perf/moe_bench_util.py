@@ -16,6 +16,13 @@ def moe_inputs(n_tok: int, n_experts: int, top_k: int, hidden: int, inter: int, 
     return x, w13, w2, weights, ids
 
 
+def mxfp4_weights(n_experts: int, rows: int, cols: int, gen: torch.Generator, device: str = "cuda"):
+    """Random MXFP4 experts (blocks [E, rows, cols/32, 16], scales [E, rows, cols/32]) near std 0.02, as the
+    dummy loader draws them: uniform e2m1 codes (RMS ~2.9) at exponent 120 (2^-7)."""
+    blocks = torch.randint(0, 256, (n_experts, rows, cols // 32, 16), dtype=torch.uint8, generator=gen)
+    return blocks.to(device), torch.full((n_experts, rows, cols // 32), 120, dtype=torch.uint8, device=device)
+
+
 def grouped_mm_moe(x, w13_t, w2_t, weights, ids):
     """The torch baseline: sort rows by expert, two torch._grouped_mm calls, weighted scatter-add.
 

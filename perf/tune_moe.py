@@ -2,7 +2,8 @@
 
 For each token count, every BLOCK_M candidate gets one moe_align, then the up and down
 GEMMs are tuned independently over a small grid; the BLOCK_M with the best summed time
-wins. Run: PYTHONPATH=backend_src:<dir holding laminar_kernels> python perf/tune_moe.py
+wins. --mxfp4 tunes MXFP4 experts (GPT-OSS) into their own tables.
+Run: PYTHONPATH=backend_src:<dir holding laminar_kernels> python perf/tune_moe.py
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-from moe_bench_util import moe_inputs  # noqa: E402
+from moe_bench_util import moe_inputs, mxfp4_weights  # noqa: E402
 
 from laminar_kernels.fused_moe import _launch_gemm  # noqa: E402
 from laminar_kernels.moe_align import max_padded_rows, moe_align  # noqa: E402
@@ -57,11 +58,18 @@ def bench(fn) -> float:
         return float("inf")
 
 
-def tune_shape(n_experts: int, top_k: int, hidden: int, inter: int, tokens: list[int], path: Path) -> dict:
+def tune_shape(n_experts: int, top_k: int, hidden: int, inter: int, tokens: list[int], path: Path,
+               mxfp4: bool = False) -> dict:
     """Tunes each token count in turn, rewriting the table after each so a run cut short keeps its rows."""
     table = {}
+    gen = torch.Generator().manual_seed(0)
+    packed = (mxfp4_weights(n_experts, 2 * inter, hidden, gen), mxfp4_weights(n_experts, hidden, inter, gen)) \
+        if mxfp4 else None
+    scales = {"up": packed[0][1], "down": packed[1][1]} if mxfp4 else {"up": None, "down": None}
     for n_tok in tokens:
         x, w13, w2, weights, ids = moe_inputs(n_tok, n_experts, top_k, hidden, inter)
+        if mxfp4:
+            w13, w2 = packed[0][0], packed[1][0]
         n_valid = n_tok * top_k
         flat_w = weights.flatten().float()
         best = (float("inf"), None)
@@ -76,7 +84,7 @@ def tune_shape(n_experts: int, top_k: int, hidden: int, inter: int, tokens: list
                 "up": (x, w13, act, top_k, True, False), "down": (act, w2, out, 1, False, True)
             }.items():
                 timed = [(bench(lambda cfg=cfg: _launch_gemm(a, b, c, flat_w, align, n_valid, max_rows, block_m,
-                                                             cfg, a_div, gated, weighted)), cfg)
+                                                             cfg, a_div, gated, weighted, scales[name])), cfg)
                          for cfg in candidates(block_m)]
                 t, cfg = min(timed, key=lambda tc: tc[0])
                 picks[name] = cfg
@@ -94,6 +102,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
     parser.add_argument("--out-dir", type=Path, default=CONFIG_DIR)
+    parser.add_argument("--mxfp4", action="store_true", help="MXFP4 experts (their own tables)")
     args = parser.parse_args()
     dev = device_name(torch.device("cuda"))
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,8 +110,8 @@ def main() -> None:
         n_experts, top_k, hidden, inter = SHAPES[name]
         start = time.time()
         print(f"{name}: E={n_experts} top{top_k} H={hidden} I={inter} on {dev}", flush=True)
-        path = args.out_dir / config_file_name(n_experts, hidden, inter, dev)
-        tune_shape(n_experts, top_k, hidden, inter, args.tokens, path)
+        path = args.out_dir / config_file_name(n_experts, hidden, inter, dev, args.mxfp4)
+        tune_shape(n_experts, top_k, hidden, inter, args.tokens, path, args.mxfp4)
         print(f"  wrote {path} in {time.time() - start:.0f} s", flush=True)
 
 

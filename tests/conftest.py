@@ -43,3 +43,21 @@ def moe_checkpoint_5(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dense_checkpoint(tmp_path_factory) -> Path:
     return write_hf_checkpoint(tmp_path_factory.mktemp("dense"), moe=False, num_layers=3, seed=2)
+
+
+@pytest.fixture(scope="session")
+def gpt_oss_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """One tiny GPT-OSS in both formats: {"mxfp4": the release's layout, "bf16": plain}."""
+    from gpt_oss_checkpoint import write_gpt_oss_checkpoints
+
+    return write_gpt_oss_checkpoints(tmp_path_factory.mktemp("gpt_oss"))
+
+
+@pytest.fixture(scope="session")
+def gpt_oss_mxfp4(gpt_oss_checkpoints) -> Path:
+    return gpt_oss_checkpoints["mxfp4"]
+
+
+@pytest.fixture(scope="session")
+def gpt_oss_bf16(gpt_oss_checkpoints) -> Path:
+    return gpt_oss_checkpoints["bf16"]

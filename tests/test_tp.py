@@ -63,6 +63,15 @@ def test_tp2_matches_tp1(moe_checkpoint_5, mode, slo):
     assert worker_pids() == []
 
 
+@pytest.mark.parametrize("fixture", ["gpt_oss_mxfp4", "gpt_oss_bf16"])
+def test_tp2_matches_tp1_gpt_oss(fixture, request):
+    """GPT-OSS: sinks and qkv biases split by head, row-parallel biases on rank 0 only, experts (MXFP4 blocks
+    and scales alike) split along the intermediate dimension."""
+    model = request.getfixturevalue(fixture)
+    expected = run_script(make_engine(model, 1))
+    assert run_script(make_engine(model, 2)) == expected
+
+
 def test_tp4_replicates_kv_heads_dense(dense_checkpoint):
     """2 KV heads over 4 ranks: each KV head lives on two ranks; vocab 257 pads the last rank."""
     expected = run_script(make_engine(dense_checkpoint, 1))

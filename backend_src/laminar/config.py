@@ -11,12 +11,44 @@ import torch
 SCHEDULE_MODES = ("layered", "chunked")
 LOAD_FORMATS = ("safetensors", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM")
+SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM", "GptOssForCausalLM")
+FULL_ATTENTION = 0  # a layer's window when it attends to its whole context
+
+
+@dataclass(frozen=True)
+class Yarn:
+    """YaRN RoPE scaling (arXiv 2309.00071) as transformers reads it from `rope_parameters` / `rope_scaling`."""
+
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    attention_factor: float | None = None
+
+    @classmethod
+    def from_dict(cls, rope: dict) -> "Yarn":
+        if rope.get("mscale") or rope.get("mscale_all_dim"):
+            raise ValueError(f"yarn with mscale is not supported: {rope!r}")
+        return cls(
+            factor=float(rope["factor"]),
+            original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
+            beta_fast=float(rope.get("beta_fast") or 32.0),
+            beta_slow=float(rope.get("beta_slow") or 1.0),
+            truncate=bool(rope.get("truncate", True)),
+            attention_factor=rope.get("attention_factor"),
+        )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The fields of a Qwen3 / Qwen3-MoE config.json that the engine needs."""
+    """The fields of a Qwen3 / Qwen3-MoE / GPT-OSS config.json that the engine needs.
+
+    GPT-OSS: every layer is an MoE layer whose experts have intermediate size
+    `moe_intermediate_size` (its config's `intermediate_size`); `layer_windows` holds each
+    layer's sliding window (FULL_ATTENTION for full layers); `experts_mxfp4` says the
+    checkpoint stores the expert weights in MXFP4 (`quantization_config.quant_method`).
+    """
 
     architecture: str
     vocab_size: int
@@ -37,6 +69,11 @@ class ModelConfig:
     decoder_sparse_step: int = 1
     mlp_only_layers: tuple[int, ...] = ()
     eos_token_id: tuple[int, ...] = ()
+    yarn: Yarn | None = None
+    layer_windows: tuple[int, ...] = ()
+    swiglu_alpha: float = 1.0
+    swiglu_limit: float | None = None
+    experts_mxfp4: bool = False
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "ModelConfig":
@@ -47,11 +84,8 @@ class ModelConfig:
         # rope_theta + rope_scaling / num_experts; accept both spellings.
         rope = cfg.get("rope_parameters") or {}
         scaling = cfg.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
-        if scaling:
-            raise ValueError(f"rope scaling {scaling!r} is not supported")
-        is_moe = arch == "Qwen3MoeForCausalLM"
         eos = cfg.get("eos_token_id")
-        return cls(
+        common = dict(
             architecture=arch,
             vocab_size=cfg["vocab_size"],
             hidden_size=cfg["hidden_size"],
@@ -59,18 +93,26 @@ class ModelConfig:
             num_heads=cfg["num_attention_heads"],
             num_kv_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
-            intermediate_size=cfg.get("intermediate_size", 0),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=cfg.get("rope_theta") or rope.get("rope_theta", 1e6),
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            eos_token_id=tuple(eos if isinstance(eos, list) else ([] if eos is None else [eos])),
+        )
+        if arch == "GptOssForCausalLM":
+            return cls(**common, **_gpt_oss_fields(cfg, scaling))
+        if scaling:
+            raise ValueError(f"rope scaling {scaling!r} is not supported")
+        is_moe = arch == "Qwen3MoeForCausalLM"
+        return cls(
+            **common,
+            intermediate_size=cfg.get("intermediate_size", 0),
             num_experts=(cfg.get("num_experts") or cfg.get("num_local_experts", 0)) if is_moe else 0,
             top_k=cfg.get("num_experts_per_tok", 0) if is_moe else 0,
             moe_intermediate_size=cfg.get("moe_intermediate_size", 0) if is_moe else 0,
             norm_topk_prob=cfg.get("norm_topk_prob", True),
             decoder_sparse_step=cfg.get("decoder_sparse_step", 1) or 1,
             mlp_only_layers=tuple(cfg.get("mlp_only_layers") or ()),
-            eos_token_id=tuple(eos if isinstance(eos, list) else ([] if eos is None else [eos])),
         )
 
     @classmethod
@@ -81,16 +123,44 @@ class ModelConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
     def is_moe_layer(self, layer: int) -> bool:
-        """Qwen3-MoE's rule for which decoder layers carry experts."""
+        """Qwen3-MoE's rule for which decoder layers carry experts (GPT-OSS: all of them)."""
         return (
             self.num_experts > 0
             and layer not in self.mlp_only_layers
             and (layer + 1) % self.decoder_sparse_step == 0
         )
 
-    def expert_num_params(self) -> int:
-        """Parameters of one expert (gate, up and down projections)."""
-        return 3 * self.hidden_size * self.moe_intermediate_size
+    def window(self, layer: int) -> int:
+        """The layer's sliding window in tokens, or FULL_ATTENTION."""
+        return self.layer_windows[layer] if self.layer_windows else FULL_ATTENTION
+
+
+def _gpt_oss_fields(cfg: dict, scaling: dict) -> dict:
+    """GPT-OSS: MoE in every layer (softmax over the top-k router logits, i.e. renormalised), clamped
+    SwiGLU experts, alternating sliding / full attention, YaRN RoPE, MXFP4 experts in the release."""
+    num_layers = cfg["num_hidden_layers"]
+    types = cfg.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    if len(types) != num_layers or set(types) - {"sliding_attention", "full_attention"}:
+        raise ValueError(f"layer_types must name sliding_attention or full_attention for each of {num_layers} layers")
+    window = cfg.get("sliding_window") or FULL_ATTENTION
+    rope_type = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
+    if rope_type not in ("default", "yarn"):
+        raise ValueError(f"rope scaling {scaling!r} is not supported (GPT-OSS: yarn or none)")
+    quant = (cfg.get("quantization_config") or {}).get("quant_method")
+    if quant not in (None, "mxfp4"):
+        raise ValueError(f"quantization {quant!r} is not supported (GPT-OSS: mxfp4 experts or none)")
+    return dict(
+        intermediate_size=0,
+        num_experts=cfg.get("num_local_experts") or cfg.get("num_experts"),
+        top_k=cfg.get("num_experts_per_tok") or cfg.get("experts_per_token"),
+        moe_intermediate_size=cfg["intermediate_size"],
+        norm_topk_prob=True,
+        yarn=Yarn.from_dict(scaling) if rope_type == "yarn" else None,
+        layer_windows=tuple(window if t == "sliding_attention" else FULL_ATTENTION for t in types),
+        swiglu_alpha=float(cfg.get("swiglu_alpha", 1.702)),
+        swiglu_limit=float(cfg.get("swiglu_limit", 7.0)),
+        experts_mxfp4=quant == "mxfp4",
+    )
 
 
 @dataclass
@@ -106,6 +176,10 @@ class EngineArgs:
 
     enable_prefix_caching keeps the KV blocks of computed prompts (and of full decode blocks)
     for later requests that start with the same tokens; see block_manager.
+
+    dequantize_experts turns MXFP4 expert weights (GPT-OSS) into the model dtype at load time;
+    by default they stay packed and the fused MoE dequantizes them in registers, reading ~3.7x
+    fewer bytes than bf16 experts.
     """
 
     model: str
@@ -127,6 +201,7 @@ class EngineArgs:
     group_token_thresholds: tuple[int, ...] = field(default=(512, 1024, 2048, 4096))
     tbt_slo_ms: float | None = None
     enable_prefix_caching: bool = True
+    dequantize_experts: bool = False
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_none: bool = False) -> None:

@@ -66,7 +66,7 @@ class LLMEngine:
                 f"max_model_len {self.max_model_len}: raise the KV memory or lower max_model_len"
             )
         self.scheduler = Scheduler(args, cfg.num_layers, self.blocks, self.cost)
-        self.expert_bytes = cfg.expert_num_params() * self.executor.runner.dtype.itemsize
+        self.expert_bytes = self.executor.runner.model.expert_bytes()
         self.seqs: dict[str, Sequence] = {}
         self.stats = EngineStats(kv_blocks_total=self.executor.runner.num_blocks)
         self.last_step: StepRecord | None = None

@@ -15,7 +15,7 @@ from laminar.distributed import TensorParallel
 from laminar.forward import EagerLayers, ForwardResult, LayerRunners, forward
 from laminar.forward_batch import Carry, ForwardBatch, build_batch
 from laminar.loader import load_dummy, load_safetensors
-from laminar.models import Qwen3ForCausalLM
+from laminar.models import CausalLM, model_class
 from laminar.ops import AttentionMetadata, get_ops
 from laminar.step_inputs import StepInputs
 
@@ -51,12 +51,12 @@ class ModelRunner:
         if self.device.type == "cuda":
             self._compile_eager_kernels(self.layers.mixed.max_rows if self.layers.mixed else 0, mixed_rows)
 
-    def _build_model(self, max_model_len: int) -> Qwen3ForCausalLM:
+    def _build_model(self, max_model_len: int) -> CausalLM:
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(self.device):
-                model = Qwen3ForCausalLM(self.cfg, get_ops(self.device), max_model_len, self.tp)
+                model = model_class(self.cfg)(self.cfg, get_ops(self.device), max_model_len, self.tp)
         finally:
             torch.set_default_dtype(default_dtype)
         model.requires_grad_(False)
@@ -64,6 +64,8 @@ class ModelRunner:
             load_dummy(model, self.args.seed)
         else:
             load_safetensors(model, self.args.model)
+        if self.args.dequantize_experts:
+            model.dequantize_experts()
         return model
 
     @torch.inference_mode()
@@ -76,7 +78,7 @@ class ModelRunner:
         """
         max_rows = min(max_rows, self.num_blocks * self.block_size)
         counts = sorted(n for n in {1 << k for k in range(max_rows.bit_length())} | {max_rows} if n > graphed_rows)
-        kinds = {type(layer.mlp): i for i, layer in enumerate(self.model.layers)}
+        kinds = {(type(layer.mlp), layer.self_attn.window): i for i, layer in enumerate(self.model.layers)}
         for n in counts:
             hidden, residual = torch.zeros(2, n, self.cfg.hidden_size, dtype=self.dtype, device=self.device)
             positions = torch.zeros(n, dtype=torch.long, device=self.device)

@@ -113,8 +113,39 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def clamped_swiglu(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """GPT-OSS's expert activation on [.., 2*I] laid out as gate | up (the checkpoint interleaves
+    them; the loader splits them into halves): the gate is clamped from above and the up
+    projection on both sides at `limit`, then (up + 1) * gate * sigmoid(alpha * gate)."""
+    gate, up = x.chunk(2, dim=-1)
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * gate * torch.sigmoid(gate * alpha)
+
+
+# e2m1 code -> value: bit 3 is the sign, bits 2-1 the exponent, bit 0 the mantissa.
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """MXFP4 as OpenAI's release stores it -> [..., N, K] in `dtype` (exact: 4-bit values times powers of two).
+
+    blocks: uint8 [..., N, K/32, 16], two e2m1 codes per byte, the low nibble first in K order;
+    scales: uint8 [..., N, K/32], e8m0 exponents (bias 127), one per 32 consecutive values of a row.
+    """
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
+    codes = torch.stack(((blocks & 0x0F).long(), (blocks >> 4).long()), dim=-1)  # [..., N, G, 16, 2]
+    values = lut[codes].flatten(-2) * torch.exp2(scales.float() - 127.0).unsqueeze(-1)  # [..., N, G, 32]
+    return values.flatten(-2).to(dtype)
+
+
 def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64)."""
+    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64).
+
+    With renormalize this is also GPT-OSS's router (a softmax over the top-k logits alone):
+    softmax is monotonic, so both pick the same experts, and renormalised probabilities equal
+    the softmax of the picked logits.
+    """
     probs = torch.softmax(router_logits.float(), dim=-1)
     weights, ids = torch.topk(probs, top_k, dim=-1)
     if renormalize:
@@ -123,9 +154,21 @@ def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tu
 
 
 def fused_moe(
-    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+    b13: torch.Tensor | None = None, b2: torch.Tensor | None = None,
+    w13_scales: torch.Tensor | None = None, w2_scales: torch.Tensor | None = None,
+    swiglu: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """Mixture of SwiGLU experts. x: [T, H], w13: [E, 2I, H] (gate | up), w2: [E, H, I]."""
+    """Mixture of SwiGLU experts. x: [T, H], w13: [E, 2I, H] (gate | up), w2: [E, H, I].
+
+    Optional (GPT-OSS): biases b13 [E, 2I] and b2 [E, H], added before the activation and before
+    the routing weight; MXFP4 weights (w13 / w2 are then uint8 blocks [E, N, K/32, 16] with
+    w13_scales / w2_scales [E, N, K/32], see dequantize_mxfp4); swiglu = (alpha, limit) selects
+    clamped_swiglu instead of silu_and_mul.
+    """
+    def weight(w: torch.Tensor, scales: torch.Tensor | None, expert: int) -> torch.Tensor:
+        return w[expert] if scales is None else dequantize_mxfp4(w[expert], scales[expert], x.dtype)
+
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     flat_ids = topk_ids.flatten()
     token_idx = torch.arange(x.shape[0], device=x.device).repeat_interleave(topk_ids.shape[1])
@@ -139,7 +182,12 @@ def fused_moe(
         sel = order[start : start + n]
         start += n
         tok = token_idx[sel]
-        h = silu_and_mul(x[tok] @ w13[expert].t())
-        y = (h @ w2[expert].t()).float() * flat_w[sel, None]
-        out.index_add_(0, tok, y)
+        gate_up = x[tok] @ weight(w13, w13_scales, expert).t()
+        if b13 is not None:
+            gate_up = gate_up + b13[expert]
+        h = silu_and_mul(gate_up) if swiglu is None else clamped_swiglu(gate_up, *swiglu)
+        y = h @ weight(w2, w2_scales, expert).t()
+        if b2 is not None:
+            y = y + b2[expert]
+        out.index_add_(0, tok, y.float() * flat_w[sel, None])
     return out.to(x.dtype)
