@@ -8,8 +8,7 @@ act = silu(gate) * up, or GPT-OSS's clamped SwiGLU (CLAMPED).
 HAS_BIAS: one bias row per expert is added before the activation / the routing weight.
 WEIGHTED: the fp32 routing weight of each row scales the output (down projection).
 MXFP4: B is packed e2m1 bytes [E, N, K/2] with e8m0 exponents [E, N, K/32] (kernels.mxfp4),
-decoded to A's dtype in registers group by group; the A tile of a group splits into its
-even and odd columns, which meet the low and high nibbles.
+decoded to A's dtype in registers a whole K tile at a time (kernels.mxfp4.mxfp4_tile).
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ import triton.language as tl
 
 from .activation import clamped_swiglu_mul, silu_mul
 from .common import jit_sized
-from .mxfp4 import mxfp4_group
+from .mxfp4 import mxfp4_tile
 
 
 @triton.jit
@@ -51,33 +50,30 @@ def _dense_k_loop(a_rows, b_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, up_
 
 
 @triton.jit
-def _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, offs_n, k_dim, stride_ak, up_off, up_scale_off,
+def _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, up_off, up_scale_off,
                   GATED: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     dtype = a_rows.dtype.element_ty
-    offs_32 = tl.arange(0, 32)
-    offs_16 = tl.arange(0, 16)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_bytes = tl.arange(0, BLOCK_K // 2)
+    offs_groups = tl.arange(0, BLOCK_K // 32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k_dim, BLOCK_K):
-        for g in tl.static_range(BLOCK_K // 32):
-            kk = k0 + g * 32
-            # k_dim is a multiple of 32, so a group is all in or all out.
-            a_ok = row_ok[:, None] & (kk + offs_32 < k_dim)[None, :]
-            b_ok = (kk + 2 * offs_16 < k_dim)[:, None] & n_ok[None, :]
-            s_ok = n_ok & (kk + 0 * offs_n < k_dim)
-            a = tl.load(a_rows + (kk + offs_32)[None, :] * stride_ak, mask=a_ok, other=0.0)
-            a_even, a_odd = tl.split(tl.reshape(a, (BLOCK_M, 16, 2)))
-            b_ptrs = b_cols + (kk // 2 + offs_16)[:, None]
-            even, odd = mxfp4_group(tl.load(b_ptrs, mask=b_ok, other=0), tl.load(s_cols + kk // 32, mask=s_ok, other=0),
-                                    dtype)
-            acc = tl.dot(a_even, even, acc, input_precision=PRECISION)
-            acc = tl.dot(a_odd, odd, acc, input_precision=PRECISION)
-            if GATED:
-                even, odd = mxfp4_group(tl.load(b_ptrs + up_off, mask=b_ok, other=0),
-                                        tl.load(s_cols + up_scale_off + kk // 32, mask=s_ok, other=0), dtype)
-                acc_up = tl.dot(a_even, even, acc_up, input_precision=PRECISION)
-                acc_up = tl.dot(a_odd, odd, acc_up, input_precision=PRECISION)
+        # k_dim is a multiple of 32, so a scale group is all in or all out.
+        a = tl.load(a_rows + (k0 + offs_k)[None, :] * stride_ak, mask=row_ok[:, None] & (k0 + offs_k < k_dim)[None, :],
+                    other=0.0)
+        b_ptrs = b_cols + (k0 // 2 + offs_bytes)[:, None]
+        b_ok = (k0 + 2 * offs_bytes < k_dim)[:, None] & n_ok[None, :]
+        s_ptrs = s_cols[None, :] + (k0 // 32 + offs_groups)[:, None]
+        s_ok = (k0 + 32 * offs_groups < k_dim)[:, None] & n_ok[None, :]
+        b = mxfp4_tile(tl.load(b_ptrs, mask=b_ok, other=0), tl.load(s_ptrs, mask=s_ok, other=0), dtype,
+                       BLOCK_K, BLOCK_N)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if GATED:
+            b_up = mxfp4_tile(tl.load(b_ptrs + up_off, mask=b_ok, other=0),
+                              tl.load(s_ptrs + up_scale_off, mask=s_ok, other=0), dtype, BLOCK_K, BLOCK_N)
+            acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
     return acc, acc_up
 
 
@@ -111,7 +107,7 @@ def moe_gemm_kernel(
     b_cols = b_ptr + expert * stride_be + offs_n[None, :].to(tl.int64) * stride_bn
     if MXFP4:
         s_cols = scale_ptr + expert * stride_se + offs_n.to(tl.int64) * stride_sn
-        acc, acc_up = _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, offs_n, k_dim, stride_ak, n_out * stride_bn,
+        acc, acc_up = _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, n_out * stride_bn,
                                     n_out * stride_sn, GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         acc, acc_up = _dense_k_loop(a_rows, b_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, n_out * stride_bn,

@@ -21,10 +21,14 @@ def _e2m1_doubled(code):
 
 
 @triton.jit
-def mxfp4_group(packed, exponent, dtype: tl.constexpr):
-    """One 32-value group per column: packed [16, N] bytes and exponent [N] -> (even-K, odd-K) [16, N] in dtype."""
-    half_scale = (exponent.to(tl.int32) << 23).to(tl.float32, bitcast=True)[None, :] * 0.5  # 2^(e - 127) / 2
+def mxfp4_tile(packed, exponents, dtype: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """packed [BLOCK_K/2, N] bytes and exponents [BLOCK_K/32, N] -> [BLOCK_K, N] weights in dtype.
+
+    Decoding the whole K tile at once lets the GEMM issue one dot of full depth per tile (rather
+    than two 16-deep dots per scale group) and load each column's bytes as one contiguous run.
+    """
     codes = packed.to(tl.int32)
-    even = (_e2m1_doubled(codes & 15) * half_scale).to(dtype)
-    odd = (_e2m1_doubled(codes >> 4) * half_scale).to(dtype)
-    return even, odd
+    pairs = tl.join(_e2m1_doubled(codes & 15), _e2m1_doubled(codes >> 4))  # [K/2, N, 2]: values 2j, 2j + 1
+    values = tl.reshape(tl.permute(pairs, (0, 2, 1)), (BLOCK_K // 32, 32, BLOCK_N))
+    half_scale = (exponents.to(tl.int32) << 23).to(tl.float32, bitcast=True) * 0.5  # 2^(e - 127) / 2
+    return tl.reshape(values * half_scale[:, None, :], (BLOCK_K, BLOCK_N)).to(dtype)
