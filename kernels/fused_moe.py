@@ -10,8 +10,6 @@ from .moe_config import get_config
 from .moe_gemm import moe_gemm_kernel
 from .moe_reduce import topk_sum
 
-SCALED_DOT_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # activations tl.dot_scaled takes
-
 
 def _launch_gemm(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, weights: torch.Tensor, align: tuple, n_valid: int,
@@ -34,7 +32,7 @@ def _launch_gemm(
         0 if scales is None else scales.stride(1),
         A_DIV=a_div, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % cfg["BLOCK_K"] == 0,
         PRECISION=dot_precision(a.dtype), HAS_BIAS=bias is not None, CLAMPED=swiglu is not None,
-        MXFP4=scales is not None, A_FORMAT=SCALED_DOT_FORMATS.get(a.dtype, ""),
+        MXFP4=scales is not None,
         BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )

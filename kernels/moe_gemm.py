@@ -8,8 +8,7 @@ act = silu(gate) * up, or GPT-OSS's clamped SwiGLU (CLAMPED).
 HAS_BIAS: one bias row per expert is added before the activation / the routing weight.
 WEIGHTED: the fp32 routing weight of each row scales the output (down projection).
 MXFP4: B is packed e2m1 bytes [E, N, K/2] with e8m0 exponents [E, N, K/32] (kernels.mxfp4),
-multiplied by Triton's scaled dot for bf16/fp16 activations (A_FORMAT), else decoded to A's dtype
-in registers a whole K tile at a time (kernels.mxfp4.mxfp4_tile).
+decoded to A's dtype in registers a whole K tile at a time (kernels.mxfp4.mxfp4_tile).
 """
 from __future__ import annotations
 
@@ -52,10 +51,8 @@ def _dense_k_loop(a_rows, b_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, up_
 
 @triton.jit
 def _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, up_off, up_scale_off,
-                  GATED: tl.constexpr, PRECISION: tl.constexpr, A_FORMAT: tl.constexpr,
+                  GATED: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """16-bit activations take Triton's scaled dot (it upcasts the e2m1 operand on chips without FP4
-    MMA); fp32 activations (A_FORMAT "") decode the tile in registers and take a plain dot."""
     dtype = a_rows.dtype.element_ty
     offs_k = tl.arange(0, BLOCK_K)
     offs_bytes = tl.arange(0, BLOCK_K // 2)
@@ -68,25 +65,16 @@ def _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, up_off
                     other=0.0)
         b_ptrs = b_cols + (k0 // 2 + offs_bytes)[:, None]
         b_ok = (k0 + 2 * offs_bytes < k_dim)[:, None] & n_ok[None, :]
-        s_ptrs = s_cols[:, None] + (k0 // 32 + offs_groups)[None, :]
-        s_ok = n_ok[:, None] & (k0 + 32 * offs_groups < k_dim)[None, :]
-        acc = _mxfp4_dot(a, tl.load(b_ptrs, mask=b_ok, other=0), tl.load(s_ptrs, mask=s_ok, other=0), acc,
-                         dtype, PRECISION, A_FORMAT, BLOCK_K, BLOCK_N)
+        s_ptrs = s_cols[None, :] + (k0 // 32 + offs_groups)[:, None]
+        s_ok = (k0 + 32 * offs_groups < k_dim)[:, None] & n_ok[None, :]
+        b = mxfp4_tile(tl.load(b_ptrs, mask=b_ok, other=0), tl.load(s_ptrs, mask=s_ok, other=0), dtype,
+                       BLOCK_K, BLOCK_N)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
         if GATED:
-            acc_up = _mxfp4_dot(a, tl.load(b_ptrs + up_off, mask=b_ok, other=0),
-                                tl.load(s_ptrs + up_scale_off, mask=s_ok, other=0), acc_up,
-                                dtype, PRECISION, A_FORMAT, BLOCK_K, BLOCK_N)
+            b_up = mxfp4_tile(tl.load(b_ptrs + up_off, mask=b_ok, other=0),
+                              tl.load(s_ptrs + up_scale_off, mask=s_ok, other=0), dtype, BLOCK_K, BLOCK_N)
+            acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
     return acc, acc_up
-
-
-@triton.jit
-def _mxfp4_dot(a, packed, exponents, acc, dtype: tl.constexpr, PRECISION: tl.constexpr, A_FORMAT: tl.constexpr,
-               BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    """acc + a @ B for B given as packed [BLOCK_K/2, N] e2m1 bytes and exponents [N, BLOCK_K/32]."""
-    if A_FORMAT == "":
-        return tl.dot(a, mxfp4_tile(packed, tl.trans(exponents), dtype, BLOCK_K, BLOCK_N), acc,
-                      input_precision=PRECISION)
-    return tl.dot_scaled(a, None, A_FORMAT, packed, exponents, "e2m1", acc=acc)
 
 
 @jit_sized("n_valid", "max_rows")
@@ -97,7 +85,7 @@ def moe_gemm_kernel(
     stride_bias_e, stride_se, stride_sn,
     A_DIV: tl.constexpr, GATED: tl.constexpr, WEIGHTED: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr, CLAMPED: tl.constexpr, MXFP4: tl.constexpr,
-    A_FORMAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_m = tl.cdiv(max_rows, BLOCK_M)
@@ -120,7 +108,7 @@ def moe_gemm_kernel(
     if MXFP4:
         s_cols = scale_ptr + expert * stride_se + offs_n.to(tl.int64) * stride_sn
         acc, acc_up = _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, n_out * stride_bn,
-                                    n_out * stride_sn, GATED, PRECISION, A_FORMAT, BLOCK_M, BLOCK_N, BLOCK_K)
+                                    n_out * stride_sn, GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         acc, acc_up = _dense_k_loop(a_rows, b_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, n_out * stride_bn,
                                     GATED, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
