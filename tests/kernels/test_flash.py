@@ -29,7 +29,8 @@ def varlen_as_documented(q, k_cache, v_cache, cu_q, cu_k, max_q, max_k, softmax_
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, 1).transpose(0, 1), v.repeat_interleave(groups, 1).transpose(0, 1)
         n_q = qe - qs
-        k_pos, q_pos = torch.arange(n_k)[None, :], torch.arange(n_k - n_q, n_k)[:, None]
+        k_pos = torch.arange(n_k, device=q.device)[None, :]
+        q_pos = torch.arange(n_k - n_q, n_k, device=q.device)[:, None]
         mask = k_pos <= q_pos
         if window_size[0] >= 0:
             mask &= k_pos >= q_pos - window_size[0]
