@@ -1,6 +1,8 @@
 """Helpers for engine tests: building engines on tiny checkpoints and recording what they compute."""
 from __future__ import annotations
 
+import random
+
 import torch
 
 from laminar import EngineArgs, LLMEngine, SamplingParams
@@ -30,6 +32,18 @@ class LogitsRecorder:
 
 def greedy(max_tokens: int, **kw) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, **kw)
+
+
+def random_arrivals(seed: int, count: int, tokens: range, max_prompt: int, last_step: int,
+                    max_tokens: int) -> dict[int, list[tuple[str, list[int], SamplingParams]]]:
+    """count greedy requests: prompts of 1..max_prompt ids drawn from `tokens`, arriving at steps
+    0..last_step, generating 1..max_tokens tokens each (the draws in that order, per request)."""
+    rng = random.Random(seed)
+    arrivals: dict[int, list] = {}
+    for i in range(count):
+        prompt = [rng.randrange(tokens.start, tokens.stop) for _ in range(rng.randint(1, max_prompt))]
+        arrivals.setdefault(rng.randint(0, last_step), []).append((f"r{i}", prompt, greedy(rng.randint(1, max_tokens))))
+    return arrivals
 
 
 def run_to_completion(engine: LLMEngine, arrivals: dict[int, list[tuple[str, list[int], SamplingParams]]],

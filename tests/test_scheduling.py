@@ -1,11 +1,9 @@
 """Greedy equivalence across schedule modes and the schedulers' invariants, observed at run time."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from engine_utils import greedy, make_engine, run_to_completion
+from engine_utils import greedy, make_engine, random_arrivals, run_to_completion
 from transformers import AutoModelForCausalLM
 
 from laminar.layered_prefill import paper_num_groups, split_layers
@@ -15,12 +13,7 @@ NUM_LAYERS = 5
 
 def workload(seed: int, n: int = 12) -> dict[int, list]:
     """Requests of mixed prompt/output lengths arriving at different iterations."""
-    rng = random.Random(seed)
-    arrivals: dict[int, list] = {}
-    for i in range(n):
-        prompt = [rng.randrange(1, 257) for _ in range(rng.randint(1, 70))]
-        arrivals.setdefault(rng.randint(0, 12), []).append((f"r{i}", prompt, greedy(rng.randint(1, 10))))
-    return arrivals
+    return random_arrivals(seed, n, range(1, 257), max_prompt=70, last_step=12, max_tokens=10)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from engine_utils import greedy, make_engine, run_to_completion
+from engine_utils import greedy, make_engine, random_arrivals, run_to_completion
 
 from laminar.demo import write_demo_checkpoint
 
@@ -18,12 +18,7 @@ def demo(tmp_path_factory):
 
 
 def workload() -> dict[int, list]:
-    rng = random.Random(5)
-    arrivals: dict[int, list] = {}
-    for i in range(10):
-        prompt = [rng.randrange(3, 2048) for _ in range(rng.randint(1, 300))]
-        arrivals.setdefault(rng.randint(0, 6), []).append((f"r{i}", prompt, greedy(rng.randint(1, 24))))
-    return arrivals
+    return random_arrivals(5, 10, range(3, 2048), max_prompt=300, last_step=6, max_tokens=24)
 
 
 @pytest.mark.parametrize("mode", ["layered", "chunked"])

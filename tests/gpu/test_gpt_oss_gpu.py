@@ -1,11 +1,9 @@
 """Tiny GPT-OSS on CUDA (Triton kernels: sinks and windows in attention, MXFP4 in the fused MoE) gives the CPU's tokens."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from engine_utils import greedy, make_engine, run_to_completion
+from engine_utils import make_engine, random_arrivals, run_to_completion
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 ARGS = dict(num_stages=3, group_token_thresholds=(), max_num_batched_tokens=64, max_num_seqs=12, block_size=16,
@@ -14,12 +12,7 @@ ARGS = dict(num_stages=3, group_token_thresholds=(), max_num_batched_tokens=64, 
 
 def workload() -> dict[int, list]:
     """Prompts up to 90 tokens, far past the fixture's 8-token windows."""
-    rng = random.Random(7)
-    arrivals: dict[int, list] = {}
-    for i in range(10):
-        prompt = [rng.randrange(1, 257) for _ in range(rng.randint(1, 90))]
-        arrivals.setdefault(rng.randint(0, 6), []).append((f"r{i}", prompt, greedy(rng.randint(1, 12))))
-    return arrivals
+    return random_arrivals(7, 10, range(1, 257), max_prompt=90, last_step=6, max_tokens=12)
 
 
 def run(model_dir, **overrides) -> dict[str, list[int]]:
