@@ -16,7 +16,7 @@ from laminar.forward import EagerLayers, ForwardResult, LayerRunners, forward
 from laminar.forward_batch import Carry, ForwardBatch, build_batch
 from laminar.loader import load_dummy, load_safetensors
 from laminar.models import CausalLM, model_class
-from laminar.ops import AttentionMetadata, get_ops
+from laminar.ops import AttentionMetadata, get_ops, torch_ops
 from laminar.step_inputs import StepInputs
 
 CPU_DEFAULT_KV_BYTES = 256 << 20
@@ -44,7 +44,8 @@ class ModelRunner:
         self.carry: Carry = {}
         self.layers = LayerRunners(EagerLayers(self.model, self.kv_caches, self.expert_hits))
         mixed_rows = max_step_rows(args)
-        if self.device.type == "cuda" and not args.enforce_eager:
+        # The torch reference ops read metadata on the host (LAMINAR_OPS=torch): not capturable.
+        if self.device.type == "cuda" and not args.enforce_eager and self.model.ops is not torch_ops:
             self.layers.decode = DecodeGraphs(self.model, self.kv_caches, self.expert_hits, args.max_num_seqs,
                                               max_model_len, args.block_size)
             self.layers.mixed = MixedGraphs(self.model, self.kv_caches, self.expert_hits, mixed_rows)

@@ -14,7 +14,7 @@ def _tokens(model_dir, ops: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, l
     rng = random.Random(7)
     prompts = [(f"r{i}", [rng.randrange(1, 257) for _ in range(rng.randint(10, 40))], greedy(4)) for i in range(3)]
     engine = make_engine(model_dir, device=DEVICE, max_num_batched_tokens=32, max_num_seqs=8, num_stages=2,
-                         group_token_thresholds=(), block_size=16, num_kv_blocks=64, enforce_eager=True)
+                         group_token_thresholds=(), block_size=16, num_kv_blocks=64)
     return run_to_completion(engine, {0: prompts})
 
 
