@@ -4,8 +4,9 @@ Floors are measured here (device-to-device copy bandwidth, 8192^3 bf16 matmul ra
 MoE: HBM floor = distinct experts touched x expert bytes / bandwidth, compute floor =
 2 * T * k * 3 * H * I / GEMM rate; '% floor' is max(floors) / time; baselines are
 torch._grouped_mm and vLLM's tuned fused_moe kernel (perf/vllm_fused_moe.py). Attention:
-KV bytes read / bandwidth (decode) and causal FLOPs / GEMM rate (prefill); the baseline is
-SDPA's fastest backend over the same KV stored contiguously. Every time is the median of
+KV bytes read / bandwidth (decode) and causal FLOPs / GEMM rate (prefill); the baselines are
+SDPA's fastest backend over the same KV stored contiguously and, where installed, FlashInfer's
+fastest paged kernel over the same paged cache (perf/flashinfer_attention.py). Every time is the median of
 CUDA-graph replays with L2 flushed before each (perf/kernel_timing.py).
 Run: PYTHONPATH=backend_src:<dir holding laminar_kernels> python perf/bench_kernels.py --out-dir perf/results
 """
@@ -24,6 +25,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
+import flashinfer_attention  # noqa: E402
 from kernel_timing import Timer, rel_diff  # noqa: E402
 from moe_bench_util import grouped_mm_moe, moe_inputs  # noqa: E402
 
@@ -129,6 +131,26 @@ def sdpa_fns(q_views, kv_views, causal: bool) -> dict:
     return {name: run(b) for name, b in SDPA_BACKENDS.items()}
 
 
+def flashinfer_columns(timer: Timer, q, k_cache, v_cache, meta, ours_ms: float, ref: torch.Tensor,
+                       causal: bool) -> dict:
+    """Every FlashInfer variant timed over our paged cache; the fastest one's time and its error
+    against the reference. Empty when FlashInfer is not installed."""
+    fns = flashinfer_attention.variants(q, k_cache, v_cache, meta.query_start_loc, meta.seq_lens,
+                                        meta.block_tables, SCALE, causal)
+    if not fns:
+        return {}
+    times = {name: timer.ms(fn)[0] for name, fn in fns.items()}
+    best = min(times, key=times.get)
+    return {"flashinfer_ms": times[best], "flashinfer_variant": best, "flashinfer_all_ms": times,
+            "speedup_vs_flashinfer": times[best] / ours_ms,
+            "rel_diff_flashinfer_vs_ref": rel_diff(fns[best]().view_as(ref), ref)}
+
+
+def flashinfer_note(r: dict) -> str:
+    return (f"  flashinfer[{r['flashinfer_variant']}] {r['flashinfer_ms'] * 1e3:8.1f} us "
+            f"x{r['speedup_vs_flashinfer']:.2f}" if "flashinfer_ms" in r else "")
+
+
 def bench_decode(timer: Timer, floors: dict) -> list[dict]:
     rows = []
     bw = floors["copy_bw_GBps"] * 1e9
@@ -146,9 +168,10 @@ def bench_decode(timer: Timer, floors: dict) -> list[dict]:
                      "rel_diff_vs_sdpa": rel_diff(K.paged_attention(q, k_cache, v_cache, meta, SCALE),
                                                   ref.view(n_seqs, HQ, D))})
         r = rows[-1]
+        r.update(flashinfer_columns(timer, q, k_cache, v_cache, meta, ours, ref.view(n_seqs, HQ, D), causal=False))
         print(f"decode B={n_seqs:3d} ctx={ctx:5d} {ours * 1e3:8.1f} us {r['pct_floor']:5.1f}% hbm  "
-              f"sdpa[{backend}] {base * 1e3:8.1f} us x{r['speedup_vs_sdpa']:.2f}  diff {r['rel_diff_vs_sdpa']:.1e}",
-              flush=True)
+              f"sdpa[{backend}] {base * 1e3:8.1f} us x{r['speedup_vs_sdpa']:.2f}  diff {r['rel_diff_vs_sdpa']:.1e}"
+              + flashinfer_note(r), flush=True)
     return rows
 
 
@@ -170,9 +193,12 @@ def bench_prefill(timer: Timer, floors: dict) -> list[dict]:
                      "gemm_floor_ms": flops / rate * 1e3, "speedup_vs_sdpa": base / ours,
                      "rel_diff_vs_sdpa": rel_diff(K.paged_attention(q, k_cache, v_cache, meta, SCALE), ref)})
         r = rows[-1]
+        r.update(flashinfer_columns(timer, q, k_cache, v_cache, meta, ours, ref, causal=True))
+        if "flashinfer_ms" in r:
+            r["flashinfer_tflops"] = flops / r["flashinfer_ms"] / 1e9
         print(f"prefill {prompts} {ours:8.3f} ms {r['tflops']:5.0f} TFLOP/s  sdpa[{backend}] {base:8.3f} ms "
-              f"{r['sdpa_tflops']:5.0f} TFLOP/s  x{r['speedup_vs_sdpa']:.2f}  diff {r['rel_diff_vs_sdpa']:.1e}",
-              flush=True)
+              f"{r['sdpa_tflops']:5.0f} TFLOP/s  x{r['speedup_vs_sdpa']:.2f}  diff {r['rel_diff_vs_sdpa']:.1e}"
+              + flashinfer_note(r), flush=True)
     return rows
 
 
@@ -238,25 +264,40 @@ def moe_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+FI_HEAD = " FlashInfer best | variant | speedup vs FlashInfer | FlashInfer variants |"
+FI_RULE = "---:|---|---:|---|"
+
+
+def flashinfer_cells(r: dict, unit: float) -> str:
+    """FlashInfer columns of one row in the table's unit (1e3: us, 1: ms); blank if it did not run."""
+    if "flashinfer_ms" not in r:
+        return " | | | |"
+    every = ", ".join(f"{k} {v * unit:.3g}" for k, v in r["flashinfer_all_ms"].items())
+    return (f" {r['flashinfer_ms'] * unit:.3g} | {r['flashinfer_variant']} | {r['speedup_vs_flashinfer']:.2f} | "
+            f"{every} |")
+
+
 def decode_lines(rows: list[dict]) -> list[str]:
+    fi = any("flashinfer_ms" in r for r in rows)
     lines = [f"## Paged decode attention ({HQ} q heads, {HK} kv heads, D={D}, {PAGE}-token pages)", "",
              "| batch | context | ours (us) | KV-read floor (us) | % of HBM floor | SDPA best (us) | backend | "
-             "speedup vs SDPA |", "|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "speedup vs SDPA |" + FI_HEAD * fi, "|---:|---:|---:|---:|---:|---:|---|---:|" + FI_RULE * fi]
     for r in rows:
         lines.append(f"| {r['batch']} | {r['ctx']} | {r['ms'] * 1e3:.1f} | {r['hbm_floor_ms'] * 1e3:.1f} | "
                      f"{r['pct_floor']:.1f} | {r['sdpa_ms'] * 1e3:.1f} | {r['sdpa_backend']} | "
-                     f"{r['speedup_vs_sdpa']:.2f} |")
+                     f"{r['speedup_vs_sdpa']:.2f} |" + flashinfer_cells(r, 1e3) * fi)
     return lines
 
 
 def prefill_lines(rows: list[dict]) -> list[str]:
+    fi = any("flashinfer_ms" in r for r in rows)
     lines = ["## Paged prefill attention (causal fresh prompts, same heads; SDPA runs one call per prompt)", "",
              "| prompts | ours (ms) | ours TFLOP/s | causal GEMM floor (ms) | SDPA best (ms) | backend | "
-             "SDPA TFLOP/s | speedup vs SDPA |", "|---|---:|---:|---:|---:|---|---:|---:|"]
+             "SDPA TFLOP/s | speedup vs SDPA |" + FI_HEAD * fi, "|---|---:|---:|---:|---:|---|---:|---:|" + FI_RULE * fi]
     for r in rows:
         lines.append(f"| {'+'.join(map(str, r['prompts']))} | {r['ms']:.3f} | {r['tflops']:.0f} | "
                      f"{r['gemm_floor_ms']:.3f} | {r['sdpa_ms']:.3f} | {r['sdpa_backend']} | {r['sdpa_tflops']:.0f} | "
-                     f"{r['speedup_vs_sdpa']:.2f} |")
+                     f"{r['speedup_vs_sdpa']:.2f} |" + flashinfer_cells(r, 1.0) * fi)
     return lines
 
 
