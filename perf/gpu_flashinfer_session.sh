@@ -17,5 +17,5 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
     --command "bash perf/gpu_flashinfer_session.sh (python3 perf/bench_kernels.py --sections ${SECTIONS:-decode prefill})"
 } 2>&1 | tee "$OUT/log"
 cp perf/results/kernels-* "$OUT"/ 2>/dev/null
-find .ficache -name "*.log" -newer "$OUT/log" -exec cp {} "$OUT"/ \; 2>/dev/null
+find .ficache -name "*.log" -exec cp {} "$OUT"/ \; 2>/dev/null
 ls "$OUT"
