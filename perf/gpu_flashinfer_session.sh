@@ -16,6 +16,6 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   time timeout "${BENCH_S:-540}" python3 perf/bench_kernels.py --out-dir perf/results --sections ${SECTIONS:-decode prefill} \
     --command "bash perf/gpu_flashinfer_session.sh (python3 perf/bench_kernels.py --sections ${SECTIONS:-decode prefill})"
 } 2>&1 | tee "$OUT/log"
-cp perf/results/kernels-* "$OUT"/ 2>/dev/null
+cp perf/results/kernels-*-decode-prefill.* "$OUT"/ 2>/dev/null
 find .ficache -name "*.log" -exec cp {} "$OUT"/ \; 2>/dev/null
 ls "$OUT"
