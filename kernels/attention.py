@@ -1,5 +1,5 @@
-"""paged_attention entry point: flash-attn where it can serve the batch; otherwise decode-only
-batches take the split-K kernel, any other mix the varlen one."""
+"""paged_attention entry point: flash-attn or FlashInfer where installed and able to serve the
+batch; otherwise decode-only batches take the split-K kernel, any other mix the varlen one."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -9,6 +9,7 @@ import torch
 from .attention_decode import decode_attention
 from .attention_prefill import prefill_attention
 from .flash import flash_can_serve, flash_paged_attention
+from .flashinfer import flashinfer_can_serve, flashinfer_paged_attention
 
 if TYPE_CHECKING:
     from laminar.ops.metadata import AttentionMetadata
@@ -31,6 +32,8 @@ def paged_attention(
         return out
     if flash_can_serve(q, k_cache, sinks):
         return flash_paged_attention(q, k_cache, v_cache, meta, scale, window)
+    if flashinfer_can_serve(q, meta, sinks):
+        return flashinfer_paged_attention(q, k_cache, v_cache, meta, scale, out, window)
     if meta.max_query_len == 1:
         return decode_attention(q, k_cache, v_cache, meta, scale, out, sinks, window)
     return prefill_attention(q, k_cache, v_cache, meta, scale, out, sinks, window)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -25,6 +26,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
+os.environ["LAMINAR_FLASHINFER"] = "0"  # 'ours' is our Triton kernels; FlashInfer has a column of its own
 import flashinfer_attention  # noqa: E402
 from kernel_timing import Timer, rel_diff  # noqa: E402
 from moe_bench_util import grouped_mm_moe, moe_inputs  # noqa: E402

@@ -1,10 +1,10 @@
 """FlashInfer's paged attention over our KV cache, as a peer column in the kernel benchmark.
 
-Our cache is [blocks, page, Hk, D] per layer for keys and values apart, which is FlashInfer's
-"NHD" paged layout given as a (k, v) pair, so no copy is needed: only our block tables are
-turned into its CSR page lists. Variants: its decode kernel on CUDA cores and on tensor
-cores, and its prefill kernel with the FA2 template and with the Hopper FA3 one. Each JIT-
-compiles on first use with the machine's nvcc (FLASHINFER_WORKSPACE_BASE picks the cache).
+Our cache is FlashInfer's "NHD" paged layout given as a (k, v) pair, so no copy is needed: our
+block tables become its page lists as in the engine's path (laminar_kernels.flashinfer).
+Variants: its decode kernel on CUDA cores and on tensor cores, and its prefill kernel with the
+FA2 template and with the Hopper FA3 one. Each JIT-compiles on first use with the machine's
+nvcc (FLASHINFER_WORKSPACE_BASE picks the cache).
 plan() reads the page lists on the host, so it runs once per batch, outside the timing.
 """
 from __future__ import annotations
@@ -13,24 +13,11 @@ from typing import Callable
 
 import torch
 
-try:
-    import flashinfer
-except ImportError:  # not installed: the benchmark leaves the column out
-    flashinfer = None
+from laminar_kernels.flashinfer import flashinfer, page_lists
 
 WORKSPACE_BYTES = 256 << 20
 DECODE_VARIANTS = {"decode": False, "decode-tc": True}
 PREFILL_VARIANTS = ("fa2", "fa3")
-
-
-def page_lists(seq_lens: torch.Tensor, block_tables: torch.Tensor, page: int):
-    """Our block tables as FlashInfer's CSR: page indptr, page ids, tokens in each last page."""
-    pages = (seq_lens + page - 1) // page
-    indptr = torch.zeros(len(seq_lens) + 1, dtype=torch.int32, device=seq_lens.device)
-    torch.cumsum(pages, 0, out=indptr[1:])
-    used = torch.arange(block_tables.shape[1], device=seq_lens.device)[None, :] < pages[:, None]
-    last = seq_lens - (pages - 1) * page
-    return indptr, block_tables[used].to(torch.int32), last.to(torch.int32)
 
 
 def variants(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_start_loc: torch.Tensor,
@@ -42,8 +29,9 @@ def variants(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, quer
         return {}
     _, page, hk, d = k_cache.shape
     hq = q.shape[1]
-    indptr, indices, last = page_lists(seq_lens, block_tables, page)
-    one_query = bool((query_start_loc[1:] - query_start_loc[:-1] == 1).all())
+    qo_indptr, indptr, indices, last = (torch.from_numpy(a).to(q.device) for a in page_lists(
+        query_start_loc.cpu().numpy(), seq_lens.cpu().numpy(), block_tables.cpu().numpy(), page))
+    one_query = bool((qo_indptr[1:] - qo_indptr[:-1] == 1).all())
     out: dict[str, Callable[[], torch.Tensor]] = {}
     plans: dict[str, tuple[Callable[[], object], object]] = {}
     if one_query:
@@ -55,7 +43,7 @@ def variants(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, quer
     for backend in PREFILL_VARIANTS:
         ws = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
         w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", backend=backend)
-        plans[f"prefill-{backend}"] = (lambda w=w: w.plan(query_start_loc, indptr, indices, last, hq, hk, d, page,
+        plans[f"prefill-{backend}"] = (lambda w=w: w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page,
                                                           causal=causal, sm_scale=scale, q_data_type=q.dtype,
                                                           kv_data_type=k_cache.dtype), w)
     for name, (plan, w) in plans.items():

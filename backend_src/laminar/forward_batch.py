@@ -123,8 +123,8 @@ def metadata(inputs: StepInputs, entries: list[int], block_size: int,
     seq_index = np.repeat(np.arange(count), q_lens)
     positions = starts[seq_index] + np.arange(int(query_start[-1])) - query_start[:-1][seq_index]
     slots = tables[seq_index, positions // bs].astype(np.int64) * bs + positions % bs
-    qsl, lens, flat_tables = _aligned_parts(device, query_start.astype(np.int32), seq_lens.astype(np.int32),
-                                            tables.ravel())
+    host = (query_start.astype(np.int32), seq_lens.astype(np.int32), tables)
+    qsl, lens, flat_tables = _aligned_parts(device, host[0], host[1], tables.ravel())
     slot_mapping, positions_t = _aligned_parts(device, slots, positions)
     meta = AttentionMetadata(
         query_start_loc=qsl,
@@ -133,6 +133,7 @@ def metadata(inputs: StepInputs, entries: list[int], block_size: int,
         slot_mapping=slot_mapping,
         max_query_len=int(q_lens.max()),
         max_seq_len=int(seq_lens.max()),
+        host=host,
     )
     return meta, positions_t
 

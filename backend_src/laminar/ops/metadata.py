@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -15,6 +16,8 @@ class AttentionMetadata:
     block_tables: int32 [B, max_blocks], physical KV block ids (unused tail entries are 0).
     slot_mapping: int64 [T], flat cache slot of each new token (block * block_size + offset).
     max_query_len / max_seq_len: host-side maxima, so kernels can size grids without a sync.
+    host: the same query_start_loc, seq_lens and block_tables as host arrays where the builder
+    had them, for kernels planned on the host (FlashInfer) to read without a device sync.
     """
 
     query_start_loc: torch.Tensor
@@ -23,6 +26,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor
     max_query_len: int
     max_seq_len: int
+    host: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -1,0 +1,102 @@
+"""FlashInfer's paged prefill attention, used instead of our varlen kernel where it is installed.
+
+Measured side by side on an H200 (perf/results/kernels-NVIDIA_H200-flashinfer.md): its Hopper
+(FA3) paged prefill kernel runs 1.26-1.39x faster than our Triton one on 4k-16k prompts and
+mixed batches, while its decode kernels are level with ours. So it serves batches holding a
+prompt, run eagerly (plain steps and the attention of mixed CUDA graphs); decode-only batches
+and anything being captured stay on our kernels, since its plan() runs on the host. No
+attention sinks here (GPT-OSS stays on ours). Our per-layer K and V caches [blocks, page, Hk, D]
+are its "NHD" paged layout given as a (k, v) pair: no copy, only our block tables as its page
+lists. Its kernels JIT-compile with the machine's nvcc on first use (under a minute on the H200;
+cached under ~/.cache/flashinfer), which the engine's start-up profile triggers.
+`LAMINAR_FLASHINFER=0` turns it off.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+try:
+    import flashinfer
+except ImportError:  # not installed (the default here): our kernels serve every batch
+    flashinfer = None
+
+if TYPE_CHECKING:
+    from laminar.ops.metadata import AttentionMetadata
+
+WORKSPACE_BYTES = 128 << 20  # FlashInfer's recommended float workspace (split-KV partial results)
+HEAD_DIMS = (64, 128, 256)  # the head sizes its Hopper and FA2 prefill templates are built for
+
+
+def page_lists(query_start: np.ndarray, seq_lens: np.ndarray, tables: np.ndarray,
+               page: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Our host-side layout in FlashInfer's CSR terms: query prefix sums, page prefix sums,
+    the pages each sequence uses (in order), and the tokens held by each last page."""
+    pages = (seq_lens + page - 1) // page
+    indptr = np.zeros(len(seq_lens) + 1, dtype=np.int32)
+    np.cumsum(pages, out=indptr[1:])
+    used = np.arange(tables.shape[1])[None, :] < pages[:, None]
+    return (query_start.astype(np.int32), indptr, tables[used].astype(np.int32),
+            (seq_lens - (pages - 1) * page).astype(np.int32))
+
+
+@dataclass
+class _Plan:
+    """The wrapper of one device and what it was last planned for (the metadata held weakly,
+    so a new batch that happens to reuse a freed one's id is never mistaken for it)."""
+
+    wrapper: object
+    meta: weakref.ref | None = None
+    key: tuple = ()
+
+
+_plans: dict[torch.device, _Plan] = {}
+
+
+def flashinfer_can_serve(q: torch.Tensor, meta: AttentionMetadata, sinks: torch.Tensor | None) -> bool:
+    return (
+        flashinfer is not None
+        and sinks is None
+        and meta.max_query_len > 1
+        and os.environ.get("LAMINAR_FLASHINFER", "1") != "0"
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] in HEAD_DIMS
+        and not torch.cuda.is_current_stream_capturing()
+    )
+
+
+def flashinfer_paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    out: torch.Tensor, window: int = 0,
+) -> torch.Tensor:
+    """Causal attention as our kernels compute it: FlashInfer aligns the causal mask bottom-right
+    (each sequence's queries at the end of its context, as ours), and its window_left counts the
+    keys before the query's own, so our window W is W - 1."""
+    plan = _planned(q, k_cache, meta, scale, window)
+    return plan.wrapper.run(q, (k_cache, v_cache), out=out)
+
+
+def _planned(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, scale: float, window: int) -> _Plan:
+    """The device's wrapper planned for this batch: planned once per metadata (every layer of a
+    stretch shares it), again only when the batch, window or shape changes."""
+    plan = _plans.get(q.device)
+    if plan is None:
+        workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
+        plan = _plans[q.device] = _Plan(flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD"))
+    _, page, hk, d = k_cache.shape
+    key = (window, scale, q.shape[1], hk, d, page, q.dtype, k_cache.dtype)
+    if plan.meta is not None and plan.meta() is meta and plan.key == key:
+        return plan
+    query_start, seq_lens, tables = meta.host if meta.host is not None else (
+        meta.query_start_loc.cpu().numpy(), meta.seq_lens.cpu().numpy(), meta.block_tables.cpu().numpy())
+    qo_indptr, kv_indptr, indices, last = (torch.from_numpy(a) for a in page_lists(query_start, seq_lens, tables, page))
+    plan.wrapper.plan(qo_indptr, kv_indptr, indices, last, q.shape[1], hk, d, page, causal=True, sm_scale=scale,
+                      window_left=window - 1 if window > 0 else -1, q_data_type=q.dtype, kv_data_type=k_cache.dtype)
+    plan.meta, plan.key = weakref.ref(meta), key
+    return plan
