@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +25,8 @@ try:
     import flashinfer
 except ImportError:  # not installed (the default here): our kernels serve every batch
     flashinfer = None
+
+from .attention_decode import decode_attention
 
 if TYPE_CHECKING:
     from laminar.ops.metadata import AttentionMetadata
@@ -47,12 +49,15 @@ def page_lists(query_start: np.ndarray, seq_lens: np.ndarray, tables: np.ndarray
 
 @dataclass
 class _Plan:
-    """The wrapper of one device and what it was last planned for (the metadata held weakly,
-    so a new batch that happens to reuse a freed one's id is never mistaken for it)."""
+    """The wrapper of one device and what it was last planned for: the metadata (held weakly, so
+    a new batch that reuses a freed one's id is never mistaken for it), and the leading decode
+    sequences split off to our decode kernel with their own metadata."""
 
     wrapper: object
     meta: weakref.ref | None = None
     key: tuple = ()
+    decodes: int = 0
+    decode_meta: AttentionMetadata | None = None
 
 
 _plans: dict[torch.device, _Plan] = {}
@@ -77,9 +82,15 @@ def flashinfer_paged_attention(
 ) -> torch.Tensor:
     """Causal attention as our kernels compute it: FlashInfer aligns the causal mask bottom-right
     (each sequence's queries at the end of its context, as ours), and its window_left counts the
-    keys before the query's own, so our window W is W - 1."""
+    keys before the query's own, so our window W is W - 1. The decode rows that lead every batch
+    go to our decode kernel: FlashInfer's Hopper prefill kernel gives each sequence a whole query
+    tile, 6.5x our decode kernel's time for 64 decodes at 2k context (same H200 run)."""
     plan = _planned(q, k_cache, meta, scale, window)
-    return plan.wrapper.run(q, (k_cache, v_cache), out=out)
+    n = plan.decodes
+    if n:
+        decode_attention(q[:n], k_cache, v_cache, plan.decode_meta, scale, out[:n], window=window)
+    plan.wrapper.run(q[n:], (k_cache, v_cache), out=out[n:])
+    return out
 
 
 def _planned(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, scale: float, window: int) -> _Plan:
@@ -95,8 +106,19 @@ def _planned(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, sc
         return plan
     query_start, seq_lens, tables = meta.host if meta.host is not None else (
         meta.query_start_loc.cpu().numpy(), meta.seq_lens.cpu().numpy(), meta.block_tables.cpu().numpy())
-    qo_indptr, kv_indptr, indices, last = (torch.from_numpy(a) for a in page_lists(query_start, seq_lens, tables, page))
+    n = _leading_decodes(query_start)
+    qo_indptr, kv_indptr, indices, last = (torch.from_numpy(a) for a in page_lists(
+        query_start[n:] - query_start[n], seq_lens[n:], tables[n:], page))
     plan.wrapper.plan(qo_indptr, kv_indptr, indices, last, q.shape[1], hk, d, page, causal=True, sm_scale=scale,
                       window_left=window - 1 if window > 0 else -1, q_data_type=q.dtype, kv_data_type=k_cache.dtype)
-    plan.meta, plan.key = weakref.ref(meta), key
+    plan.decode_meta = replace(
+        meta, query_start_loc=meta.query_start_loc[: n + 1], seq_lens=meta.seq_lens[:n], block_tables=meta.block_tables[:n],
+        slot_mapping=meta.slot_mapping[:n], max_query_len=1, max_seq_len=int(seq_lens[:n].max()), host=None) if n else None
+    plan.meta, plan.key, plan.decodes = weakref.ref(meta), key, n
     return plan
+
+
+def _leading_decodes(query_start: np.ndarray) -> int:
+    """How many sequences at the front of the batch have one query each."""
+    multi = np.flatnonzero(np.diff(query_start) != 1)
+    return int(multi[0]) if len(multi) else len(query_start) - 1

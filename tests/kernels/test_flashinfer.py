@@ -40,20 +40,22 @@ class DocumentedPrefill:
         assert causal and all(t.dtype == torch.int32 and t.device.type == "cpu"
                               for t in (qo_indptr, kv_indptr, indices, last))
         DocumentedPrefill.plans += 1
+        DocumentedPrefill.planned_seqs = len(last)
         self.args = (qo_indptr, kv_indptr, indices, last, hq, hk, d, page, sm_scale, window_left)
 
     def run(self, q, kv, out):
         qo_indptr, kv_indptr, indices, last, hq, hk, d, page, scale, window_left = self.args
         k_cache, v_cache = kv
-        assert q.shape[1:] == (hq, d) and k_cache.shape[1:] == (page, hk, d)
+        assert q.shape == out.shape and q.shape[0] == qo_indptr[-1] and q.shape[1:] == (hq, d)
+        assert k_cache.shape[1:] == (page, hk, d)
         for b in range(len(last)):
             pages = indices[kv_indptr[b]:kv_indptr[b + 1]].long()
             n_k = (len(pages) - 1) * page + int(last[b])
             qs, qe = int(qo_indptr[b]), int(qo_indptr[b + 1])
             k, v = (c[pages].flatten(0, 1)[:n_k].float().repeat_interleave(hq // hk, 1).transpose(0, 1)
                     for c in (k_cache, v_cache))
-            k_pos = torch.arange(n_k)[None, :]
-            q_pos = torch.arange(n_k - (qe - qs), n_k)[:, None]
+            k_pos = torch.arange(n_k, device=q.device)[None, :]
+            q_pos = torch.arange(n_k - (qe - qs), n_k, device=q.device)[:, None]
             mask = k_pos <= q_pos
             if window_left >= 0:
                 mask &= k_pos >= q_pos - window_left
@@ -74,6 +76,16 @@ def test_wiring_matches_reference(documented, window):
     q, k_cache, v_cache, meta = paged_batch(SEQS, 4, 2, 32, 16, torch.bfloat16)
     out = fi.flashinfer_paged_attention(q, k_cache, v_cache, meta, 32**-0.5, torch.empty_like(q), window)
     ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 32**-0.5, window=window)
+    assert_close(out, ref, torch.bfloat16)
+
+
+def test_leading_decodes_go_to_our_decode_kernel(documented):
+    """Batches lead with their decode rows; those run on our decode kernel, the rest on FlashInfer's."""
+    seqs = [(1, 513), (1, 40), (20, 300), (1, 7), (5, 5)]
+    q, k_cache, v_cache, meta = paged_batch(seqs, 4, 2, 32, 16, torch.bfloat16)
+    out = fi.flashinfer_paged_attention(q, k_cache, v_cache, meta, 32**-0.5, torch.empty_like(q), 8)
+    assert DocumentedPrefill.planned_seqs == 3
+    ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 32**-0.5, window=8)
     assert_close(out, ref, torch.bfloat16)
 
 
@@ -100,8 +112,9 @@ needs_flashinfer = pytest.mark.skipif(fi.flashinfer is None or DEVICE != "cuda",
 
 @needs_flashinfer
 @pytest.mark.parametrize("window", [0, 128])
-def test_real_flashinfer_matches_reference(window):
-    q, k_cache, v_cache, meta = paged_batch(SEQS + [(1, 4096), (777, 1200)], 32, 4, 128, 16, torch.bfloat16)
+@pytest.mark.parametrize("seqs", [SEQS + [(1, 4096), (777, 1200)], [(1, 4096), (1, 300)] + SEQS + [(777, 1200)]])
+def test_real_flashinfer_matches_reference(window, seqs):
+    q, k_cache, v_cache, meta = paged_batch(seqs, 32, 4, 128, 16, torch.bfloat16)
     q, k_cache, v_cache = q.cuda(), k_cache.cuda(), v_cache.cuda()
     meta = type(meta)(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(meta).items()})
     assert fi.flashinfer_can_serve(q, meta, None)
