@@ -15,8 +15,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c "import torch, triton, flashinfer; print(torch.__version__, triton.__version__, flashinfer.__version__)"
   if [ "$1" = engine ]; then
-    timeout "${TEST_S:-200}" python3 -m pytest -q -rf -p no:cacheprovider tests/kernels/test_flashinfer.py \
-      tests/gpu/test_flashinfer_gpu.py tests/kernels/test_attention.py
+    timeout "${TEST_S:-240}" python3 -m pytest -q -rf -p no:cacheprovider \
+      ${TESTS:-tests/kernels/test_flashinfer.py tests/gpu/test_flashinfer_gpu.py}
     for on in 1 0; do
       LAMINAR_FLASHINFER=$on timeout "${BENCH_S:-200}" python3 perf/bench_offline.py --model perf/models/qwen3-30b-a3b \
         --load-format dummy --modes ${MODES:-layered:8192 chunked:2048} --prompts 8192 --tag "flashinfer$on" --out-dir "$OUT"
