@@ -229,7 +229,7 @@ def decode_variants(timer: Timer) -> list[dict]:
     """Tile configs (BLOCK_N, warps, stages) and split counts of the decode kernel."""
     res = []
     configs = [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 8, 4), (128, 4, 2)]
-    for n_seqs, ctx in ((64, 2048), (64, 4096), (4, 32768)):
+    for n_seqs, ctx in ((64, 2048), (64, 4096), (4, 32768), (1, 1024), (1, 4096), (16, 1024)):
         k_cache, v_cache, meta, _ = paged_cache([ctx] * n_seqs, [1] * n_seqs)
         q = torch.randn(n_seqs, HQ, D, device="cuda", dtype=torch.bfloat16)
         out = torch.empty_like(q)
