@@ -99,7 +99,7 @@ def test_planned_once_per_batch(documented):
     assert DocumentedPrefill.plans == 1
     fi.flashinfer_paged_attention(q, k_cache, v_cache, meta, 32**-0.5, out, window=8)
     assert DocumentedPrefill.plans == 2
-    meta.host = (meta.query_start_loc.numpy(), meta.seq_lens.numpy(), meta.block_tables.numpy())
+    meta.host = (meta.query_start_loc.cpu().numpy(), meta.seq_lens.cpu().numpy(), meta.block_tables.cpu().numpy())
     other = type(meta)(**vars(meta))
     fi.flashinfer_paged_attention(q, k_cache, v_cache, other, 32**-0.5, out, window=8)
     assert DocumentedPrefill.plans == 3
