@@ -98,11 +98,11 @@ def bench_moe(timer: Timer, floors: dict) -> list[dict]:
     return rows
 
 
-def paged_cache(ctx_lens: list[int], q_lens: list[int]):
+def paged_cache(ctx_lens: list[int], q_lens: list[int], page: int = PAGE):
     """A paged KV cache whose block tables list randomly placed pages, plus each sequence's
     keys and values gathered into contiguous [Hk, ctx, D] tensors for SDPA (not timed)."""
-    pages = [triton.cdiv(c, PAGE) for c in ctx_lens]
-    k_cache = torch.randn(sum(pages), PAGE, HK, D, device="cuda", dtype=torch.bfloat16)
+    pages = [triton.cdiv(c, page) for c in ctx_lens]
+    k_cache = torch.randn(sum(pages), page, HK, D, device="cuda", dtype=torch.bfloat16)
     v_cache = torch.randn_like(k_cache)
     perm = torch.randperm(sum(pages), device="cuda").to(torch.int32)
     tables = torch.zeros(len(ctx_lens), max(pages), device="cuda", dtype=torch.int32)
@@ -225,6 +225,27 @@ def prefill_variants(timer: Timer) -> list[dict]:
     return res
 
 
+def page_variants(timer: Timer) -> list[dict]:
+    """Prefill attention of one 8k prompt against the KV block size (engine block_size): ours and
+    FlashInfer's fastest, to price a cache layout with larger pages."""
+    res = []
+    ctx = 8192
+    flops = 4 * HQ * D * ctx * (ctx + 1) / 2
+    q = torch.randn(ctx, HQ, D, device="cuda", dtype=torch.bfloat16)
+    for page in (16, 32, 64, 128, 256):
+        k_cache, v_cache, meta, _ = paged_cache([ctx], [ctx], page)
+        out = torch.empty_like(q)
+        ours, _ = timer.ms(lambda: prefill_attention(q, k_cache, v_cache, meta, SCALE, out))
+        fns = flashinfer_attention.variants(q, k_cache, v_cache, meta.query_start_loc, meta.seq_lens,
+                                            meta.block_tables, SCALE, causal=True)
+        theirs, variant = timer.best(fns) if fns else (float("nan"), "none")
+        res.append({"page": page, "ms": ours, "tflops": flops / ours / 1e9, "flashinfer_ms": theirs,
+                    "flashinfer_variant": variant, "flashinfer_tflops": flops / theirs / 1e9})
+        print(f"page {page:3d}: ours {ours:.3f} ms {res[-1]['tflops']:.0f} TFLOP/s  flashinfer[{variant}] "
+              f"{theirs:.3f} ms {res[-1]['flashinfer_tflops']:.0f} TFLOP/s", flush=True)
+    return res
+
+
 def decode_variants(timer: Timer) -> list[dict]:
     """Tile configs (BLOCK_N, warps, stages) and split counts of the decode kernel."""
     res = []
@@ -316,6 +337,14 @@ def decode_variant_lines(rows: list[dict]) -> list[str]:
                     f"{r['GBps']:.0f} |" for r in rows]
 
 
+def page_variant_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Prefill of one 8k prompt by KV block size", "",
+             "| page | ours (ms) | ours TFLOP/s | FlashInfer (ms) | variant | FlashInfer TFLOP/s |",
+             "|---:|---:|---:|---:|---|---:|"]
+    return lines + [f"| {r['page']} | {r['ms']:.3f} | {r['tflops']:.0f} | {r['flashinfer_ms']:.3f} | "
+                    f"{r['flashinfer_variant']} | {r['flashinfer_tflops']:.0f} |" for r in rows]
+
+
 def write_markdown(path: Path, res: dict) -> None:
     f = res["floors"]
     lines = [f"# Kernel benchmark on {res['device']}", "",
@@ -325,14 +354,15 @@ def write_markdown(path: Path, res: dict) -> None:
              f"bf16 GEMM {f['bf16_gemm_TFLOPs']:.0f} TFLOP/s (8192^3). Times: medians of CUDA-graph replays, "
              "L2 flushed before each.", ""]
     for key, fmt in (("moe", moe_lines), ("decode", decode_lines), ("prefill", prefill_lines),
-                     ("prefill_variants", prefill_variant_lines), ("decode_variants", decode_variant_lines)):
+                     ("prefill_variants", prefill_variant_lines), ("decode_variants", decode_variant_lines),
+                     ("page_variants", page_variant_lines)):
         if key in res:
             lines += fmt(res[key]) + [""]
     path.write_text("\n".join(lines))
 
 
 SECTIONS = {"moe": bench_moe, "decode": bench_decode, "prefill": bench_prefill}
-VARIANTS = {"prefill_variants": prefill_variants, "decode_variants": decode_variants}
+VARIANTS = {"prefill_variants": prefill_variants, "decode_variants": decode_variants, "page_variants": page_variants}
 
 
 def main() -> None:
