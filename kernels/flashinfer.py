@@ -1,7 +1,7 @@
 """FlashInfer's paged prefill attention, used instead of our varlen kernel where it is installed.
 
 Measured side by side on an H200 (perf/results/kernels-NVIDIA_H200-flashinfer.md): its Hopper
-(FA3) paged prefill kernel runs 1.26-1.39x faster than our Triton one on 4k-16k prompts and
+(FA3) paged prefill kernel runs 1.19-1.46x faster than our Triton one on 4k-16k prompts and
 mixed batches, while its decode kernels are level with ours. So it serves batches holding a
 prompt, run eagerly (plain steps and the attention of mixed CUDA graphs); decode-only batches
 and anything being captured stay on our kernels, since its plan() runs on the host. No
