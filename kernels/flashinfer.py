@@ -2,9 +2,10 @@
 
 Measured side by side on an H200 (perf/results/kernels-NVIDIA_H200-flashinfer.md): its Hopper
 (FA3) paged prefill kernel runs 1.19-1.46x faster than our Triton one on 4k-16k prompts and
-mixed batches, while its decode kernels are level with ours. So it serves batches holding a
-prompt, run eagerly (plain steps and the attention of mixed CUDA graphs); decode-only batches
-and anything being captured stay on our kernels, since its plan() runs on the host. No
+mixed batches, while its decode kernels are level with ours. So it serves the prompt rows of
+batches run eagerly (plain steps and the attention of mixed CUDA graphs); the decode rows that
+lead such a batch, decode-only batches and anything being captured stay on our kernels (its
+plan() runs on the host). No
 attention sinks here (GPT-OSS stays on ours). Our per-layer K and V caches [blocks, page, Hk, D]
 are its "NHD" paged layout given as a (k, v) pair: no copy, only our block tables as its page
 lists. Its kernels JIT-compile with the machine's nvcc on first use (under a minute on the H200;
