@@ -5,10 +5,9 @@ Measured side by side on an H200 (perf/results/kernels-NVIDIA_H200-flashinfer.md
 mixed batches, while its decode kernels are level with ours. So it serves the prompt rows of
 batches run eagerly (plain steps and the attention of mixed CUDA graphs); the decode rows that
 lead such a batch, decode-only batches and anything being captured stay on our kernels (its
-plan() runs on the host). No
-attention sinks here (GPT-OSS stays on ours). Our per-layer K and V caches [blocks, page, Hk, D]
-are its "NHD" paged layout given as a (k, v) pair: no copy, only our block tables as its page
-lists. Its kernels JIT-compile with the machine's nvcc on first use (under a minute on the H200;
+plan() runs on the host). No attention sinks here (GPT-OSS stays on ours). Our per-layer K and V
+caches [blocks, page, Hk, D] are its "NHD" paged layout given as a (k, v) pair: no copy, only our
+block tables as its page lists. Its kernels JIT-compile with the machine's nvcc on first use (under a minute on the H200;
 cached under ~/.cache/flashinfer), which the engine's start-up profile triggers.
 `LAMINAR_FLASHINFER=0` turns it off.
 """
