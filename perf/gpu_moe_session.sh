@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One device call for the fused-MoE kernels: GPU MoE tests, tuning, this tree against main's kernels
+# One device call for the fused-MoE kernels: tuning, GPU MoE tests, this tree against main's kernels
 # and vLLM (perf/moe_versions.py), the bench_kernels moe section. Each step runs when its variable is set:
-#   TESTS=1  TUNE="shape..." TOKENS="n..."  VERSIONS="shape..."  BENCH=1
+#   TUNE="shape..." TOKENS="n..."  TESTS=1  VERSIONS="shape..."  BENCH=1
 # Run from this tree's root; BASELINE (default ../../kernels: main's checkout around a .wt/ worktree).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -10,22 +10,22 @@ export PYTHONPATH="$PWD/backend_src:$PWD/tests:/tmp/pkg"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 {
   python3 -c "import torch, triton; print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)"
-  if [ -n "$TESTS" ]; then
-    timeout 200 python3 -m pytest -q -rf -n 8 -p no:cacheprovider tests/kernels/test_moe.py \
-      tests/kernels/test_moe_gpt_oss.py 2>&1 | tail -25
-  fi
   if [ -n "$TUNE" ]; then
-    timeout 240 python3 perf/tune_moe.py --shapes $TUNE ${TOKENS:+--tokens $TOKENS} > "$OUT/tune.log" 2>&1
+    timeout 300 python3 perf/tune_moe.py --shapes $TUNE ${TOKENS:+--tokens $TOKENS} > "$OUT/tune.log" 2>&1
     grep -v "^    T=" "$OUT/tune.log"
     cp kernels/configs/*NVIDIA_H200*.json "$OUT"/
   fi
+  if [ -n "$TESTS" ]; then  # after tuning: the tables it wrote are the ones tested
+    timeout 150 python3 -m pytest -q -rf -n 8 -p no:cacheprovider tests/kernels/test_moe.py \
+      tests/kernels/test_moe_gpt_oss.py 2>&1 | grep -v "Warning\|warner\|bringing up"
+  fi
   if [ -n "$VERSIONS" ]; then
-    timeout 240 python3 perf/moe_versions.py --baseline "${BASELINE:-../../kernels}" --shapes $VERSIONS \
+    timeout 170 python3 perf/moe_versions.py --baseline "${BASELINE:-../../kernels}" --shapes $VERSIONS \
       --out-dir perf/results | grep -v '^{'
     cp perf/results/moe-versions-* "$OUT"/
   fi
   if [ -n "$BENCH" ]; then
-    timeout 200 python3 perf/bench_kernels.py --sections moe --out-dir perf/results \
+    timeout 120 python3 perf/bench_kernels.py --sections moe --out-dir perf/results \
       --command "TESTS=$TESTS TUNE='$TUNE' TOKENS='$TOKENS' VERSIONS='$VERSIONS' BENCH=1 bash perf/gpu_moe_session.sh" \
       | grep -v "^moe T="
     cp perf/results/kernels-*-moe.* "$OUT"/
