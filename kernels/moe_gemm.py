@@ -155,13 +155,19 @@ def _block_tile(
     Pairing keeps the tall tile's efficiency while padding each expert only to BLOCK_M."""
     expert = tl.load(expert_ptr + pid_m).to(tl.int64)
     m0 = pid_m * BLOCK_M
-    span = tl.load(spans_ptr + pid_m) if PAIRED else 1
-    if span == 2:
-        _gemm_tile(m0, expert, pid_n, a2, b, c2, w_ptr, sorted_ptr, bias_ptr, scale_ptr,
-                   n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
-                   stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,
-                   PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, 2 * BLOCK_M, BLOCK_N, BLOCK_K)
-    elif span == 1:
+    if PAIRED:
+        span = tl.load(spans_ptr + pid_m)
+        if span == 2:
+            _gemm_tile(m0, expert, pid_n, a2, b, c2, w_ptr, sorted_ptr, bias_ptr, scale_ptr,
+                       n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
+                       stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,
+                       PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, 2 * BLOCK_M, BLOCK_N, BLOCK_K)
+        elif span == 1:
+            _gemm_tile(m0, expert, pid_n, a, b, c, w_ptr, sorted_ptr, bias_ptr, scale_ptr,
+                       n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
+                       stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,
+                       PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:  # the compiler traces both branches of a run-time if: the unpaired kernel must not hold the tall tile
         _gemm_tile(m0, expert, pid_n, a, b, c, w_ptr, sorted_ptr, bias_ptr, scale_ptr,
                    n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
                    stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,

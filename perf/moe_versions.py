@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args()
     base, timer, dev = load_package(args.baseline.resolve()), Timer(), torch.cuda.get_device_name()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.shapes:
         for n_tok in SHAPES[name][5]:
@@ -76,6 +77,11 @@ def main() -> None:
             row |= {f"{k}_us": timer.ms(fn)[0] * 1e3 for k, fn in fns.items()}
             rows.append(row)
             print(json.dumps(row), flush=True)
+            write(args.out_dir, dev, rows)  # after every row: a run cut short keeps what it measured
+    print((args.out_dir / f"moe-versions-{dev.replace(' ', '_')}.md").read_text())
+
+
+def write(out_dir: Path, dev: str, rows: list[dict]) -> None:
     lines = [f"# Fused MoE: this tree vs baseline vs vLLM on {dev}", "", f"Command: `python {' '.join(sys.argv)}`  ",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; medians of CUDA-graph replays, L2 flushed.", "",
              "| shape | tokens | baseline (us) | ours (us) | vLLM (us) | ours vs baseline | ours vs vLLM | diff |",
@@ -85,11 +91,8 @@ def main() -> None:
         vllm_time, vllm_ratio = ("-", "-") if vllm is None else (f"{vllm:.1f}", f"{vllm / ours:.3f}")
         lines.append(f"| {r['shape']} | {r['tokens']} | {r['baseline_us']:.1f} | {ours:.1f} | {vllm_time} | "
                      f"{r['baseline_us'] / ours:.3f} | {vllm_ratio} | {r['diff']:.1e} |")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"moe-versions-{dev.replace(' ', '_')}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out_dir / f"moe-versions-{dev.replace(' ', '_')}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    (out_dir / f"moe-versions-{dev.replace(' ', '_')}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out_dir / f"moe-versions-{dev.replace(' ', '_')}.md").write_text("\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()

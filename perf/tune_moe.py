@@ -134,6 +134,9 @@ def tune_shape(shape: tuple[int, int, int, int], tokens: list[int], path: Path, 
                 total += t
             if total < best[0]:
                 best = (total, {"BLOCK_M": block_m, **({"PAIRED": True} if paired else {}), **picks})
+        if best[1] is None:  # nothing compiled or ran: keep the table's row
+            print(f"  T={n_tok:5d}: no candidate ran; row kept", flush=True)
+            continue
         table[n_tok] = best[1]
         path.write_text(json.dumps({str(k): table[k] for k in sorted(table)}, indent=1) + "\n")
         print(f"  T={n_tok:5d}: {best[0] * 1e3:8.1f} us  {best[1]}", flush=True)
