@@ -22,38 +22,34 @@ def _launch_gemm(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, weights: torch.Tensor, align: tuple, n_valid: int,
     max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool,
     scales: torch.Tensor | None = None, bias: torch.Tensor | None = None, swiglu: tuple[float, float] | None = None,
-    paired: bool = False,
 ) -> None:
     """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32].
 
     The gated (up) projection gathers token rows of a and writes c in sorted order; the other
-    (down) reads a in sorted order and scatters c to token*top_k rows. `paired`: tiles of two
-    M-blocks where an expert's run allows (moe_gemm's PAIRED).
+    (down) reads a in sorted order and scatters c to token*top_k rows.
     """
-    sorted_ids, expert_ids, total, spans = align
+    sorted_ids, expert_ids, total = align
     n_out = b.shape[1] // 2 if gated else b.shape[1]
     k_dim = b.shape[2] if scales is None else scales.shape[2] * 32
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     if scales is not None:
         assert bk % 32 == 0 and b.stride(-1) == 1 and b.stride(-2) == 16 and scales.stride(-1) == 1
-    heights = (block_m, 2 * block_m if paired else block_m)
-    a_args = (a, a) if gated else tuple(_descriptor(a, [h, bk]) for h in heights)
+    a_arg = a if gated else _descriptor(a, [block_m, bk])
     b_arg = b if scales is not None else _descriptor(b.view(-1, k_dim), [bn, bk])
-    c_args = tuple(_descriptor(c, [h, bn]) for h in heights) if gated else (c, c)
+    c_arg = _descriptor(c, [block_m, bn]) if gated else c
     tiles = triton.cdiv(max_rows, block_m) * triton.cdiv(n_out, bn)
     per_sm = cfg.get("PERSISTENT", 0)
     grid = (min(tiles, per_sm * device_sms(a)) if per_sm else tiles,)
     alpha, limit = swiglu or (1.0, 0.0)
     moe_gemm_kernel[grid](
-        a_args[0], a_args[1], b_arg, c_args[0], c_args[1], weights, sorted_ids, expert_ids, spans, total,
-        b if bias is None else bias,
+        a_arg, b_arg, c_arg, weights, sorted_ids, expert_ids, total, b if bias is None else bias,
         b if scales is None else scales, n_out, k_dim, n_valid, max_rows, alpha, limit,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0),
         0 if bias is None else bias.stride(0), 0 if scales is None else scales.stride(0),
         0 if scales is None else scales.stride(1),
         A_DIV=a_div, A_SORTED=not gated, C_SORTED=gated, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % bk == 0,
         PRECISION=dot_precision(a.dtype), HAS_BIAS=bias is not None, CLAMPED=swiglu is not None,
-        MXFP4=scales is not None, DTYPE=to_tl_dtype(c.dtype), PERSISTENT=bool(per_sm), PAIRED=paired,
+        MXFP4=scales is not None, DTYPE=to_tl_dtype(c.dtype), PERSISTENT=bool(per_sm),
         BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
@@ -85,10 +81,9 @@ def fused_moe(
     align = moe_align(topk_ids, n_experts, block_m)
     weights = topk_weights.reshape(-1).float().contiguous()
     act = torch.empty((max_rows, inter), dtype=x.dtype, device=x.device)
-    paired = cfg.get("PAIRED", False)
     _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False,
-                 w13_scales, b13, swiglu, paired)
+                 w13_scales, b13, swiglu)
     partial = torch.empty((n_valid, hidden), dtype=x.dtype, device=x.device)
     _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True,
-                 w2_scales, b2, paired=paired)
+                 w2_scales, b2)
     return topk_sum(partial, n_tok, top_k)

@@ -1,10 +1,9 @@
 """Sorts (token, slot) pairs by expert and pads each expert's run to the GEMM's BLOCK_M.
 
 Three launches, none of which syncs with the host: per-chunk expert histograms (parallel),
-a single-program prefix pass that also maps every M-block to its expert (and to its span in a
-GEMM that pairs blocks into double-height tiles), and a parallel scatter. The GEMM grid is
-sized from a host-side upper bound and stops at the device-side padded total, so routing never
-forces a device->host copy.
+a single-program prefix pass that also maps every M-block to its expert, and a parallel
+scatter. The GEMM grid is sized from a host-side upper bound and stops at the device-side
+padded total, so routing never forces a device->host copy.
 """
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ def _count_kernel(ids_ptr, counts_ptr, n_valid, n_experts, CHUNK: tl.constexpr, 
 
 @jit_sized("n_chunks", "n_blocks")
 def _prefix_kernel(
-    counts_ptr, offsets_ptr, expert_ids_ptr, spans_ptr, total_ptr, n_chunks, n_blocks,
+    counts_ptr, offsets_ptr, expert_ids_ptr, total_ptr, n_chunks, n_blocks,
     BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, ROWS: tl.constexpr,
 ):
     experts = tl.arange(0, BLOCK_E)
@@ -49,19 +48,10 @@ def _prefix_kernel(
         tl.store(offsets_ptr + r[:, None] * BLOCK_E + experts[None, :], running[None, :] + incl - cnt, mask=m)
         running += tl.sum(cnt, axis=0)
     # Block b starts at row b*BLOCK_M; its expert is the number of expert runs that end at or before it.
-    # Pairing: even blocks of a run (counted from its start) open a tile of two blocks, or of one at
-    # the run's end; odd blocks are covered by the tile before them (span 0).
     for b0 in range(0, n_blocks, ROWS):
         b = b0 + tl.arange(0, ROWS)
-        row = (b * BLOCK_M)[:, None]
-        before = ends[None, :] <= row
-        e = tl.sum(before.to(tl.int32), axis=1)
-        run_start = tl.max(tl.where(before, ends[None, :], 0), axis=1)
-        run_end = tl.min(tl.where(before, 2147483647, ends[None, :]), axis=1)
-        first = (b * BLOCK_M - run_start) // BLOCK_M % 2 == 0
-        span = tl.where(first, tl.minimum((run_end - b * BLOCK_M) // BLOCK_M, 2), 0)
+        e = tl.sum((ends[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), axis=1)
         tl.store(expert_ids_ptr + b, e, mask=b < n_blocks)
-        tl.store(spans_ptr + b, span, mask=b < n_blocks)
 
 
 @jit_sized("n_valid")
@@ -85,9 +75,8 @@ def max_padded_rows(n_valid: int, n_experts: int, block_m: int) -> int:
 
 def moe_align(
     topk_ids: torch.Tensor, n_experts: int, block_m: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (sorted flat slot ids padded with M, expert id per M-block, padded total [1],
-    blocks spanned by the paired tile that starts at each M-block: 2, 1 at a run's odd end, 0 inside a pair)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (sorted flat slot ids padded with M, expert id per M-block, padded total [1])."""
     flat = topk_ids.reshape(-1)
     n_valid = flat.numel()
     dev = flat.device
@@ -98,14 +87,13 @@ def moe_align(
     n_chunks = triton.cdiv(n_valid, chunk)
     sorted_ids = torch.full((max_rows,), n_valid, dtype=torch.int32, device=dev)
     expert_ids = torch.empty((n_blocks,), dtype=torch.int32, device=dev)
-    spans = torch.empty_like(expert_ids)
     total = torch.empty((1,), dtype=torch.int32, device=dev)
     counts = torch.empty((n_chunks, block_e), dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
     _count_kernel[(n_chunks,)](flat, counts, n_valid, n_experts, CHUNK=chunk, BLOCK_E=block_e)
     _prefix_kernel[(1,)](
-        counts, offsets, expert_ids, spans, total, n_chunks, n_blocks,
+        counts, offsets, expert_ids, total, n_chunks, n_blocks,
         BLOCK_M=block_m, BLOCK_E=block_e, ROWS=max(1, min(64, 8192 // block_e)), num_warps=8,
     )
     _scatter_kernel[(n_chunks,)](flat, offsets, sorted_ids, n_valid, CHUNK=chunk, BLOCK_E=block_e)
-    return sorted_ids, expert_ids, total, spans
+    return sorted_ids, expert_ids, total

@@ -2,8 +2,7 @@
 
 Tables live in kernels/configs/ and are written by perf/tune_moe.py. Each maps a token
 count to {"BLOCK_M", "up": {...}, "down": {...}}; a lookup takes the nearest token count.
-BLOCK_M is shared by both GEMMs because it fixes the expert padding of one moe_align; so is
-"PAIRED" (optional: tiles of two M-blocks where an expert's run allows, kernels.moe_gemm).
+BLOCK_M is shared by both GEMMs because it fixes the expert padding of one moe_align.
 MXFP4 experts have tables of their own (decoding in registers changes which tiles win); their
 BLOCK_K must be a multiple of 32, one scale group, as every heuristic tile is.
 """

@@ -18,8 +18,6 @@ MXFP4: B is packed e2m1 bytes [E, N, K/2] with e8m0 exponents [E, N, K/32] (kern
 loaded by pointer and decoded to A's dtype in registers a whole K tile at a time.
 PERSISTENT: a fixed grid of programs loops over the tiles that routing produced (read on the
 device), instead of one program per tile of the host-side upper bound.
-PAIRED: experts are padded to BLOCK_M but tiles are 2*BLOCK_M rows where a run allows (moe_align's
-spans), so a tall tile's efficiency comes without padding every expert to its height.
 """
 from __future__ import annotations
 
@@ -94,16 +92,18 @@ def _tile_coords(tile, grid_m, grid_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _gemm_tile(
-    m0, expert, pid_n, a, b, c, w_ptr, sorted_ptr, bias_ptr, scale_ptr,
+    pid_m, pid_n, a, b, c, w_ptr, sorted_ptr, expert_ptr, bias_ptr, scale_ptr,
     n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm, stride_bias_e,
     stride_se, stride_sn,
     A_DIV: tl.constexpr, A_SORTED: tl.constexpr, C_SORTED: tl.constexpr, GATED: tl.constexpr,
     WEIGHTED: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr,
     CLAMPED: tl.constexpr, MXFP4: tl.constexpr, DTYPE: tl.constexpr,
-    TILE_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One TILE_M x BLOCK_N output tile: sorted rows m0.. (all of one expert), columns pid_n."""
-    rows = tl.load(sorted_ptr + m0 + tl.arange(0, TILE_M))
+    """One BLOCK_M x BLOCK_N output tile of M-block pid_m (one expert's rows), columns pid_n."""
+    m0 = pid_m * BLOCK_M
+    expert = tl.load(expert_ptr + pid_m).to(tl.int64)
+    rows = tl.load(sorted_ptr + m0 + tl.arange(0, BLOCK_M))
     row_ok = rows < n_valid
     n0 = pid_n * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -116,11 +116,11 @@ def _gemm_tile(
         s_cols = scale_ptr + expert * stride_se + offs_n.to(tl.int64) * stride_sn
         acc, acc_up = _mxfp4_k_loop(a, a_rows, b_cols, s_cols, row_ok, n_ok, m0, k_dim, stride_ak,
                                     n_out * stride_bn, n_out * stride_sn, A_SORTED, GATED, PRECISION, DTYPE,
-                                    TILE_M, BLOCK_N, BLOCK_K)
+                                    BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         b_row = (expert * (2 if GATED else 1) * n_out + n0).to(tl.int32)
         acc, acc_up = _dense_k_loop(a, a_rows, b, row_ok, m0, b_row, b_row + n_out, k_dim, stride_ak,
-                                    A_SORTED, GATED, EVEN_K, PRECISION, TILE_M, BLOCK_N, BLOCK_K)
+                                    A_SORTED, GATED, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
         bias_row = bias_ptr + expert * stride_bias_e
         acc += tl.load(bias_row + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -140,50 +140,15 @@ def _gemm_tile(
         tl.store(c_ptrs, acc.to(DTYPE), mask=row_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
-def _block_tile(
-    pid_m, pid_n, a, a2, b, c, c2, w_ptr, sorted_ptr, expert_ptr, spans_ptr, bias_ptr, scale_ptr,
-    n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm, stride_bias_e,
-    stride_se, stride_sn,
-    A_DIV: tl.constexpr, A_SORTED: tl.constexpr, C_SORTED: tl.constexpr, GATED: tl.constexpr,
-    WEIGHTED: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr,
-    CLAMPED: tl.constexpr, MXFP4: tl.constexpr, DTYPE: tl.constexpr, PAIRED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """The tile that starts at M-block pid_m: BLOCK_M rows; with PAIRED, two blocks of one expert
-    (a2 / c2 are the operands' descriptors of that height), one at a run's odd end, none inside a pair.
-    Pairing keeps the tall tile's efficiency while padding each expert only to BLOCK_M."""
-    expert = tl.load(expert_ptr + pid_m).to(tl.int64)
-    m0 = pid_m * BLOCK_M
-    if PAIRED:
-        span = tl.load(spans_ptr + pid_m)
-        if span == 2:
-            _gemm_tile(m0, expert, pid_n, a2, b, c2, w_ptr, sorted_ptr, bias_ptr, scale_ptr,
-                       n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
-                       stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,
-                       PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, 2 * BLOCK_M, BLOCK_N, BLOCK_K)
-        elif span == 1:
-            _gemm_tile(m0, expert, pid_n, a, b, c, w_ptr, sorted_ptr, bias_ptr, scale_ptr,
-                       n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
-                       stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,
-                       PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-    else:  # the compiler traces both branches of a run-time if: the unpaired kernel must not hold the tall tile
-        _gemm_tile(m0, expert, pid_n, a, b, c, w_ptr, sorted_ptr, bias_ptr, scale_ptr,
-                   n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
-                   stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,
-                   PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
-
-
 @jit_sized("n_valid", "max_rows")
 def moe_gemm_kernel(
-    a, a2, b, c, c2, w_ptr, sorted_ptr, expert_ptr, spans_ptr, total_ptr, bias_ptr, scale_ptr,
+    a, b, c, w_ptr, sorted_ptr, expert_ptr, total_ptr, bias_ptr, scale_ptr,
     n_out, k_dim, n_valid, max_rows, alpha, limit,
     stride_am, stride_ak, stride_be, stride_bn, stride_cm, stride_bias_e, stride_se, stride_sn,
     A_DIV: tl.constexpr, A_SORTED: tl.constexpr, C_SORTED: tl.constexpr, GATED: tl.constexpr,
     WEIGHTED: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr,
     CLAMPED: tl.constexpr, MXFP4: tl.constexpr, DTYPE: tl.constexpr, PERSISTENT: tl.constexpr,
-    PAIRED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     grid_n = tl.cdiv(n_out, BLOCK_N)
     total = tl.load(total_ptr)
@@ -191,14 +156,14 @@ def moe_gemm_kernel(
         grid_m = tl.cdiv(total, BLOCK_M)
         for tile in tl.range(tl.program_id(0), grid_m * grid_n, tl.num_programs(0)):
             pid_m, pid_n = _tile_coords(tile, grid_m, grid_n, GROUP_M)
-            _block_tile(pid_m, pid_n, a, a2, b, c, c2, w_ptr, sorted_ptr, expert_ptr, spans_ptr, bias_ptr, scale_ptr,
-                        n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
-                        stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,
-                        PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, PAIRED, BLOCK_M, BLOCK_N, BLOCK_K)
+            _gemm_tile(pid_m, pid_n, a, b, c, w_ptr, sorted_ptr, expert_ptr, bias_ptr, scale_ptr,
+                       n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
+                       stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K, PRECISION,
+                       HAS_BIAS, CLAMPED, MXFP4, DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(max_rows, BLOCK_M), grid_n, GROUP_M)
         if pid_m * BLOCK_M < total:
-            _block_tile(pid_m, pid_n, a, a2, b, c, c2, w_ptr, sorted_ptr, expert_ptr, spans_ptr, bias_ptr, scale_ptr,
-                        n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
-                        stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K,
-                        PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, PAIRED, BLOCK_M, BLOCK_N, BLOCK_K)
+            _gemm_tile(pid_m, pid_n, a, b, c, w_ptr, sorted_ptr, expert_ptr, bias_ptr, scale_ptr,
+                       n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_cm,
+                       stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, C_SORTED, GATED, WEIGHTED, EVEN_K, PRECISION,
+                       HAS_BIAS, CLAMPED, MXFP4, DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)

@@ -1,9 +1,8 @@
 """Tunes the fused-MoE tile configs on the local GPU and writes kernels/configs/*.json.
 
-For each token count, every BLOCK_M candidate (and, at prefill sizes, BLOCK_M 64 with paired
-blocks: 128-row tiles over experts padded to 64) gets one moe_align, then the up and down
-GEMMs are tuned independently over a small grid; the option with the best summed time wins.
---mxfp4 tunes MXFP4 experts (GPT-OSS) into their own tables. Tuning a subset of
+For each token count, every BLOCK_M candidate gets one moe_align, then the up and down
+GEMMs are tuned independently over a small grid; the BLOCK_M with the best summed time
+wins. --mxfp4 tunes MXFP4 experts (GPT-OSS) into their own tables. Tuning a subset of
 --tokens updates those rows of an existing table and keeps the rest.
 Every candidate is compiled first by a pool of processes (Triton's on-disk cache then serves
 the timing process), and timed as bench_kernels.py times: CUDA-graph replays, L2 flushed.
@@ -48,19 +47,18 @@ def candidates(block_m: int) -> list[dict]:
         return [_gemm(bn, bk, 1, w, s) for bn in (64, 128) for bk in (64, 128, 256) for w, s in ((4, 3), (4, 4))
                 if not (bk == 256 and s == 4)]
     return [_gemm(*c) for c in (
-        (64, 64, 8, 4, 4), (128, 64, 8, 4, 4), (128, 64, 8, 8, 3), (128, 64, 8, 8, 4), (256, 64, 8, 8, 3),
-        (256, 64, 8, 8, 4), (128, 64, 8, 8, 4, 1), (128, 64, 16, 8, 4, 1), (128, 64, 8, 8, 3, 1),
-        (256, 64, 8, 8, 2, 1), (128, 64, 8, 8, 3, 2))]
+        (64, 64, 8, 4, 4), (128, 64, 8, 4, 4), (64, 128, 4, 4, 3), (128, 64, 8, 8, 3), (128, 64, 8, 8, 4),
+        (128, 128, 8, 8, 3), (256, 64, 8, 8, 3), (256, 64, 8, 8, 4), (128, 64, 8, 8, 4, 1), (256, 64, 8, 8, 3, 1),
+        (128, 64, 8, 8, 3, 2))]
 
 
-def block_m_options(n_tok: int, top_k: int, n_experts: int) -> list[tuple[int, bool]]:
-    """(BLOCK_M, paired) pairs worth trying at this many rows per expert."""
+def block_m_options(n_tok: int, top_k: int, n_experts: int) -> list[int]:
     rows = n_tok * top_k / n_experts
     if rows <= 8:
-        return [(16, False), (32, False)]
+        return [16, 32]
     if rows <= 64:
-        return [(16, False), (32, False), (64, False)]
-    return [(64, False), (128, False), (64, True)]
+        return [16, 32, 64]
+    return [64, 128]
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,7 +74,7 @@ def _problem(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool):
     return x, w13, w2, weights.flatten().float(), ids, scales
 
 
-def _gemm_call(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool, block_m: int, paired: bool, name: str):
+def _gemm_call(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool, block_m: int, name: str):
     """A function that launches one GEMM of the MoE ('up' or 'down') with a given tile config."""
     n_experts, top_k, hidden, inter = shape
     x, w13, w2, flat_w, ids, scales = _problem(shape, n_tok, mxfp4)
@@ -88,14 +86,14 @@ def _gemm_call(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool, block_
     a, b, c, a_div, gated, weighted = (x, w13, act, top_k, True, False) if name == "up" else \
         (act, w2, out, 1, False, True)
     return lambda cfg: _launch_gemm(a, b, c, flat_w, align, n_valid, max_rows, block_m, cfg, a_div, gated, weighted,
-                                    scales[name], paired=paired)
+                                    scales[name])
 
 
 def _compile(job: tuple) -> None:
     """Pool worker: one launch on a small problem of the same shape puts the kernel in Triton's cache."""
-    shape, mxfp4, (block_m, paired), name, cfg = job
+    shape, mxfp4, block_m, name, cfg = job
     try:
-        _gemm_call(shape, 64, mxfp4, block_m, paired, name)(cfg)
+        _gemm_call(shape, 64, mxfp4, block_m, name)(cfg)
         torch.cuda.synchronize()
     except Exception:  # out of shared memory / registers: the timing pass skips it too
         pass
@@ -104,7 +102,7 @@ def _compile(job: tuple) -> None:
 def precompile(shape: tuple[int, int, int, int], tokens: list[int], mxfp4: bool, jobs: int) -> None:
     """Compiles every candidate of every BLOCK_M these token counts try, in parallel processes."""
     block_ms = sorted({m for n in tokens for m in block_m_options(n, shape[1], shape[0])})
-    work = [(shape, mxfp4, m, name, cfg) for m in block_ms for name in ("up", "down") for cfg in candidates(m[0])]
+    work = [(shape, mxfp4, m, name, cfg) for m in block_ms for name in ("up", "down") for cfg in candidates(m)]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_compile, work))
 
@@ -122,18 +120,17 @@ def tune_shape(shape: tuple[int, int, int, int], tokens: list[int], path: Path, 
     table = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
     for n_tok in tokens:
         best = (float("inf"), None)
-        for block_m, paired in block_m_options(n_tok, shape[1], shape[0]):
+        for block_m in block_m_options(n_tok, shape[1], shape[0]):
             picks, total = {}, 0.0
             for name in ("up", "down"):
-                call = _gemm_call(shape, n_tok, mxfp4, block_m, paired, name)
+                call = _gemm_call(shape, n_tok, mxfp4, block_m, name)
                 timed = [(bench(timer, lambda cfg=cfg: call(cfg)), cfg) for cfg in candidates(block_m)]
                 for t, cfg in timed:
-                    print(f"    T={n_tok} BLOCK_M={block_m}{' paired' * paired} {name}: {t * 1e3:8.1f} us {cfg}",
-                          flush=True)
+                    print(f"    T={n_tok} BLOCK_M={block_m} {name}: {t * 1e3:8.1f} us {cfg}", flush=True)
                 t, picks[name] = min(timed, key=lambda tc: tc[0])
                 total += t
             if total < best[0]:
-                best = (total, {"BLOCK_M": block_m, **({"PAIRED": True} if paired else {}), **picks})
+                best = (total, {"BLOCK_M": block_m, **picks})
         if best[1] is None:  # nothing compiled or ran: keep the table's row
             print(f"  T={n_tok:5d}: no candidate ran; row kept", flush=True)
             continue

@@ -74,7 +74,7 @@ def _table(n_experts: int, inter: int, device: str) -> dict[int, list[int]]:
 
 def _gemm(a, b, c, weights, align, n_valid: int, em: int, cfg: list[int], top_k: int, weighted: bool) -> None:
     block_m, block_n, block_k, group_m, warps, stages = cfg
-    sorted_ids, expert_ids, total, _ = align
+    sorted_ids, expert_ids, total = align
     n_out, k_dim = b.shape[1], b.shape[2]
     grid = (triton.cdiv(em, block_m) * triton.cdiv(n_out, block_n),)
     _vllm_moe_gemm[grid](
