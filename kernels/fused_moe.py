@@ -20,13 +20,14 @@ def _descriptor(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
 
 def _launch_gemm(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, weights: torch.Tensor, align: tuple, n_valid: int,
-    max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool,
+    max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool, sorted_act: bool,
     scales: torch.Tensor | None = None, bias: torch.Tensor | None = None, swiglu: tuple[float, float] | None = None,
 ) -> None:
     """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32].
 
-    The gated (up) projection gathers token rows of a and writes c in sorted order; the other
-    (down) reads a in sorted order and scatters c to token*top_k rows.
+    The gated (up) projection gathers token rows of a; the other (down) scatters c to
+    token*top_k rows. With sorted_act the activation between them is in sorted order, written
+    and read through TMA, and dense weights come through TMA (kernels.moe_gemm).
     """
     sorted_ids, expert_ids, total = align
     n_out = b.shape[1] // 2 if gated else b.shape[1]
@@ -34,9 +35,10 @@ def _launch_gemm(
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     if scales is not None:
         assert bk % 32 == 0 and b.stride(-1) == 1 and b.stride(-2) == 16 and scales.stride(-1) == 1
-    a_arg = a if gated else _descriptor(a, [block_m, bk])
-    b_arg = b if scales is not None else _descriptor(b.view(-1, k_dim), [bn, bk])
-    c_arg = _descriptor(c, [block_m, bn]) if gated else c
+    a_sorted, c_sorted, b_tma = sorted_act and not gated, sorted_act and gated, sorted_act and scales is None
+    a_arg = _descriptor(a, [block_m, bk]) if a_sorted else a
+    b_arg = _descriptor(b.view(-1, k_dim), [bn, bk]) if b_tma else b
+    c_arg = _descriptor(c, [block_m, bn]) if c_sorted else c
     tiles = triton.cdiv(max_rows, block_m) * triton.cdiv(n_out, bn)
     per_sm = cfg.get("PERSISTENT", 0)
     grid = (min(tiles, per_sm * device_sms(a)) if per_sm else tiles,)
@@ -44,10 +46,10 @@ def _launch_gemm(
     moe_gemm_kernel[grid](
         a_arg, b_arg, c_arg, weights, sorted_ids, expert_ids, total, b if bias is None else bias,
         b if scales is None else scales, n_out, k_dim, n_valid, max_rows, alpha, limit,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0),
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(-1), c.stride(0),
         0 if bias is None else bias.stride(0), 0 if scales is None else scales.stride(0),
         0 if scales is None else scales.stride(1),
-        A_DIV=a_div, A_SORTED=not gated, C_SORTED=gated, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % bk == 0,
+        A_DIV=a_div, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % bk == 0,
         PRECISION=dot_precision(a.dtype), HAS_BIAS=bias is not None, CLAMPED=swiglu is not None,
         MXFP4=scales is not None, DTYPE=to_tl_dtype(c.dtype), PERSISTENT=bool(per_sm),
         BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
@@ -65,8 +67,9 @@ def fused_moe(
 
     Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales,
     the clamped SwiGLU). `config` overrides the table lookup (the tuner uses it).
-    The activation between the GEMMs is kept in expert-sorted order, padding rows included
-    (max_padded_rows x I), so that the down GEMM reads it as contiguous tiles.
+    Where the config says "TMA" (tuned prefill rows) the activation between the GEMMs is kept in
+    expert-sorted order, padding rows included (max_padded_rows x I), so that the down GEMM reads
+    it as contiguous tiles; otherwise it is in token*top_k order.
     """
     n_tok, hidden = x.shape
     n_experts, inter = w13.shape[0], w13.shape[1] // 2
@@ -80,10 +83,11 @@ def fused_moe(
     max_rows = max_padded_rows(n_valid, n_experts, block_m)
     align = moe_align(topk_ids, n_experts, block_m)
     weights = topk_weights.reshape(-1).float().contiguous()
-    act = torch.empty((max_rows, inter), dtype=x.dtype, device=x.device)
-    _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False,
+    sorted_act = bool(cfg.get("TMA"))
+    act = torch.empty((max_rows if sorted_act else n_valid, inter), dtype=x.dtype, device=x.device)
+    _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False, sorted_act,
                  w13_scales, b13, swiglu)
     partial = torch.empty((n_valid, hidden), dtype=x.dtype, device=x.device)
-    _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True,
+    _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True, sorted_act,
                  w2_scales, b2)
     return topk_sum(partial, n_tok, top_k)

@@ -1,8 +1,9 @@
 """Tunes the fused-MoE tile configs on the local GPU and writes kernels/configs/*.json.
 
-For each token count, every BLOCK_M candidate gets one moe_align, then the up and down
-GEMMs are tuned independently over a small grid; the BLOCK_M with the best summed time
-wins. --mxfp4 tunes MXFP4 experts (GPT-OSS) into their own tables. Tuning a subset of
+For each token count, every BLOCK_M candidate gets one moe_align, then, for each activation
+layout (kernels.moe_gemm: by pointer, or sorted through TMA for tall tiles), the up and down
+GEMMs are tuned independently over a small grid; the (BLOCK_M, layout) with the best summed
+time wins. --mxfp4 tunes MXFP4 experts (GPT-OSS) into their own tables. Tuning a subset of
 --tokens updates those rows of an existing table and keeps the rest.
 Every candidate is compiled first by a pool of processes (Triton's on-disk cache then serves
 the timing process), and timed as bench_kernels.py times: CUDA-graph replays, L2 flushed.
@@ -74,26 +75,32 @@ def _problem(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool):
     return x, w13, w2, weights.flatten().float(), ids, scales
 
 
-def _gemm_call(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool, block_m: int, name: str):
+def layouts(block_m: int) -> tuple[bool, ...]:
+    """Activation layouts to try (sorted_act): the sorted TMA layout only for tall tiles; with 16-32
+    rows it lost 2-9% on the H200 at the same tiles (perf/results/moe-tma-h200)."""
+    return (False, True) if block_m >= 64 else (False,)
+
+
+def _gemm_call(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool, block_m: int, name: str, sorted_act: bool):
     """A function that launches one GEMM of the MoE ('up' or 'down') with a given tile config."""
     n_experts, top_k, hidden, inter = shape
     x, w13, w2, flat_w, ids, scales = _problem(shape, n_tok, mxfp4)
     n_valid = n_tok * top_k
     align = moe_align(ids, n_experts, block_m)
     max_rows = max_padded_rows(n_valid, n_experts, block_m)
-    act = torch.randn(max_rows, inter, device="cuda").to(torch.bfloat16)
+    act = torch.randn(max_rows if sorted_act else n_valid, inter, device="cuda").to(torch.bfloat16)
     out = torch.empty(n_valid, hidden, device="cuda", dtype=torch.bfloat16)
     a, b, c, a_div, gated, weighted = (x, w13, act, top_k, True, False) if name == "up" else \
         (act, w2, out, 1, False, True)
     return lambda cfg: _launch_gemm(a, b, c, flat_w, align, n_valid, max_rows, block_m, cfg, a_div, gated, weighted,
-                                    scales[name])
+                                    sorted_act, scales[name])
 
 
 def _compile(job: tuple) -> None:
     """Pool worker: one launch on a small problem of the same shape puts the kernel in Triton's cache."""
-    shape, mxfp4, block_m, name, cfg = job
+    shape, mxfp4, block_m, name, sorted_act, cfg = job
     try:
-        _gemm_call(shape, 64, mxfp4, block_m, name)(cfg)
+        _gemm_call(shape, 64, mxfp4, block_m, name, sorted_act)(cfg)
         torch.cuda.synchronize()
     except Exception:  # out of shared memory / registers: the timing pass skips it too
         pass
@@ -102,7 +109,8 @@ def _compile(job: tuple) -> None:
 def precompile(shape: tuple[int, int, int, int], tokens: list[int], mxfp4: bool, jobs: int) -> None:
     """Compiles every candidate of every BLOCK_M these token counts try, in parallel processes."""
     block_ms = sorted({m for n in tokens for m in block_m_options(n, shape[1], shape[0])})
-    work = [(shape, mxfp4, m, name, cfg) for m in block_ms for name in ("up", "down") for cfg in candidates(m)]
+    work = [(shape, mxfp4, m, name, layout, cfg) for m in block_ms for name in ("up", "down") for layout in layouts(m)
+            for cfg in candidates(m)]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_compile, work))
 
@@ -121,16 +129,18 @@ def tune_shape(shape: tuple[int, int, int, int], tokens: list[int], path: Path, 
     for n_tok in tokens:
         best = (float("inf"), None)
         for block_m in block_m_options(n_tok, shape[1], shape[0]):
-            picks, total = {}, 0.0
-            for name in ("up", "down"):
-                call = _gemm_call(shape, n_tok, mxfp4, block_m, name)
-                timed = [(bench(timer, lambda cfg=cfg: call(cfg)), cfg) for cfg in candidates(block_m)]
-                for t, cfg in timed:
-                    print(f"    T={n_tok} BLOCK_M={block_m} {name}: {t * 1e3:8.1f} us {cfg}", flush=True)
-                t, picks[name] = min(timed, key=lambda tc: tc[0])
-                total += t
-            if total < best[0]:
-                best = (total, {"BLOCK_M": block_m, **picks})
+            for sorted_act in layouts(block_m):
+                picks, total = {}, 0.0
+                for name in ("up", "down"):
+                    call = _gemm_call(shape, n_tok, mxfp4, block_m, name, sorted_act)
+                    timed = [(bench(timer, lambda cfg=cfg: call(cfg)), cfg) for cfg in candidates(block_m)]
+                    for t, cfg in timed:
+                        print(f"    T={n_tok} BLOCK_M={block_m} TMA={sorted_act} {name}: {t * 1e3:8.1f} us {cfg}",
+                              flush=True)
+                    t, picks[name] = min(timed, key=lambda tc: tc[0])
+                    total += t
+                if total < best[0]:
+                    best = (total, {"BLOCK_M": block_m, **({"TMA": True} if sorted_act else {}), **picks})
         if best[1] is None:  # nothing compiled or ran: keep the table's row
             print(f"  T={n_tok:5d}: no candidate ran; row kept", flush=True)
             continue

@@ -46,12 +46,13 @@ def test_fused_moe_skewed_routing() -> None:
 
 
 @pytest.mark.parametrize("persistent", [0, 1])
-def test_fused_moe_explicit_tiles(persistent: int) -> None:
-    """A tuned-table style config: partial N and K tiles, grouped order, and the persistent tile loop
-    (fewer programs than tiles, the tile count read on the device)."""
+@pytest.mark.parametrize("tma", [False, True])
+def test_fused_moe_explicit_tiles(persistent: int, tma: bool) -> None:
+    """A tuned-table style config: partial N and K tiles, grouped order, the persistent tile loop
+    (fewer programs than tiles, the tile count read on the device), both activation layouts."""
     x, w13, w2, weights, ids = _moe_inputs(40, 16, 3, 96, 80, torch.bfloat16)
     gemm = {"BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2, "num_warps": 4, "num_stages": 3, "PERSISTENT": persistent}
-    out = K.fused_moe(x, w13, w2, weights, ids, config={"BLOCK_M": 16, "up": gemm, "down": gemm})
+    out = K.fused_moe(x, w13, w2, weights, ids, config={"BLOCK_M": 16, "TMA": tma, "up": gemm, "down": gemm})
     assert_close(out, R.fused_moe(x.float(), w13.float(), w2.float(), weights, ids), torch.bfloat16)
 
 
