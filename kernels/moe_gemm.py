@@ -185,9 +185,8 @@ def moe_gemm_kernel(
                        EVEN_K, PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(max_rows, BLOCK_M), grid_n, GROUP_M)
-        if pid_m * BLOCK_M >= total:  # padding of the host-side bound: return early (no tile under an if)
-            return
-        _gemm_tile(pid_m, pid_n, a, b, c, w_ptr, sorted_ptr, expert_ptr, bias_ptr, scale_ptr,
-                   n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
-                   stride_cm, stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, B_TMA, C_SORTED, GATED, WEIGHTED,
-                   EVEN_K, PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
+        if pid_m * BLOCK_M < total:
+            _gemm_tile(pid_m, pid_n, a, b, c, w_ptr, sorted_ptr, expert_ptr, bias_ptr, scale_ptr,
+                       n_out, k_dim, n_valid, alpha, limit, stride_am, stride_ak, stride_be, stride_bn, stride_bk,
+                       stride_cm, stride_bias_e, stride_se, stride_sn, A_DIV, A_SORTED, B_TMA, C_SORTED, GATED, WEIGHTED,
+                       EVEN_K, PRECISION, HAS_BIAS, CLAMPED, MXFP4, DTYPE, BLOCK_M, BLOCK_N, BLOCK_K)
