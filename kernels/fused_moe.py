@@ -9,6 +9,7 @@ from .common import device_sms, dot_precision, to_tl_dtype
 from .moe_align import max_padded_rows, moe_align
 from .moe_config import get_config
 from .moe_gemm import moe_gemm_kernel
+from .moe_gemm_tma import moe_gemm_tma_kernel
 from .moe_reduce import topk_sum
 
 
@@ -25,35 +26,38 @@ def _launch_gemm(
 ) -> None:
     """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32].
 
-    The gated (up) projection gathers token rows of a; the other (down) scatters c to
-    token*top_k rows. With sorted_act the activation between them is in sorted order, written
-    and read through TMA, and dense weights come through TMA (kernels.moe_gemm).
+    The gated (up) projection gathers token rows of a; the other (down) scatters c to token*top_k
+    rows. sorted_act (dense weights only) takes kernels.moe_gemm_tma: the activation between the
+    two in sorted order, written and read through TMA, weights through TMA.
     """
     sorted_ids, expert_ids, total = align
     n_out = b.shape[1] // 2 if gated else b.shape[1]
     k_dim = b.shape[2] if scales is None else scales.shape[2] * 32
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    tiles = triton.cdiv(max_rows, block_m) * triton.cdiv(n_out, bn)
+    alpha, limit = swiglu or (1.0, 0.0)
+    bias_arg, bias_stride = (b, 0) if bias is None else (bias, bias.stride(0))
+    common = dict(A_DIV=a_div, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % bk == 0, PRECISION=dot_precision(a.dtype),
+                  HAS_BIAS=bias is not None, CLAMPED=swiglu is not None, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk,
+                  GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if sorted_act:
+        assert scales is None, "the TMA form reads dense weights only"
+        per_sm = cfg.get("PERSISTENT", 0)
+        moe_gemm_tma_kernel[(min(tiles, per_sm * device_sms(a)) if per_sm else tiles,)](
+            a if gated else _descriptor(a, [block_m, bk]), _descriptor(b.view(-1, k_dim), [bn, bk]),
+            _descriptor(c, [block_m, bn]) if gated else c, weights, sorted_ids, expert_ids, total, bias_arg,
+            n_out, k_dim, n_valid, max_rows, alpha, limit, a.stride(0), a.stride(1), c.stride(0), bias_stride,
+            A_SORTED=not gated, C_SORTED=gated, DTYPE=to_tl_dtype(c.dtype), PERSISTENT=bool(per_sm), **common,
+        )
+        return
     if scales is not None:
         assert bk % 32 == 0 and b.stride(-1) == 1 and b.stride(-2) == 16 and scales.stride(-1) == 1
-    a_sorted, c_sorted, b_tma = sorted_act and not gated, sorted_act and gated, sorted_act and scales is None
-    a_arg = _descriptor(a, [block_m, bk]) if a_sorted else a
-    b_arg = _descriptor(b.view(-1, k_dim), [bn, bk]) if b_tma else b
-    c_arg = _descriptor(c, [block_m, bn]) if c_sorted else c
-    tiles = triton.cdiv(max_rows, block_m) * triton.cdiv(n_out, bn)
-    per_sm = cfg.get("PERSISTENT", 0)
-    grid = (min(tiles, per_sm * device_sms(a)) if per_sm else tiles,)
-    alpha, limit = swiglu or (1.0, 0.0)
-    moe_gemm_kernel[grid](
-        a_arg, b_arg, c_arg, weights, sorted_ids, expert_ids, total, b if bias is None else bias,
-        b if scales is None else scales, n_out, k_dim, n_valid, max_rows, alpha, limit,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(-1), c.stride(0),
-        0 if bias is None else bias.stride(0), 0 if scales is None else scales.stride(0),
-        0 if scales is None else scales.stride(1),
-        A_DIV=a_div, A_SORTED=a_sorted, B_TMA=b_tma, C_SORTED=c_sorted, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % bk == 0,
-        PRECISION=dot_precision(a.dtype), HAS_BIAS=bias is not None, CLAMPED=swiglu is not None,
-        MXFP4=scales is not None, DTYPE=to_tl_dtype(c.dtype), PERSISTENT=bool(per_sm),
-        BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    moe_gemm_kernel[(tiles,)](
+        a, b, c, weights, sorted_ids, expert_ids, total, bias_arg, b if scales is None else scales,
+        n_out, k_dim, n_valid, max_rows, alpha, limit,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(-1), c.stride(0), c.stride(1),
+        bias_stride, 0 if scales is None else scales.stride(0), 0 if scales is None else scales.stride(1),
+        MXFP4=scales is not None, **common,
     )
 
 
@@ -67,9 +71,9 @@ def fused_moe(
 
     Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales,
     the clamped SwiGLU). `config` overrides the table lookup (the tuner uses it).
-    Where the config says "TMA" (tuned prefill rows) the activation between the GEMMs is kept in
-    expert-sorted order, padding rows included (max_padded_rows x I), so that the down GEMM reads
-    it as contiguous tiles; otherwise it is in token*top_k order.
+    Where the config says "TMA" (tuned prefill rows; dense weights) the activation between the GEMMs
+    is kept in expert-sorted order, padding rows included (max_padded_rows x I), so that the down
+    GEMM reads it as contiguous tiles (kernels.moe_gemm_tma); otherwise it is in token*top_k order.
     """
     n_tok, hidden = x.shape
     n_experts, inter = w13.shape[0], w13.shape[1] // 2
@@ -83,7 +87,7 @@ def fused_moe(
     max_rows = max_padded_rows(n_valid, n_experts, block_m)
     align = moe_align(topk_ids, n_experts, block_m)
     weights = topk_weights.reshape(-1).float().contiguous()
-    sorted_act = bool(cfg.get("TMA"))
+    sorted_act = bool(cfg.get("TMA")) and w13_scales is None
     act = torch.empty((max_rows if sorted_act else n_valid, inter), dtype=x.dtype, device=x.device)
     _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False, sorted_act,
                  w13_scales, b13, swiglu)

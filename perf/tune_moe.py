@@ -41,16 +41,16 @@ def _gemm(bn: int, bk: int, group: int, warps: int, stages: int, persistent: int
             "PERSISTENT": persistent}
 
 
-def candidates(block_m: int) -> list[dict]:
-    """Small-M tiles stream weights (deep K, many stages); large-M tiles are square-ish for reuse, and may
-    loop persistently over the tiles (PERSISTENT programs per SM)."""
+def candidates(block_m: int, sorted_act: bool) -> list[dict]:
+    """Small-M tiles stream weights (deep K, many stages); large-M tiles are square-ish for reuse, and in
+    the TMA form may loop persistently over the tiles (PERSISTENT programs per SM)."""
     if block_m <= 32:
         return [_gemm(bn, bk, 1, w, s) for bn in (64, 128) for bk in (64, 128, 256) for w, s in ((4, 3), (4, 4))
                 if not (bk == 256 and s == 4)]
-    return [_gemm(*c) for c in (
-        (64, 64, 8, 4, 4), (128, 64, 8, 4, 4), (64, 128, 4, 4, 3), (128, 64, 8, 8, 3), (128, 64, 8, 8, 4),
-        (128, 128, 8, 8, 3), (256, 64, 8, 8, 3), (256, 64, 8, 8, 4), (128, 64, 8, 8, 4, 1), (256, 64, 8, 8, 3, 1),
-        (128, 64, 8, 8, 3, 2))]
+    tiles = [(64, 64, 8, 4, 4), (128, 64, 8, 4, 4), (64, 128, 4, 4, 3), (128, 64, 8, 8, 3), (128, 64, 8, 8, 4),
+             (128, 128, 8, 8, 3), (256, 64, 8, 8, 3), (256, 64, 8, 8, 4)]
+    persistent = [(128, 64, 8, 8, 4, 1), (256, 64, 8, 8, 3, 1), (128, 64, 8, 8, 3, 2)] if sorted_act else []
+    return [_gemm(*c) for c in tiles + persistent]
 
 
 def block_m_options(n_tok: int, top_k: int, n_experts: int) -> list[int]:
@@ -75,10 +75,10 @@ def _problem(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool):
     return x, w13, w2, weights.flatten().float(), ids, scales
 
 
-def layouts(block_m: int) -> tuple[bool, ...]:
-    """Activation layouts to try (sorted_act): the sorted TMA layout only for tall tiles; with 16-32
-    rows it lost 2-9% on the H200 at the same tiles (perf/results/moe-tma-h200)."""
-    return (False, True) if block_m >= 64 else (False,)
+def layouts(block_m: int, mxfp4: bool) -> tuple[bool, ...]:
+    """Forms to try (sorted_act: kernels.moe_gemm_tma): the TMA form only for tall tiles; at decode
+    sizes it lost 2-9% on the H200 at the same tiles (perf/results/moe-tma-h200); dense weights only."""
+    return (False, True) if block_m >= 64 and not mxfp4 else (False,)
 
 
 def _gemm_call(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool, block_m: int, name: str, sorted_act: bool):
@@ -109,8 +109,8 @@ def _compile(job: tuple) -> None:
 def precompile(shape: tuple[int, int, int, int], tokens: list[int], mxfp4: bool, jobs: int) -> None:
     """Compiles every candidate of every BLOCK_M these token counts try, in parallel processes."""
     block_ms = sorted({m for n in tokens for m in block_m_options(n, shape[1], shape[0])})
-    work = [(shape, mxfp4, m, name, layout, cfg) for m in block_ms for name in ("up", "down") for layout in layouts(m)
-            for cfg in candidates(m)]
+    work = [(shape, mxfp4, m, name, layout, cfg) for m in block_ms for name in ("up", "down") for layout in layouts(m, mxfp4)
+            for cfg in candidates(m, layout)]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_compile, work))
 
@@ -129,11 +129,11 @@ def tune_shape(shape: tuple[int, int, int, int], tokens: list[int], path: Path, 
     for n_tok in tokens:
         best = (float("inf"), None)
         for block_m in block_m_options(n_tok, shape[1], shape[0]):
-            for sorted_act in layouts(block_m):
+            for sorted_act in layouts(block_m, mxfp4):
                 picks, total = {}, 0.0
                 for name in ("up", "down"):
                     call = _gemm_call(shape, n_tok, mxfp4, block_m, name, sorted_act)
-                    timed = [(bench(timer, lambda cfg=cfg: call(cfg)), cfg) for cfg in candidates(block_m)]
+                    timed = [(bench(timer, lambda cfg=cfg: call(cfg)), cfg) for cfg in candidates(block_m, sorted_act)]
                     for t, cfg in timed:
                         print(f"    T={n_tok} BLOCK_M={block_m} TMA={sorted_act} {name}: {t * 1e3:8.1f} us {cfg}",
                               flush=True)

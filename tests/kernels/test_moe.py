@@ -45,11 +45,11 @@ def test_fused_moe_skewed_routing() -> None:
     assert_close(K.fused_moe(x, w13, w2, weights, ids), ref, torch.bfloat16)
 
 
-@pytest.mark.parametrize("persistent", [0, 1])
-@pytest.mark.parametrize("tma", [False, True])
-def test_fused_moe_explicit_tiles(persistent: int, tma: bool) -> None:
-    """A tuned-table style config: partial N and K tiles, grouped order, the persistent tile loop
-    (fewer programs than tiles, the tile count read on the device), both activation layouts."""
+@pytest.mark.parametrize("tma, persistent", [(False, 0), (True, 0), (True, 1)])
+def test_fused_moe_explicit_tiles(tma: bool, persistent: int) -> None:
+    """A tuned-table style config: partial N and K tiles, grouped order, both kernels (pointer form;
+    TMA form with the activation in sorted order), and the TMA form's persistent tile loop (fewer
+    programs than tiles, the tile count read on the device)."""
     x, w13, w2, weights, ids = _moe_inputs(40, 16, 3, 96, 80, torch.bfloat16)
     gemm = {"BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2, "num_warps": 4, "num_stages": 3, "PERSISTENT": persistent}
     out = K.fused_moe(x, w13, w2, weights, ids, config={"BLOCK_M": 16, "TMA": tma, "up": gemm, "down": gemm})
