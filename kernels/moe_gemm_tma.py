@@ -9,8 +9,10 @@ scatters its weighted rows to token*top_k order. Weights come through a descript
 [E*N, K] (row expert*N + n; rows past an expert's N in a partial last tile belong to the next
 expert and only feed columns that are never stored). PERSISTENT: a fixed grid loops over the
 tiles that routing produced (read on the device) instead of one program per tile of the
-host-side bound. Measured on the H200 (perf/results/moe-tma-h200): 1.07-1.16x the pointer form
-at 2048-8192 tokens; at decode sizes it lost 2-9%, so the tables choose it per row ("TMA").
+host-side bound. Measured on the H200 (perf/results/moe-tma-h200): 1.08-1.12x the pointer form
+at 2048-8192 tokens. The tables choose it per row ("TMA"), so decode sizes keep the pointer
+kernel untouched (the early figures that had this form losing there came from a timing-order
+artifact, never re-measured for this form).
 """
 from __future__ import annotations
 

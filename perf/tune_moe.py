@@ -76,8 +76,8 @@ def _problem(shape: tuple[int, int, int, int], n_tok: int, mxfp4: bool):
 
 
 def layouts(block_m: int, mxfp4: bool) -> tuple[bool, ...]:
-    """Forms to try (sorted_act: kernels.moe_gemm_tma): the TMA form only for tall tiles; at decode
-    sizes it lost 2-9% on the H200 at the same tiles (perf/results/moe-tma-h200); dense weights only."""
+    """Forms to try (sorted_act: kernels.moe_gemm_tma): the TMA form for tall dense tiles only (the
+    prefill sizes where it was measured; its descriptors read dense weights only)."""
     return (False, True) if block_m >= 64 and not mxfp4 else (False,)
 
 
