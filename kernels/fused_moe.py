@@ -3,38 +3,61 @@ from __future__ import annotations
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .common import dot_precision
+from .common import device_sms, dot_precision, to_tl_dtype
 from .moe_align import max_padded_rows, moe_align
 from .moe_config import get_config
 from .moe_gemm import moe_gemm_kernel
+from .moe_gemm_tma import moe_gemm_tma_kernel
 from .moe_reduce import topk_sum
+
+
+def _descriptor(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
+    """TMA descriptor over a 2-D row-major view (rows must be 16-byte multiples, as TMA requires)."""
+    assert t.shape[-1] * t.element_size() % 16 == 0, f"rows of {t.shape[-1]} elements are not 16-byte multiples"
+    return TensorDescriptor.from_tensor(t, block)
 
 
 def _launch_gemm(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, weights: torch.Tensor, align: tuple, n_valid: int,
-    max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool,
+    max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool, sorted_act: bool,
     scales: torch.Tensor | None = None, bias: torch.Tensor | None = None, swiglu: tuple[float, float] | None = None,
 ) -> None:
-    """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32]."""
+    """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32].
+
+    The gated (up) projection gathers token rows of a; the other (down) scatters c to token*top_k
+    rows. sorted_act (dense weights only) takes kernels.moe_gemm_tma: the activation between the
+    two in sorted order, written and read through TMA, weights through TMA.
+    """
     sorted_ids, expert_ids, total = align
     n_out = b.shape[1] // 2 if gated else b.shape[1]
     k_dim = b.shape[2] if scales is None else scales.shape[2] * 32
-    if scales is not None:
-        assert cfg["BLOCK_K"] % 32 == 0 and b.stride(-1) == 1 and b.stride(-2) == 16 and scales.stride(-1) == 1
-    grid = (triton.cdiv(max_rows, block_m) * triton.cdiv(n_out, cfg["BLOCK_N"]),)
+    bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    tiles = triton.cdiv(max_rows, block_m) * triton.cdiv(n_out, bn)
     alpha, limit = swiglu or (1.0, 0.0)
-    moe_gemm_kernel[grid](
-        a, b, c, weights, sorted_ids, expert_ids, total, b if bias is None else bias, b if scales is None else scales,
+    bias_arg, bias_stride = (b, 0) if bias is None else (bias, bias.stride(0))
+    common = dict(A_DIV=a_div, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % bk == 0, PRECISION=dot_precision(a.dtype),
+                  HAS_BIAS=bias is not None, CLAMPED=swiglu is not None, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk,
+                  GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if sorted_act:
+        assert scales is None, "the TMA form reads dense weights only"
+        per_sm = cfg.get("PERSISTENT", 0)
+        moe_gemm_tma_kernel[(min(tiles, per_sm * device_sms(a)) if per_sm else tiles,)](
+            a if gated else _descriptor(a, [block_m, bk]), _descriptor(b.view(-1, k_dim), [bn, bk]),
+            _descriptor(c, [block_m, bn]) if gated else c, weights, sorted_ids, expert_ids, total, bias_arg,
+            n_out, k_dim, n_valid, max_rows, alpha, limit, a.stride(0), a.stride(1), c.stride(0), bias_stride,
+            A_SORTED=not gated, C_SORTED=gated, DTYPE=to_tl_dtype(c.dtype), PERSISTENT=bool(per_sm), **common,
+        )
+        return
+    if scales is not None:
+        assert bk % 32 == 0 and b.stride(-1) == 1 and b.stride(-2) == 16 and scales.stride(-1) == 1
+    moe_gemm_kernel[(tiles,)](
+        a, b, c, weights, sorted_ids, expert_ids, total, bias_arg, b if scales is None else scales,
         n_out, k_dim, n_valid, max_rows, alpha, limit,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(-1), c.stride(0), c.stride(1),
-        0 if bias is None else bias.stride(0), 0 if scales is None else scales.stride(0),
-        0 if scales is None else scales.stride(1),
-        A_DIV=a_div, GATED=gated, WEIGHTED=weighted, EVEN_K=k_dim % cfg["BLOCK_K"] == 0,
-        PRECISION=dot_precision(a.dtype), HAS_BIAS=bias is not None, CLAMPED=swiglu is not None,
-        MXFP4=scales is not None,
-        BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        bias_stride, 0 if scales is None else scales.stride(0), 0 if scales is None else scales.stride(1),
+        MXFP4=scales is not None, **common,
     )
 
 
@@ -48,6 +71,9 @@ def fused_moe(
 
     Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales,
     the clamped SwiGLU). `config` overrides the table lookup (the tuner uses it).
+    Where the config says "TMA" (tuned prefill rows; dense weights) the activation between the GEMMs
+    is kept in expert-sorted order, padding rows included (max_padded_rows x I), so that the down
+    GEMM reads it as contiguous tiles (kernels.moe_gemm_tma); otherwise it is in token*top_k order.
     """
     n_tok, hidden = x.shape
     n_experts, inter = w13.shape[0], w13.shape[1] // 2
@@ -61,10 +87,11 @@ def fused_moe(
     max_rows = max_padded_rows(n_valid, n_experts, block_m)
     align = moe_align(topk_ids, n_experts, block_m)
     weights = topk_weights.reshape(-1).float().contiguous()
-    act = torch.empty((n_valid, inter), dtype=x.dtype, device=x.device)
-    _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False,
+    sorted_act = bool(cfg.get("TMA")) and w13_scales is None
+    act = torch.empty((max_rows if sorted_act else n_valid, inter), dtype=x.dtype, device=x.device)
+    _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False, sorted_act,
                  w13_scales, b13, swiglu)
     partial = torch.empty((n_valid, hidden), dtype=x.dtype, device=x.device)
-    _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True,
+    _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True, sorted_act,
                  w2_scales, b2)
     return topk_sum(partial, n_tok, top_k)

@@ -9,6 +9,7 @@ HAS_BIAS: one bias row per expert is added before the activation / the routing w
 WEIGHTED: the fp32 routing weight of each row scales the output (down projection).
 MXFP4: B is packed e2m1 bytes [E, N, K/2] with e8m0 exponents [E, N, K/32] (kernels.mxfp4),
 decoded to A's dtype in registers a whole K tile at a time (kernels.mxfp4.mxfp4_tile).
+This is the form for decode sizes; prefill sizes take kernels.moe_gemm_tma where a table says so.
 """
 from __future__ import annotations
 
@@ -77,6 +78,34 @@ def _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, up_off
     return acc, acc_up
 
 
+@triton.jit
+def tile_coords(pid, grid_m, grid_n, GROUP_M: tl.constexpr):
+    """(M-block, N-block) of program pid in grouped order: consecutive programs share B (expert
+    weight) tiles in L2."""
+    per_group = GROUP_M * grid_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = min(grid_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
+
+
+@triton.jit
+def epilogue(acc, acc_up, rows, row_ok, offs_n, n_ok, bias_row, w_ptr, n_out, alpha, limit,
+             GATED: tl.constexpr, HAS_BIAS: tl.constexpr, CLAMPED: tl.constexpr, WEIGHTED: tl.constexpr):
+    """A tile's fp32 output: the expert's bias row, the (clamped) SwiGLU of gate and up, the routing weight."""
+    if HAS_BIAS:
+        acc += tl.load(bias_row + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            acc_up += tl.load(bias_row + n_out + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if GATED:
+        if CLAMPED:
+            acc = clamped_swiglu_mul(acc, acc_up, alpha, limit)
+        else:
+            acc = silu_mul(acc, acc_up)
+    if WEIGHTED:
+        acc = acc * tl.load(w_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    return acc
+
+
 @jit_sized("n_valid", "max_rows")
 def moe_gemm_kernel(
     a_ptr, b_ptr, c_ptr, w_ptr, sorted_ptr, expert_ptr, total_ptr, bias_ptr, scale_ptr,
@@ -87,15 +116,7 @@ def moe_gemm_kernel(
     PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr, CLAMPED: tl.constexpr, MXFP4: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(max_rows, BLOCK_M)
-    grid_n = tl.cdiv(n_out, BLOCK_N)
-    # Grouped ordering: consecutive programs share B (expert weight) tiles in L2.
-    per_group = GROUP_M * grid_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
+    pid_m, pid_n = tile_coords(tl.program_id(0), tl.cdiv(max_rows, BLOCK_M), tl.cdiv(n_out, BLOCK_N), GROUP_M)
     if pid_m * BLOCK_M >= tl.load(total_ptr):
         return
     expert = tl.load(expert_ptr + pid_m).to(tl.int64)
@@ -112,17 +133,7 @@ def moe_gemm_kernel(
     else:
         acc, acc_up = _dense_k_loop(a_rows, b_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, n_out * stride_bn,
                                     GATED, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
-    if HAS_BIAS:
-        bias_row = bias_ptr + expert * stride_bias_e
-        acc += tl.load(bias_row + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if GATED:
-            acc_up += tl.load(bias_row + n_out + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if GATED:
-        if CLAMPED:
-            acc = clamped_swiglu_mul(acc, acc_up, alpha, limit)
-        else:
-            acc = silu_mul(acc, acc_up)
-    if WEIGHTED:
-        acc = acc * tl.load(w_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    acc = epilogue(acc, acc_up, rows, row_ok, offs_n, n_ok, bias_ptr + expert * stride_bias_e, w_ptr, n_out, alpha,
+                   limit, GATED, HAS_BIAS, CLAMPED, WEIGHTED)
     c_ptrs = c_ptr + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])

@@ -45,6 +45,17 @@ def test_fused_moe_skewed_routing() -> None:
     assert_close(K.fused_moe(x, w13, w2, weights, ids), ref, torch.bfloat16)
 
 
+@pytest.mark.parametrize("tma, persistent", [(False, 0), (True, 0), (True, 1)])
+def test_fused_moe_explicit_tiles(tma: bool, persistent: int) -> None:
+    """A tuned-table style config: partial N and K tiles, grouped order, both kernels (pointer form;
+    TMA form with the activation in sorted order), and the TMA form's persistent tile loop (fewer
+    programs than tiles, the tile count read on the device)."""
+    x, w13, w2, weights, ids = _moe_inputs(40, 16, 3, 96, 80, torch.bfloat16)
+    gemm = {"BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2, "num_warps": 4, "num_stages": 3, "PERSISTENT": persistent}
+    out = K.fused_moe(x, w13, w2, weights, ids, config={"BLOCK_M": 16, "TMA": tma, "up": gemm, "down": gemm})
+    assert_close(out, R.fused_moe(x.float(), w13.float(), w2.float(), weights, ids), torch.bfloat16)
+
+
 @pytest.mark.parametrize("n_tok,n_experts,top_k,block_m", [(1, 8, 2, 16), (37, 20, 3, 16), (100, 4, 2, 64)])
 def test_moe_align(n_tok: int, n_experts: int, top_k: int, block_m: int) -> None:
     ids = torch.randint(0, n_experts, (n_tok, top_k), device=DEVICE)

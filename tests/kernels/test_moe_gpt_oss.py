@@ -60,6 +60,20 @@ def test_fused_moe_dense_biased_clamped(dtype: torch.dtype) -> None:
     assert_close(out, _reference(x, up, down, b13, b2, weights, ids), dtype)
 
 
+def test_tma_form_with_biases_and_clamp() -> None:
+    """A table's "TMA" row over dense experts with biases and the clamp (the dequantized GPT-OSS
+    fallback): the activation in sorted order between the GEMMs; MXFP4 experts ignore the flag."""
+    x, up, down, b13, b2, weights, ids = _inputs(13, 8, 4, 96, 64, torch.bfloat16)
+    gemm = {"BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}
+    cfg = {"BLOCK_M": 16, "TMA": True, "up": gemm, "down": gemm}
+    ref = _reference(x, up, down, b13, b2, weights, ids)
+    w13, w2 = R.dequantize_mxfp4(*up, torch.bfloat16), R.dequantize_mxfp4(*down, torch.bfloat16)
+    assert_close(K.fused_moe(x, w13, w2, weights, ids, b13=b13, b2=b2, swiglu=SWIGLU, config=cfg), ref, torch.bfloat16)
+    out = K.fused_moe(x, up[0], down[0], weights, ids, b13=b13, b2=b2, w13_scales=up[1], w2_scales=down[1],
+                      swiglu=SWIGLU, config=cfg)
+    assert_close(out, ref, torch.bfloat16)
+
+
 def test_down_bias_only_on_one_rank() -> None:
     """Ranks other than 0 pass no down-projection bias (the all-reduce adds rank 0's once)."""
     x, up, down, b13, _, weights, ids = _inputs(6, 8, 2, 64, 64, torch.float32)
