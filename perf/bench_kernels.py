@@ -19,6 +19,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -300,28 +301,34 @@ def flashinfer_cells(r: dict, unit: float) -> str:
             f"{every} |")
 
 
-def decode_lines(rows: list[dict]) -> list[str]:
+def attention_table(title: str, head: str, rule: str, cells: Callable[[dict], str], unit: float,
+                    rows: list[dict]) -> list[str]:
+    """A markdown table of attention rows, with FlashInfer's columns where any row has them."""
     fi = any("flashinfer_ms" in r for r in rows)
-    lines = [f"## Paged decode attention ({HQ} q heads, {HK} kv heads, D={D}, {PAGE}-token pages)", "",
-             "| batch | context | ours (us) | KV-read floor (us) | % of HBM floor | SDPA best (us) | backend | "
-             "speedup vs SDPA |" + FI_HEAD * fi, "|---:|---:|---:|---:|---:|---:|---|---:|" + FI_RULE * fi]
-    for r in rows:
-        lines.append(f"| {r['batch']} | {r['ctx']} | {r['ms'] * 1e3:.1f} | {r['hbm_floor_ms'] * 1e3:.1f} | "
-                     f"{r['pct_floor']:.1f} | {r['sdpa_ms'] * 1e3:.1f} | {r['sdpa_backend']} | "
-                     f"{r['speedup_vs_sdpa']:.2f} |" + flashinfer_cells(r, 1e3) * fi)
-    return lines
+    return [title, "", head + FI_HEAD * fi, rule + FI_RULE * fi] + [cells(r) + flashinfer_cells(r, unit) * fi
+                                                                    for r in rows]
+
+
+def decode_lines(rows: list[dict]) -> list[str]:
+    return attention_table(
+        f"## Paged decode attention ({HQ} q heads, {HK} kv heads, D={D}, {PAGE}-token pages)",
+        "| batch | context | ours (us) | KV-read floor (us) | % of HBM floor | SDPA best (us) | backend | speedup vs SDPA |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|",
+        lambda r: (f"| {r['batch']} | {r['ctx']} | {r['ms'] * 1e3:.1f} | {r['hbm_floor_ms'] * 1e3:.1f} | "
+                   f"{r['pct_floor']:.1f} | {r['sdpa_ms'] * 1e3:.1f} | {r['sdpa_backend']} | {r['speedup_vs_sdpa']:.2f} |"),
+        1e3, rows)
 
 
 def prefill_lines(rows: list[dict]) -> list[str]:
-    fi = any("flashinfer_ms" in r for r in rows)
-    lines = ["## Paged prefill attention (causal fresh prompts, same heads; SDPA runs one call per prompt)", "",
-             "| prompts | ours (ms) | ours TFLOP/s | causal GEMM floor (ms) | SDPA best (ms) | backend | "
-             "SDPA TFLOP/s | speedup vs SDPA |" + FI_HEAD * fi, "|---|---:|---:|---:|---:|---|---:|---:|" + FI_RULE * fi]
-    for r in rows:
-        lines.append(f"| {'+'.join(map(str, r['prompts']))} | {r['ms']:.3f} | {r['tflops']:.0f} | "
-                     f"{r['gemm_floor_ms']:.3f} | {r['sdpa_ms']:.3f} | {r['sdpa_backend']} | {r['sdpa_tflops']:.0f} | "
-                     f"{r['speedup_vs_sdpa']:.2f} |" + flashinfer_cells(r, 1.0) * fi)
-    return lines
+    return attention_table(
+        "## Paged prefill attention (causal fresh prompts, same heads; SDPA runs one call per prompt)",
+        "| prompts | ours (ms) | ours TFLOP/s | causal GEMM floor (ms) | SDPA best (ms) | backend | SDPA TFLOP/s | "
+        "speedup vs SDPA |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+        lambda r: (f"| {'+'.join(map(str, r['prompts']))} | {r['ms']:.3f} | {r['tflops']:.0f} | "
+                   f"{r['gemm_floor_ms']:.3f} | {r['sdpa_ms']:.3f} | {r['sdpa_backend']} | {r['sdpa_tflops']:.0f} | "
+                   f"{r['speedup_vs_sdpa']:.2f} |"),
+        1.0, rows)
 
 
 def prefill_variant_lines(rows: list[dict]) -> list[str]:
