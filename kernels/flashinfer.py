@@ -7,8 +7,9 @@ batches run eagerly (plain steps and the attention of mixed CUDA graphs); the de
 lead such a batch, decode-only batches and anything being captured stay on our kernels (its
 plan() runs on the host). No attention sinks here (GPT-OSS stays on ours). Our per-layer K and V
 caches [blocks, page, Hk, D] are its "NHD" paged layout given as a (k, v) pair: no copy, only our
-block tables as its page lists. Its kernels JIT-compile with the machine's nvcc on first use (under a minute on the H200;
-cached under ~/.cache/flashinfer), which the engine's start-up profile triggers.
+block tables as its page lists. Its kernels JIT-compile with the machine's nvcc on first use
+(under a minute on the H200; cached under ~/.cache/flashinfer), which the engine's start-up
+profile triggers.
 `LAMINAR_FLASHINFER=0` turns it off.
 """
 from __future__ import annotations

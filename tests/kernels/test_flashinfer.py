@@ -124,7 +124,7 @@ def test_real_flashinfer_matches_reference(window, seqs):
 
 
 @needs_flashinfer
-def test_real_flashinfer_leaves_decode_sinks_and_capture_to_ours(monkeypatch):
+def test_real_flashinfer_leaves_decode_sinks_and_switched_off_to_ours(monkeypatch):
     decode = paged_batch([(1, 40), (1, 17)], 8, 2, 64, 16, torch.bfloat16)
     prompt = paged_batch([(3, 40), (1, 17)], 8, 2, 64, 16, torch.bfloat16)
     assert not fi.flashinfer_can_serve(decode[0].cuda(), decode[3], None)
