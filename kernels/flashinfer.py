@@ -8,8 +8,7 @@ lead such a batch, decode-only batches and anything being captured stay on our k
 plan() runs on the host). No attention sinks here (GPT-OSS stays on ours). Our per-layer K and V
 caches [blocks, page, Hk, D] are its "NHD" paged layout given as a (k, v) pair: no copy, only our
 block tables as its page lists. Its kernels JIT-compile with the machine's nvcc on first use
-(under a minute on the H200; cached under ~/.cache/flashinfer), which the engine's start-up
-profile triggers.
+(cached under ~/.cache/flashinfer), which the engine's start-up profile triggers.
 `LAMINAR_FLASHINFER=0` turns it off.
 """
 from __future__ import annotations
