@@ -139,6 +139,43 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
     return values.flatten(-2).to(dtype)
 
 
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """FP8 (float8_e4m3fn) weights [..., N, K] -> `dtype`, by the shape of their float32 scales.
+
+    scale [..., ceil(N/bn), ceil(K/bk)]: one per bn x bk block (Qwen3-FP8 / DeepSeek
+    `weight_scale_inv`, 128 x 128), the block size read off the two shapes;
+    scale [..., N] or [..., N, 1]: one per output channel (compressed-tensors `weight_scale`).
+    """
+    w = weight.float()
+    n, k = w.shape[-2:]
+    if scale.ndim == w.ndim and scale.shape[-2:] != (n, 1):
+        bn, bk = -(-n // scale.shape[-2]), -(-k // scale.shape[-1])
+        full = scale.float().repeat_interleave(bn, dim=-2).repeat_interleave(bk, dim=-1)
+        return (w * full[..., :n, :k]).to(dtype)
+    return (w * scale.float().reshape(*w.shape[:-1], 1)).to(dtype)
+
+
+def quantize_fp8(weight: torch.Tensor, block: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of dequantize_fp8 up to rounding: absmax scales per block (or per row if block is None).
+
+    Builds FP8 test checkpoints and dummy weights; returns (float8_e4m3fn weight, float32 scale).
+    """
+    w = weight.float()
+    n, k = w.shape[-2:]
+    if block is None:
+        scale = w.abs().amax(dim=-1).clamp(min=1e-12) / FP8_MAX
+        return (w / scale[..., None]).to(torch.float8_e4m3fn), scale
+    bn, bk = block
+    padded = torch.nn.functional.pad(w, (0, -k % bk, 0, -n % bn))
+    tiles = padded.unflatten(-1, (-1, bk)).unflatten(-3, (-1, bn))  # [..., N/bn, bn, K/bk, bk]
+    scale = tiles.abs().amax(dim=(-3, -1)).clamp(min=1e-12) / FP8_MAX
+    full = scale.repeat_interleave(bn, dim=-2).repeat_interleave(bk, dim=-1)[..., :n, :k]
+    return (w / full).to(torch.float8_e4m3fn), scale
+
+
 def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64).
 
@@ -163,11 +200,16 @@ def fused_moe(
 
     Optional (GPT-OSS): biases b13 [E, 2I] and b2 [E, H], added before the activation and before
     the routing weight; MXFP4 weights (w13 / w2 are then uint8 blocks [E, N, K/32, 16] with
-    w13_scales / w2_scales [E, N, K/32], see dequantize_mxfp4); swiglu = (alpha, limit) selects
+    w13_scales / w2_scales [E, N, K/32], see dequantize_mxfp4); FP8 weights (float8_e4m3fn w13 / w2
+    with float32 block or channel scales, see dequantize_fp8); swiglu = (alpha, limit) selects
     clamped_swiglu instead of silu_and_mul.
     """
     def weight(w: torch.Tensor, scales: torch.Tensor | None, expert: int) -> torch.Tensor:
-        return w[expert] if scales is None else dequantize_mxfp4(w[expert], scales[expert], x.dtype)
+        if scales is None:
+            return w[expert]
+        if w.dtype == torch.float8_e4m3fn:
+            return dequantize_fp8(w[expert], scales[expert], x.dtype)
+        return dequantize_mxfp4(w[expert], scales[expert], x.dtype)
 
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     flat_ids = topk_ids.flatten()
