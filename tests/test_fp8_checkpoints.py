@@ -6,6 +6,7 @@ tokens exactly. Configs and tensors that cannot be served exactly are refused at
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -205,3 +206,25 @@ def test_block_scales_shard_on_block_edges_only():
     with pytest.raises(ValueError, match="off its 24-wide scale blocks"):
         fmt.scale_index((slice(None), slice(32, 64)), 2)
     assert Fp8(None, "weight_scale").scale_index((slice(8, 16), slice(32, 64)), 2) == (slice(8, 16), slice(None))
+
+
+@pytest.mark.parametrize("name, scales", [("qwen3-30b-a3b-fp8", (128, 12, 16)), ("qwen3-30b-a3b-fp8-dynamic", (128, 1536, 1))])
+def test_perf_fp8_configs_give_the_release_shapes(name, scales):
+    """perf/models' FP8 configs (benchmarks load them with load_format=dummy): a layer of the real model,
+    allocated on the meta device, holds FP8 experts and attention with scales of the release's shapes."""
+    from pathlib import Path
+
+    from laminar.distributed import ShardLayout, TensorParallel
+    from laminar.models import Qwen3ForCausalLM
+    from laminar.ops import torch_ops
+
+    cfg = ModelConfig.from_dir(Path(__file__).parents[1] / "perf" / "models" / name)
+    cfg = dataclasses.replace(cfg, num_layers=1)
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(cfg, torch_ops, 16, TensorParallel())
+    layer = model.layers[0]
+    assert layer.mlp.w13.dtype == layer.self_attn.qkv_proj.dtype == torch.float8_e4m3fn
+    assert layer.mlp.w13_scales.shape == scales and layer.mlp.gate.dtype != torch.float8_e4m3fn
+    scale_bytes = 4 * (layer.mlp.w13_scales[0].numel() + layer.mlp.w2_scales[0].numel())
+    assert model.expert_bytes() == 3 * 2048 * 768 + scale_bytes  # half the bf16 expert, plus its scales
+    assert ShardLayout.of(cfg, TensorParallel(0, 2)).moe_intermediate_size % 128 == 0  # TP2 cuts on block edges
