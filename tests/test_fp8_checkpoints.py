@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from test_tp import run_script
 
 from laminar.config import ModelConfig
 from laminar.formats.fp8 import Fp8
+from laminar.ops import torch_ops
 
 KEEP = ("model.layers.1.self_attn.o_proj",)  # listed in the ignore list: stays fp32 in the FP8 checkpoint
 
@@ -206,6 +208,16 @@ def test_block_scales_shard_on_block_edges_only():
     with pytest.raises(ValueError, match="off its 24-wide scale blocks"):
         fmt.scale_index((slice(None), slice(32, 64)), 2)
     assert Fp8(None, "weight_scale").scale_index((slice(8, 16), slice(32, 64)), 2) == (slice(8, 16), slice(None))
+
+
+def test_kernels_take_128_blocks_only():
+    """On CUDA the FP8 kernels index 128x128 scale blocks: other blocks are refused after loading, not mid-step."""
+    w, s = Fp8((16, 24), "weight_scale_inv").allocate(32, 48)
+    kernels = types.ModuleType("laminar_kernels")
+    with pytest.raises(ValueError, match="FP8 scale blocks of 16x24: the FP8 kernels read 128x128"):
+        Fp8((16, 24), "weight_scale_inv").post_load(kernels, w, s)
+    assert Fp8((16, 24), "weight_scale_inv").post_load(torch_ops, w, s) == (w, s)
+    assert Fp8((128, 128), "weight_scale_inv").post_load(kernels, w, s) == (w, s)
 
 
 @pytest.mark.parametrize("name, scales", [("qwen3-30b-a3b-fp8", (128, 12, 16)), ("qwen3-30b-a3b-fp8-dynamic", (128, 1536, 1))])

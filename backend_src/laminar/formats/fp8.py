@@ -24,6 +24,7 @@ from laminar.formats.base import Index, WeightFormat
 from laminar.ops import torch_ops
 
 ARCHITECTURES = ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM")
+KERNEL_BLOCK = (128, 128)  # the block scales the FP8 kernels index (kernels.fp8: 128-wide groups)
 # Dummy weights: gaussian codes of this std (a 128 x 128 block's absmax is ~4.5 sigma, which the
 # real scales map to 448) and a scale that brings them to the std 0.02 of the other dummy weights.
 DUMMY_CODE_STD = 100.0
@@ -78,6 +79,15 @@ class Fp8(WeightFormat):
             return F.linear(x, self.dequantize(weight, scales, x.dtype), bias)
         y = ops.fp8_linear(x, weight, scales)
         return y if bias is None else y + bias
+
+    def post_load(self, ops: ModuleType, weight: nn.Parameter, scales: nn.Parameter | None
+                  ) -> tuple[nn.Parameter, nn.Parameter | None]:
+        """Refuses, before the first step, block scales the kernels cannot read (the reference reads any)."""
+        if ops is not torch_ops and self.block not in (None, KERNEL_BLOCK):
+            raise ValueError(f"FP8 scale blocks of {self.block[0]}x{self.block[1]}: the FP8 kernels read "
+                             f"{KERNEL_BLOCK[0]}x{KERNEL_BLOCK[1]} blocks or per-channel scales (LAMINAR_OPS=torch "
+                             "runs the reference)")
+        return weight, scales
 
 
 def _grid_slice(s, block: int | None):
