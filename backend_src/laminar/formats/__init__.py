@@ -2,10 +2,11 @@
 
 A WeightFormat (laminar.formats.base) owns everything that depends on how a linear layer's weights
 are stored: parameter allocation, where a checkpoint's scales go under tensor parallelism, dummy
-values, the torch reference (dequantize, then the op) and the kernel choice, the fused MoE's
-tuning-table key, the expert-bytes accounting and a post-load hook. Quantization reads
-`quantization_config` and says which format each checkpoint module is in. Adding a format: one
-module here (its WeightFormat and a from_config) plus its kernel, and its quant_method below.
+values, the torch reference (dequantize, then the op) and the kernel choice, the expert-bytes
+accounting and a post-load hook. Quantization reads `quantization_config` and says which format
+each checkpoint module is in. Adding a format: one module here (its WeightFormat and a
+from_config) plus its kernel, and its quant_method below. The fused MoE picks its tuning table
+from the expert weights it is given (kernels.moe_config), so formats need not tell it.
 """
 from __future__ import annotations
 

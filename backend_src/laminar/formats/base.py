@@ -22,7 +22,6 @@ class WeightFormat:
     """Unquantized weights; the base of every format (see the module docstring)."""
 
     name = "unquantized"
-    table_key = ""  # suffix of the fused MoE's tuning tables (kernels/configs); "" for the model dtype
     quantized = False
     architectures: tuple[str, ...] = ()  # where a quantized format's checkpoint layout is understood
 

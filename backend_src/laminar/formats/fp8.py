@@ -35,7 +35,6 @@ class Fp8(WeightFormat):
     block: tuple[int, int] | None  # (bn, bk); None: one scale per output channel
     scale_suffix: str  # the scale tensor's name beside `weight`: weight_scale_inv or weight_scale
 
-    table_key = "FP8"
     quantized = True
     architectures = ARCHITECTURES
 

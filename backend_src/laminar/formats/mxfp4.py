@@ -21,7 +21,6 @@ DUMMY_SCALE = 120
 
 class Mxfp4(WeightFormat):
     name = "mxfp4"
-    table_key = "MXFP4"
     quantized = True
     architectures = ("GptOssForCausalLM",)
 
