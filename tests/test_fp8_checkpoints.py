@@ -240,3 +240,15 @@ def test_perf_fp8_configs_give_the_release_shapes(name, scales):
     scale_bytes = 4 * (layer.mlp.w13_scales[0].numel() + layer.mlp.w2_scales[0].numel())
     assert model.expert_bytes() == 3 * 2048 * 768 + scale_bytes  # half the bf16 expert, plus its scales
     assert ShardLayout.of(cfg, TensorParallel(0, 2)).moe_intermediate_size % 128 == 0  # TP2 cuts on block edges
+
+
+def test_cuts_off_the_scale_blocks_are_refused_on_every_rank(fp8_checkpoints):
+    """Found while the model is built (every rank, rank 0 included), not while one worker loads its shard."""
+    from laminar.distributed import TensorParallel
+    from laminar.models import Qwen3ForCausalLM
+
+    cfg = ModelConfig.from_dir(fp8_checkpoints["block-moe"]["fp8"])  # 16 x 24 blocks
+    with torch.device("meta"):
+        Qwen3ForCausalLM(cfg, torch_ops, 16, TensorParallel(0, 1))
+        with pytest.raises(ValueError, match=r"FP8 o_proj: pieces of 32 columns .* not whole 24-wide scale blocks"):
+            Qwen3ForCausalLM(cfg, torch_ops, 16, TensorParallel(0, 2))

@@ -34,6 +34,10 @@ class WeightFormat:
         lead = () if experts is None else (experts,)
         return nn.Parameter(torch.empty(*lead, rows, cols)), None
 
+    def check_cuts(self, name: str, rows: tuple[int, ...], cols: tuple[int, ...]) -> None:
+        """Refuses a weight cut (into fused parts or tensor-parallel shards) where its scales cannot follow:
+        `rows` / `cols` are the sizes of the pieces along each dimension."""
+
     def scale_name(self, weight: str) -> str | None:
         """The checkpoint name of the scales of the checkpoint weight `weight` (None: no scales)."""
         return None

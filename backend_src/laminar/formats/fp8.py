@@ -48,6 +48,16 @@ class Fp8(WeightFormat):
         return (nn.Parameter(torch.empty(*lead, rows, cols, dtype=torch.float8_e4m3fn), requires_grad=False),
                 nn.Parameter(torch.empty(*lead, *grid, dtype=torch.float32), requires_grad=False))
 
+    def check_cuts(self, name: str, rows: tuple[int, ...], cols: tuple[int, ...]) -> None:
+        """Block scales follow a cut only on a block edge (per-channel scales follow any row cut)."""
+        if self.block is None:
+            return
+        for sizes, block, what in ((rows, self.block[0], "rows"), (cols, self.block[1], "columns")):
+            for size in sizes:
+                if size % block:
+                    raise ValueError(f"FP8 {name}: pieces of {size} {what} (fused projections or tensor-parallel "
+                                     f"shards) are not whole {block}-wide scale blocks: use fewer ranks")
+
     def scale_name(self, weight: str) -> str | None:
         return weight.removesuffix("weight") + self.scale_suffix if weight.endswith(".weight") else None
 

@@ -25,8 +25,11 @@ from laminar.ops import AttentionMetadata
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
 
-def hold(module: nn.Module, name: str, fmt: WeightFormat, rows: int, cols: int, experts: int | None = None) -> None:
-    """Gives `module` the weight `name` [experts?, rows, cols] and its scales `name`_scales, in `fmt`."""
+def hold(module: nn.Module, name: str, fmt: WeightFormat, rows: int, cols: int, experts: int | None = None,
+         cuts: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())) -> None:
+    """Gives `module` the weight `name` [experts?, rows, cols] and its scales `name`_scales, in `fmt`.
+    cuts: the sizes of the pieces the rows / columns are cut into (fused parts, this rank's shard)."""
+    fmt.check_cuts(name, *cuts)
     if "formats" not in module.__dict__:
         module.formats = {}
     module.formats[name] = fmt
@@ -55,8 +58,9 @@ class Attention(nn.Module):
         self.window = window
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.split = (q_size, kv_size, kv_size)
-        hold(self, "qkv_proj", qkv_format, q_size + 2 * kv_size, cfg.hidden_size)
-        hold(self, "o_proj", o_format, cfg.hidden_size, q_size)
+        sharded = tp.size > 1
+        hold(self, "qkv_proj", qkv_format, q_size + 2 * kv_size, cfg.hidden_size, cuts=((q_size, kv_size), ()))
+        hold(self, "o_proj", o_format, cfg.hidden_size, q_size, cuts=((), (q_size,) * sharded))
         self.q_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.qkv_bias = nn.Parameter(torch.empty(q_size + 2 * kv_size)) if biases else None
@@ -95,8 +99,8 @@ class DenseMLP(nn.Module):
                  gate_up_format: WeightFormat = UNQUANTIZED, down_format: WeightFormat = UNQUANTIZED) -> None:
         super().__init__()
         self.ops, self.tp = ops, tp
-        hold(self, "gate_up_proj", gate_up_format, 2 * intermediate, hidden)
-        hold(self, "down_proj", down_format, hidden, intermediate)
+        hold(self, "gate_up_proj", gate_up_format, 2 * intermediate, hidden, cuts=((intermediate,), ()))
+        hold(self, "down_proj", down_format, hidden, intermediate, cuts=((), (intermediate,) * (tp.size > 1)))
 
     def forward(self, x: torch.Tensor, expert_hits: torch.Tensor) -> torch.Tensor:
         ops, formats = self.ops, self.formats
@@ -124,8 +128,8 @@ class SparseMoE(nn.Module):
         self.gate = nn.Parameter(torch.empty(e, h))
         self.gate_bias = nn.Parameter(torch.empty(e)) if biases else None
         self.fmt = fmt
-        hold(self, "w13", fmt, 2 * i, h, experts=e)
-        hold(self, "w2", fmt, h, i, experts=e)
+        hold(self, "w13", fmt, 2 * i, h, experts=e, cuts=((i,), ()))
+        hold(self, "w2", fmt, h, i, experts=e, cuts=((), (i,) * (tp.size > 1)))
         self.w13_bias = nn.Parameter(torch.empty(e, 2 * i)) if biases else None
         self.w2_bias = nn.Parameter(torch.empty(e, h)) if biases and tp.rank == 0 else None
         self.swiglu = (cfg.swiglu_alpha, cfg.swiglu_limit) if cfg.swiglu_limit is not None else None
