@@ -58,9 +58,8 @@ class Attention(nn.Module):
         self.window = window
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.split = (q_size, kv_size, kv_size)
-        sharded = tp.size > 1
         hold(self, "qkv_proj", qkv_format, q_size + 2 * kv_size, cfg.hidden_size, cuts=((q_size, kv_size), ()))
-        hold(self, "o_proj", o_format, cfg.hidden_size, q_size, cuts=((), (q_size,) * sharded))
+        hold(self, "o_proj", o_format, cfg.hidden_size, q_size, cuts=((), (q_size,) * (tp.size > 1)))
         self.q_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.qkv_bias = nn.Parameter(torch.empty(q_size + 2 * kv_size)) if biases else None
