@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -18,12 +19,14 @@ from torch import nn
 Index = tuple  # an index into a tensor's leading dimensions (slices or ints), as Placement holds
 
 
+@dataclass(frozen=True)
 class WeightFormat:
-    """Unquantized weights; the base of every format (see the module docstring)."""
+    """Unquantized weights; the base of every format (see the module docstring). Formats are values:
+    equal when of one kind with equal fields (what fused projections compare)."""
 
     name = "unquantized"
     quantized = False
-    architectures: tuple[str, ...] = ()  # where a quantized format's checkpoint layout is understood
+    architectures = ()  # (class attribute, not a field) where a quantized format's checkpoint layout is understood
 
     def covers(self, module: str) -> bool:
         """Whether this format can hold the checkpoint module's weights (MXFP4: experts only)."""

@@ -7,6 +7,8 @@ tensors itself (laminar.models.gpt_oss_weights), since they are named after the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -19,6 +21,7 @@ GROUP = 32  # values per e8m0 scale
 DUMMY_SCALE = 120
 
 
+@dataclass(frozen=True)
 class Mxfp4(WeightFormat):
     name = "mxfp4"
     quantized = True
