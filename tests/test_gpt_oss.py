@@ -22,7 +22,7 @@ def test_20b_config() -> None:
     cfg = ModelConfig.from_dir(REPO / "perf/models/gpt-oss-20b")
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (24, 2880, 64, 8, 64)
     assert (cfg.vocab_size, cfg.num_experts, cfg.top_k, cfg.moe_intermediate_size) == (201088, 32, 4, 2880)
-    assert cfg.layer_windows == (128, FULL_ATTENTION) * 12 and cfg.experts_mxfp4
+    assert cfg.layer_windows == (128, FULL_ATTENTION) * 12 and cfg.quantization.method == "mxfp4"
     assert (cfg.swiglu_alpha, cfg.swiglu_limit, cfg.yarn.factor, cfg.yarn.truncate) == (1.702, 7.0, 32.0, False)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from laminar.formats import Quantization
+
 SCHEDULE_MODES = ("layered", "chunked")
 LOAD_FORMATS = ("safetensors", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,8 +48,8 @@ class ModelConfig:
 
     GPT-OSS: every layer is an MoE layer whose experts have intermediate size
     `moe_intermediate_size` (its config's `intermediate_size`); `layer_windows` holds each
-    layer's sliding window (FULL_ATTENTION for full layers); `experts_mxfp4` says the
-    checkpoint stores the expert weights in MXFP4 (`quantization_config.quant_method`).
+    layer's sliding window (FULL_ATTENTION for full layers). `quantization` is what the
+    checkpoint's `quantization_config` says (every architecture; laminar.formats).
     """
 
     architecture: str
@@ -73,7 +75,7 @@ class ModelConfig:
     layer_windows: tuple[int, ...] = ()
     swiglu_alpha: float = 1.0
     swiglu_limit: float | None = None
-    experts_mxfp4: bool = False
+    quantization: Quantization = Quantization()
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "ModelConfig":
@@ -98,6 +100,7 @@ class ModelConfig:
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             eos_token_id=tuple(eos if isinstance(eos, list) else ([] if eos is None else [eos])),
+            quantization=Quantization.from_config(cfg.get("quantization_config"), arch),
         )
         if arch == "GptOssForCausalLM":
             return cls(**common, **_gpt_oss_fields(cfg, scaling))
@@ -137,7 +140,7 @@ class ModelConfig:
 
 def _gpt_oss_fields(cfg: dict, scaling: dict) -> dict:
     """GPT-OSS: MoE in every layer (softmax over the top-k router logits, i.e. renormalised), clamped
-    SwiGLU experts, alternating sliding / full attention, YaRN RoPE, MXFP4 experts in the release."""
+    SwiGLU experts, alternating sliding / full attention, YaRN RoPE (its release's MXFP4 experts: laminar.formats)."""
     num_layers = cfg["num_hidden_layers"]
     types = cfg.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
     if len(types) != num_layers or set(types) - {"sliding_attention", "full_attention"}:
@@ -146,9 +149,6 @@ def _gpt_oss_fields(cfg: dict, scaling: dict) -> dict:
     rope_type = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if rope_type not in ("default", "yarn"):
         raise ValueError(f"rope scaling {scaling!r} is not supported (GPT-OSS: yarn or none)")
-    quant = (cfg.get("quantization_config") or {}).get("quant_method")
-    if quant not in (None, "mxfp4"):
-        raise ValueError(f"quantization {quant!r} is not supported (GPT-OSS: mxfp4 experts or none)")
     return dict(
         intermediate_size=0,
         num_experts=cfg.get("num_local_experts") or cfg.get("num_experts"),
@@ -159,7 +159,6 @@ def _gpt_oss_fields(cfg: dict, scaling: dict) -> dict:
         layer_windows=tuple(window if t == "sliding_attention" else FULL_ATTENTION for t in types),
         swiglu_alpha=float(cfg.get("swiglu_alpha", 1.702)),
         swiglu_limit=float(cfg.get("swiglu_limit", 7.0)),
-        experts_mxfp4=quant == "mxfp4",
     )
 
 
@@ -177,9 +176,9 @@ class EngineArgs:
     enable_prefix_caching keeps the KV blocks of computed prompts (and of full decode blocks)
     for later requests that start with the same tokens; see block_manager.
 
-    dequantize_experts turns MXFP4 expert weights (GPT-OSS) into the model dtype at load time;
-    by default they stay packed and the fused MoE dequantizes them in registers, reading ~3.7x
-    fewer bytes than bf16 experts.
+    dequantize_experts turns quantized expert weights (MXFP4, FP8) into the model dtype at load
+    time; by default they stay packed and the fused MoE dequantizes them in registers (MXFP4
+    experts: ~3.7x fewer bytes than bf16).
     """
 
     model: str

@@ -2,7 +2,10 @@
 
 Each model maps checkpoint names onto its own layout (`model.placements(name)`, see
 laminar.models.placements); under tensor parallelism each rank reads only its shard of every
-tensor (safetensors slices lazily), following the model's ShardLayout.
+tensor (safetensors slices lazily), following the model's ShardLayout. Quantized weights bring
+their scales (laminar.formats): a scale tensor goes where its weight goes, cut along the scale grid,
+from whichever shard holds it; an FP8 tensor without scales, or one the config does not quantize,
+is refused by name.
 """
 from __future__ import annotations
 
@@ -15,28 +18,29 @@ from laminar.models import CausalLM
 from laminar.models.placements import Placement, vocab_rows
 
 _REPLICATED = ("norm", "layernorm", "mlp.gate", "mlp.gate_bias")  # identical on every rank (the router included)
-# MXFP4 exponent of the dummy experts: e2m1 codes drawn uniformly have an RMS of about 2.9, so
-# 2^(120 - 127) brings the weights near the std 0.02 of the other dummy weights.
-DUMMY_MXFP4_SCALE = 120
+_CODES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8)  # quantized values: never converted on copy
 
 
 def load_dummy(model: CausalLM, seed: int) -> None:
     """Random weights (std 0.02; norms at 1), as vLLM's load_format=dummy, for benchmarks at real shapes.
 
     Shards draw from a per-rank stream; replicated tensors (the router) from a shared one,
-    so that every rank routes tokens to the same experts. MXFP4 experts get random codes.
+    so that every rank routes tokens to the same experts. Linear weights draw as their format says
+    (quantized ones: codes of the real shapes and plausible scales).
     """
     device = model.embed_tokens.device
     shared = torch.Generator(device=device).manual_seed(seed)
     own = torch.Generator(device=device).manual_seed(seed + 1 + model.tp.rank)
+    formats = model.weight_formats()
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(("norm", "layernorm")):
+        for name, param in params.items():
+            if name in formats:
+                formats[name].dummy_(param, params.get(name + "_scales"), own)
+            elif name.endswith("_scales") and name.removesuffix("_scales") in formats:
+                continue  # drawn with their weight
+            elif name.endswith(("norm", "layernorm")):
                 param.fill_(1.0)
-            elif name.endswith("_scales"):
-                param.fill_(DUMMY_MXFP4_SCALE)
-            elif param.dtype == torch.uint8:
-                param.random_(0, 256, generator=own)
             else:
                 param.normal_(0.0, 0.02, generator=shared if name.endswith(_REPLICATED) else own)
 
@@ -46,6 +50,7 @@ def load_safetensors(model: CausalLM, model_dir: str | Path) -> None:
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise ValueError(f"model: no *.safetensors files in {model_dir!s}")
+    _check_scales(model, _dtypes(files))
     params = dict(model.named_parameters())
     filled: dict[str, int] = {}
     vocab_params = [n for n in ("embed_tokens", "lm_head") if n in params]
@@ -55,7 +60,7 @@ def load_safetensors(model: CausalLM, model_dir: str | Path) -> None:
         for path in files:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
-                    for place in model.placements(name):
+                    for place in _placements(model, f, name, params):
                         filled[place.param] = filled.get(place.param, 0) + _copy(f, name, place, params)
     expected = {n: p.numel() for n, p in params.items()}
     rows = vocab_rows(model)
@@ -66,12 +71,55 @@ def load_safetensors(model: CausalLM, model_dir: str | Path) -> None:
         raise ValueError(f"checkpoint in {model_dir!s} does not set: {', '.join(missing[:8])}")
 
 
+def _dtypes(files: list[Path]) -> dict[str, str]:
+    """Every checkpoint tensor's safetensors dtype ("BF16", "F8_E4M3", ...), over all shards."""
+    out = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            out.update((name, f.get_slice(name).get_dtype()) for name in f.keys())
+    return out
+
+
+def _check_scales(model: CausalLM, dtypes: dict[str, str]) -> None:
+    """Every FP8 tensor comes with its scales (in any shard), under the config's quantization."""
+    quant = model.cfg.quantization
+    for name, dtype in dtypes.items():
+        if not dtype.startswith("F8"):
+            continue
+        scale = quant.fmt.scale_name(name)
+        if scale is None:
+            raise ValueError(f"checkpoint tensor {name} is FP8 ({dtype}), but config.json's quantization_config "
+                             f"({quant.method}) describes no FP8 weights")
+        if scale not in dtypes:
+            raise ValueError(f"checkpoint tensor {name} is FP8 but its scales {scale} are in no *.safetensors file")
+
+
+def _placements(model: CausalLM, f, name: str, params: dict[str, torch.Tensor]) -> list[Placement]:
+    """The model's placements of a tensor; a scale tensor goes where its weight goes, cut along its grid."""
+    fmt = model.cfg.quantization.fmt
+    weight = fmt.weight_of_scale(name)
+    if weight is None:
+        return model.placements(name)
+    ndim = len(f.get_slice(name).get_shape())
+    out = []
+    for place in model.placements(weight):
+        scales = place.param + "_scales"
+        if scales not in params:
+            raise ValueError(f"checkpoint tensor {name} holds scales of {weight}, which config.json's "
+                             f"quantization_config ({model.cfg.quantization.method}) leaves unquantized")
+        out.append(Placement(scales, fmt.scale_index(place.dest, params[scales].ndim), fmt.scale_index(place.src, ndim)))
+    return out
+
+
 def _copy(f, name: str, place: Placement, params: dict[str, torch.Tensor]) -> int:
     """Reads this rank's part of one tensor into its place; returns how many values it set."""
     dest = params[place.param][place.dest]
     tensor = f.get_slice(name)[place.src] if place.src else f.get_tensor(name)
     if place.transform is not None:
         tensor = place.transform(tensor)
+    if (tensor.dtype in _CODES or dest.dtype in _CODES) and tensor.dtype != dest.dtype:
+        raise ValueError(f"checkpoint tensor {name} is {tensor.dtype}, but config.json's quantization_config "
+                         f"makes {place.param} {dest.dtype}")
     if tensor.shape != dest.shape:
         raise ValueError(f"checkpoint tensor {name} gives shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
     dest.copy_(tensor)

@@ -67,6 +67,7 @@ class ModelRunner:
             load_safetensors(model, self.args.model)
         if self.args.dequantize_experts:
             model.dequantize_experts()
+        model.post_load()
         return model
 
     @torch.inference_mode()

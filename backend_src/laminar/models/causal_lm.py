@@ -13,6 +13,7 @@ from torch import nn
 
 from laminar.config import ModelConfig
 from laminar.distributed import ShardLayout, TensorParallel
+from laminar.formats import WeightFormat
 from laminar.models.layers import DecoderLayer, SparseMoE
 from laminar.models.placements import Placement
 from laminar.models.rotary import RotaryCache
@@ -54,10 +55,23 @@ class CausalLM(nn.Module):
         return moe[0].expert_bytes() if moe else 0
 
     def dequantize_experts(self) -> None:
-        """MXFP4 experts become dense ones in the model dtype (EngineArgs.dequantize_experts)."""
+        """Quantized experts become dense ones in the model dtype (EngineArgs.dequantize_experts)."""
         for layer in self.layers:
             if isinstance(layer.mlp, SparseMoE):
                 layer.mlp.dequantize_()
+
+    def weight_formats(self) -> dict[str, WeightFormat]:
+        """Parameter name -> the format its linear weight is held in (its scales: the name + "_scales")."""
+        return {f"{prefix}.{name}": fmt for prefix, module in self.named_modules()
+                for name, fmt in module.__dict__.get("formats", {}).items()}
+
+    def post_load(self) -> None:
+        """Each format's hook once the weights are final (loaded, dequantized if asked): a kernel's layout."""
+        for module in self.modules():
+            for name, fmt in module.__dict__.get("formats", {}).items():
+                weight, scales = fmt.post_load(self.ops, getattr(module, name), getattr(module, name + "_scales"))
+                setattr(module, name, weight)
+                setattr(module, name + "_scales", scales)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Vocab-parallel lookup: each rank fills the rows of its vocabulary range, the sum joins them."""

@@ -18,7 +18,10 @@ class GptOssForCausalLM(CausalLM):
 
     def make_layer(self, index: int) -> DecoderLayer:
         cfg, ops, tp, layout = self.cfg, self.ops, self.tp, self.layout
+        fmt, at = cfg.quantization.format_of, f"model.layers.{index}."
         attn = Attention(cfg, ops, tp, layout, self.rotary.cos_sin, qk_norm=False, biases=True, sinks=True,
-                         window=cfg.window(index))
-        mlp = SparseMoE(cfg, ops, self.moe_index[index], tp, layout, biases=True, mxfp4=cfg.experts_mxfp4)
+                         window=cfg.window(index), qkv_format=fmt(*(f"{at}self_attn.{p}_proj" for p in "qkv")),
+                         o_format=fmt(f"{at}self_attn.o_proj"))
+        experts = fmt(f"{at}mlp.experts.gate_up_proj", f"{at}mlp.experts.down_proj")
+        mlp = SparseMoE(cfg, ops, self.moe_index[index], tp, layout, biases=True, fmt=experts)
         return DecoderLayer(cfg, ops, attn, mlp)

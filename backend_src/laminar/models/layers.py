@@ -4,6 +4,10 @@ Under tensor parallelism each module is one rank's shard: attention and MLPs spl
 intermediate sizes (column-parallel in, row-parallel out, one all-reduce each), so the residual
 stream is replicated on every rank. A row-parallel bias lives on rank 0 only: the all-reduce
 sums the ranks' partial outputs, and the bias must join that sum once.
+
+Each linear weight is held in its WeightFormat (laminar.formats): `name` and `name_scales` (None
+when unquantized) as the format allocates them, recorded in the module's `formats` dict so that
+loading, dummy values and the post-load hook find them.
 """
 from __future__ import annotations
 
@@ -15,9 +19,23 @@ from torch import nn
 
 from laminar.config import FULL_ATTENTION, ModelConfig
 from laminar.distributed import ShardLayout, TensorParallel
-from laminar.ops import AttentionMetadata, torch_ops
+from laminar.formats import UNQUANTIZED, WeightFormat
+from laminar.ops import AttentionMetadata
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+def hold(module: nn.Module, name: str, fmt: WeightFormat, rows: int, cols: int, experts: int | None = None,
+         cuts: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())) -> None:
+    """Gives `module` the weight `name` [experts?, rows, cols] and its scales `name`_scales, in `fmt`.
+    cuts: the sizes of the pieces the rows / columns are cut into (fused parts, this rank's shard)."""
+    fmt.check_cuts(name, *cuts)
+    if "formats" not in module.__dict__:
+        module.formats = {}
+    module.formats[name] = fmt
+    weight, scales = fmt.allocate(rows, cols, experts)
+    setattr(module, name, weight)
+    setattr(module, name + "_scales", scales)
 
 
 class Attention(nn.Module):
@@ -30,7 +48,8 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ModelConfig, ops: ModuleType, tp: TensorParallel, layout: ShardLayout,
                  cos_sin: torch.Tensor, qk_norm: bool = True, biases: bool = False, sinks: bool = False,
-                 window: int = FULL_ATTENTION) -> None:
+                 window: int = FULL_ATTENTION, qkv_format: WeightFormat = UNQUANTIZED,
+                 o_format: WeightFormat = UNQUANTIZED) -> None:
         super().__init__()
         self.ops, self.tp, self.cos_sin = ops, tp, cos_sin  # cos_sin: the model's shared table, not a buffer
         self.num_heads, self.num_kv_heads, self.head_dim = layout.num_heads, layout.num_kv_heads, cfg.head_dim
@@ -39,8 +58,8 @@ class Attention(nn.Module):
         self.window = window
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.split = (q_size, kv_size, kv_size)
-        self.qkv_proj = nn.Parameter(torch.empty(q_size + 2 * kv_size, cfg.hidden_size))
-        self.o_proj = nn.Parameter(torch.empty(cfg.hidden_size, q_size))
+        hold(self, "qkv_proj", qkv_format, q_size + 2 * kv_size, cfg.hidden_size, cuts=((q_size, kv_size), ()))
+        hold(self, "o_proj", o_format, cfg.hidden_size, q_size, cuts=((), (q_size,) * (tp.size > 1)))
         self.q_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(self.head_dim)) if qk_norm else None
         self.qkv_bias = nn.Parameter(torch.empty(q_size + 2 * kv_size)) if biases else None
@@ -52,7 +71,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Queries of the new tokens; their keys and values go into the cache."""
         ops, t = self.ops, x.shape[0]
-        q, k, v = F.linear(x, self.qkv_proj, self.qkv_bias).split(self.split, dim=-1)
+        qkv = self.formats["qkv_proj"].linear(ops, x, self.qkv_proj, self.qkv_proj_scales, self.qkv_bias)
+        q, k, v = qkv.split(self.split, dim=-1)
         q = q.reshape(t, self.num_heads, self.head_dim)
         k = k.reshape(t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
@@ -66,20 +86,25 @@ class Attention(nn.Module):
                                         window=self.window)
 
     def output(self, attn: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(F.linear(attn.reshape(attn.shape[0], -1), self.o_proj, self.o_bias))
+        o = self.formats["o_proj"].linear(self.ops, attn.reshape(attn.shape[0], -1), self.o_proj, self.o_proj_scales,
+                                          self.o_bias)
+        return self.tp.all_reduce(o)
 
 
 class DenseMLP(nn.Module):
     """SwiGLU over this rank's slice of the intermediate dimension, one all-reduce."""
 
-    def __init__(self, hidden: int, intermediate: int, ops: ModuleType, tp: TensorParallel) -> None:
+    def __init__(self, hidden: int, intermediate: int, ops: ModuleType, tp: TensorParallel,
+                 gate_up_format: WeightFormat = UNQUANTIZED, down_format: WeightFormat = UNQUANTIZED) -> None:
         super().__init__()
         self.ops, self.tp = ops, tp
-        self.gate_up_proj = nn.Parameter(torch.empty(2 * intermediate, hidden))
-        self.down_proj = nn.Parameter(torch.empty(hidden, intermediate))
+        hold(self, "gate_up_proj", gate_up_format, 2 * intermediate, hidden, cuts=((intermediate,), ()))
+        hold(self, "down_proj", down_format, hidden, intermediate, cuts=((), (intermediate,) * (tp.size > 1)))
 
     def forward(self, x: torch.Tensor, expert_hits: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(F.linear(self.ops.silu_and_mul(F.linear(x, self.gate_up_proj)), self.down_proj))
+        ops, formats = self.ops, self.formats
+        h = ops.silu_and_mul(formats["gate_up_proj"].linear(ops, x, self.gate_up_proj, self.gate_up_proj_scales))
+        return self.tp.all_reduce(formats["down_proj"].linear(ops, h, self.down_proj, self.down_proj_scales))
 
 
 class SparseMoE(nn.Module):
@@ -87,13 +112,13 @@ class SparseMoE(nn.Module):
 
     The router is replicated; every expert holds this rank's slice of its intermediate
     dimension (the TP-sharded fused MoE), so one all-reduce follows. GPT-OSS adds biases
-    (router, gate | up, down), the clamped SwiGLU, and MXFP4 expert weights: w13 / w2 then
-    hold the packed e2m1 blocks and w13_scales / w2_scales their exponents (the layout of
-    torch_ops.dequantize_mxfp4), which the fused MoE dequantizes as it multiplies.
+    (router, gate | up, down) and the clamped SwiGLU. Quantized experts (MXFP4, FP8: `fmt`) hold
+    their codes in w13 / w2 and their scales in w13_scales / w2_scales, which the fused MoE
+    reads as it multiplies.
     """
 
     def __init__(self, cfg: ModelConfig, ops: ModuleType, moe_index: int, tp: TensorParallel,
-                 layout: ShardLayout, biases: bool = False, mxfp4: bool = False) -> None:
+                 layout: ShardLayout, biases: bool = False, fmt: WeightFormat = UNQUANTIZED) -> None:
         super().__init__()
         self.ops, self.moe_index, self.tp = ops, moe_index, tp
         self.top_k, self.renormalize = cfg.top_k, cfg.norm_topk_prob
@@ -101,16 +126,9 @@ class SparseMoE(nn.Module):
         h, i = cfg.hidden_size, layout.moe_intermediate_size
         self.gate = nn.Parameter(torch.empty(e, h))
         self.gate_bias = nn.Parameter(torch.empty(e)) if biases else None
-        if mxfp4:
-            if h % 32 or i % 32:
-                raise ValueError(f"MXFP4 experts need hidden ({h}) and per-rank intermediate ({i}) sizes divisible "
-                                 "by 32 (one scale per 32 values): use fewer ranks or dequantize_experts")
-            self.w13, self.w13_scales = _mxfp4_pair(e, 2 * i, h)
-            self.w2, self.w2_scales = _mxfp4_pair(e, h, i)
-        else:
-            self.w13 = nn.Parameter(torch.empty(e, 2 * i, h))
-            self.w2 = nn.Parameter(torch.empty(e, h, i))
-            self.w13_scales = self.w2_scales = None
+        self.fmt = fmt
+        hold(self, "w13", fmt, 2 * i, h, experts=e, cuts=((i,), ()))
+        hold(self, "w2", fmt, h, i, experts=e, cuts=((), (i,) * (tp.size > 1)))
         self.w13_bias = nn.Parameter(torch.empty(e, 2 * i)) if biases else None
         self.w2_bias = nn.Parameter(torch.empty(e, h)) if biases and tp.rank == 0 else None
         self.swiglu = (cfg.swiglu_alpha, cfg.swiglu_limit) if cfg.swiglu_limit is not None else None
@@ -123,28 +141,24 @@ class SparseMoE(nn.Module):
             w13_scales=self.w13_scales, w2_scales=self.w2_scales, swiglu=self.swiglu))
 
     def dequantize_(self) -> None:
-        """Replaces MXFP4 experts by dense ones in the model dtype (the load-time fallback), expert by expert."""
-        if self.w13_scales is None:
+        """Replaces quantized experts by dense ones in the model dtype (the load-time fallback), expert by expert."""
+        if not self.fmt.quantized:
             return
         dtype = self.gate.dtype
         for name in ("w13", "w2"):
-            blocks, scales = getattr(self, name), getattr(self, name + "_scales")
-            dense = torch.stack([torch_ops.dequantize_mxfp4(b, s, dtype) for b, s in zip(blocks, scales)])
+            codes, scales = getattr(self, name), getattr(self, name + "_scales")
+            dense = torch.stack([self.fmt.dequantize(c, s, dtype) for c, s in zip(codes, scales)])
             setattr(self, name, nn.Parameter(dense, requires_grad=False))
             setattr(self, name + "_scales", None)
+            self.formats[name] = UNQUANTIZED
+        self.fmt = UNQUANTIZED
 
     def expert_bytes(self) -> int:
         """Bytes of one whole expert's weights as held (every rank's slice), what each expert its tokens
-        touch costs to read: 3 H I values at the dtype's size, or 4.25 bits a value in MXFP4."""
-        held = (self.w13, self.w2, self.w13_scales, self.w2_scales)
-        return sum(p.numel() * p.element_size() for p in held if p is not None) // self.num_experts * self.tp.size
-
-
-def _mxfp4_pair(experts: int, rows: int, cols: int) -> tuple[nn.Parameter, nn.Parameter]:
-    """Packed e2m1 blocks [E, rows, cols/32, 16] and e8m0 scales [E, rows, cols/32], as the release stores them."""
-    groups = cols // 32
-    return (nn.Parameter(torch.empty(experts, rows, groups, 16, dtype=torch.uint8), requires_grad=False),
-            nn.Parameter(torch.empty(experts, rows, groups, dtype=torch.uint8), requires_grad=False))
+        touch costs to read: 3 H I values at the dtype's size, 1 byte (FP8) or 4.25 bits (MXFP4) a value
+        plus their scales."""
+        held = self.fmt.nbytes(self.w13, self.w13_scales) + self.fmt.nbytes(self.w2, self.w2_scales)
+        return held // self.num_experts * self.tp.size
 
 
 class DecoderLayer(nn.Module):
