@@ -29,6 +29,14 @@ def test_block_scales_apply_per_block() -> None:
     assert torch.equal(dequantize_fp8(q, channel[:, None], torch.float32), channel[:, None].expand(4, 6))
 
 
+def test_partial_blocks_are_power_of_two_blocks() -> None:
+    w = torch.randn(160, 300)
+    q, scale = quantize_fp8(w, (128, 128))
+    assert scale.shape == (2, 3)
+    expect = q.float() * scale.repeat_interleave(128, 0).repeat_interleave(128, 1)[:160, :300]
+    assert torch.equal(dequantize_fp8(q, scale, torch.float32), expect)
+
+
 def test_fused_moe_reference_reads_fp8_experts() -> None:
     torch.manual_seed(0)
     e, h, i, t = 4, 16, 8, 5

@@ -152,10 +152,22 @@ def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     w = weight.float()
     n, k = w.shape[-2:]
     if scale.ndim == w.ndim and scale.shape[-2:] != (n, 1):
-        bn, bk = -(-n // scale.shape[-2]), -(-k // scale.shape[-1])
+        bn, bk = _block_size(n, scale.shape[-2]), _block_size(k, scale.shape[-1])
         full = scale.float().repeat_interleave(bn, dim=-2).repeat_interleave(bk, dim=-1)
         return (w * full[..., :n, :k]).to(dtype)
     return (w * scale.float().reshape(*w.shape[:-1], 1)).to(dtype)
+
+
+def _block_size(size: int, blocks: int) -> int:
+    """The block length that cuts `size` into `blocks` blocks, the last one possibly partial.
+
+    Checkpoint blocks are powers of two (128): 160 columns in 2 blocks are 128 + 32, not 80 + 80.
+    At most one power of two fits (the candidates span less than a factor of two); none fitting,
+    the blocks are taken as equal.
+    """
+    even = -(-size // blocks)
+    pow2 = 1 << (even - 1).bit_length()
+    return pow2 if -(-size // pow2) == blocks else even
 
 
 def quantize_fp8(weight: torch.Tensor, block: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
