@@ -20,13 +20,13 @@ def test_quantize_then_dequantize_is_close(block: tuple[int, int] | None) -> Non
 
 
 def test_block_scales_apply_per_block() -> None:
-    q = torch.ones(4, 6).to(torch.float8_e4m3fn)
-    scale = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # 2 x 3 blocks
-    expect = torch.tensor([[1.0] * 3 + [2.0] * 3] * 2 + [[3.0] * 3 + [4.0] * 3] * 2)
+    q = torch.ones(4, 8).to(torch.float8_e4m3fn)
+    scale = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # 2 x 4 blocks
+    expect = torch.tensor([[1.0] * 4 + [2.0] * 4] * 2 + [[3.0] * 4 + [4.0] * 4] * 2)
     assert torch.equal(dequantize_fp8(q, scale, torch.float32), expect)
     channel = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert torch.equal(dequantize_fp8(q, channel, torch.float32), channel[:, None].expand(4, 6))
-    assert torch.equal(dequantize_fp8(q, channel[:, None], torch.float32), channel[:, None].expand(4, 6))
+    assert torch.equal(dequantize_fp8(q, channel, torch.float32), channel[:, None].expand(4, 8))
+    assert torch.equal(dequantize_fp8(q, channel[:, None], torch.float32), channel[:, None].expand(4, 8))
 
 
 def test_partial_blocks_are_power_of_two_blocks() -> None:
