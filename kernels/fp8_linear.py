@@ -1,0 +1,146 @@
+"""Dense projections with FP8 weights: x [T, K] @ dequantize_fp8(weight [N, K], scale)^T -> [T, N].
+
+Three forms (kernels.fp8 explains W8A8 and W8A16):
+- "w8a16": the Triton kernel below, 16-bit x, weight tiles upcast in registers;
+- "w8a8": the same kernel on x quantized per token and 128-group (kernels.fp8.quantize_rows);
+- "scaled_mm": torch._scaled_mm (cuBLAS FP8): rowwise for per-channel weight scales (x quantized
+  per token), blockwise 1x128 / 128x128 for block scales where this torch build has it.
+`pick_form` chooses by token count from the measurements in perf/results/fp8-*/.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import dot_precision, jit_sized
+from .fp8 import GROUP, fp8_k_loop, quantize_rows, scale_block
+from .moe_gemm import tile_coords
+
+FORMS = ("w8a16", "w8a8", "scaled_mm")
+
+
+@jit_sized("n_rows")
+def _fp8_linear_kernel(
+    a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, n_rows, n_out, k_dim, stride_am, stride_asm, stride_bn, stride_bsn, stride_cm,
+    A8: tl.constexpr, SCALE_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = tile_coords(tl.program_id(0), tl.cdiv(n_rows, BLOCK_M), tl.cdiv(n_out, BLOCK_N), GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < n_out
+    s_cols = bs_ptr + (offs_n // SCALE_BLOCK if SCALE_BLOCK else offs_n).to(tl.int64) * stride_bsn
+    acc, _ = fp8_k_loop(a_ptr + rows.to(tl.int64)[:, None] * stride_am, as_ptr + rows.to(tl.int64) * stride_asm,
+                        b_ptr + offs_n.to(tl.int64)[None, :] * stride_bn, s_cols, row_ok, n_ok, k_dim, 1, 1, 1, 1, 0, 0,
+                        A8, SCALE_BLOCK, False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if not SCALE_BLOCK:
+        acc = acc * tl.load(s_cols, mask=n_ok, other=0.0)[None, :]
+    c_ptrs = c_ptr + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+def tile_config(n_rows: int, a8: bool, on_gpu: bool) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages): narrow N tiles at decode sizes (more programs
+    streaming the weight), square FP8 tiles for W8A8 at prefill sizes."""
+    if not on_gpu:
+        return 16, 32, 64, 1, 4, 1
+    if n_rows <= 16:
+        return 16, 32, 128, 1, 4, 4
+    if n_rows <= 64 or not a8:
+        return 64, 64, 128, 8, 4, 4
+    return 128, 128, 128, 8, 8, 3
+
+
+def pick_form(n_rows: int, block: int, device: torch.device) -> str:
+    """W8A16 at decode sizes (weight reads bound the GEMM; no quantization pass), cuBLAS FP8 beyond
+    where it serves the scale form, else our W8A8 kernel."""
+    if n_rows <= 32 or device.type != "cuda":
+        return "w8a16"
+    if not block or blockwise_scaled_mm_layout(device) is not None:
+        return "scaled_mm"
+    return "w8a8"
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, form: str | None = None) -> torch.Tensor:
+    """x [..., K] (16-bit or fp32) times FP8 weight [N, K] with block [ceil(N/128), ceil(K/128)] or channel
+    [N] / [N, 1] scales -> [..., N] in x's dtype; `form` (one of FORMS) overrides pick_form (tests, benches)."""
+    k_dim, n_out = x.shape[-1], weight.shape[0]
+    x2 = x.reshape(-1, k_dim)
+    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+    block = scale_block(weight, scale)
+    form = form or pick_form(x2.shape[0], block, x.device)
+    assert form in FORMS, form
+    if form == "scaled_mm":
+        out = _scaled_mm(x2, weight, scale, block)
+    else:
+        out = _triton_linear(x2, weight, scale, block, form == "w8a8")
+    return out.view(*x.shape[:-1], n_out)
+
+
+def _triton_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: int, a8: bool) -> torch.Tensor:
+    n_rows, k_dim = x.shape
+    n_out = weight.shape[0]
+    scale = scale if block else scale.reshape(-1)
+    assert weight.stride(-1) == 1 and scale.stride(-1) == 1
+    out = torch.empty((n_rows, n_out), dtype=x.dtype, device=x.device)
+    if n_rows == 0:
+        return out
+    a, a_scales = quantize_rows(x) if a8 else (x, scale)
+    bm, bn, bk, group_m, warps, stages = tile_config(n_rows, a8, x.is_cuda)
+    grid = (triton.cdiv(n_rows, bm) * triton.cdiv(n_out, bn),)
+    _fp8_linear_kernel[grid](
+        a, a_scales, weight, scale, out, n_rows, n_out, k_dim, a.stride(0), a_scales.stride(0) if a8 else 0,
+        weight.stride(0), scale.stride(0), out.stride(0),
+        A8=a8, SCALE_BLOCK=block, PRECISION=dot_precision(x.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
+        num_warps=warps, num_stages=stages,
+    )
+    return out
+
+
+def _scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
+    """cuBLAS FP8: per-token x scales with channel weight scales, or 1x128 x scales with 128x128 weight blocks."""
+    if not block:
+        xq, xs = quantize_rows(x, group=x.shape[1])
+        return torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale.reshape(1, -1).float(), out_dtype=x.dtype)
+    layout = blockwise_scaled_mm_layout(x.device)
+    assert layout is not None, "this torch build has no blockwise torch._scaled_mm"
+    xq, xs = quantize_rows(x, GROUP)
+    a_scale, b_scale = _blockwise_scales(xs, scale, layout)
+    return torch._scaled_mm(xq, weight.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=x.dtype)
+
+
+def _blockwise_scales(xs: torch.Tensor, ws: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scale tensors as torch._scaled_mm's blockwise path takes them: x scales [T, K/128] in column-major
+    storage ("t" layouts), weight scales [N/128, K/128] as stored or transposed to [K/128, N/128]."""
+    a = xs.t().contiguous().t() if layout[0] == "t" else xs
+    b = ws.t() if layout[1] == "t" else ws
+    return a, b
+
+
+@functools.lru_cache(maxsize=None)
+def blockwise_scaled_mm_layout(device: torch.device) -> str | None:
+    """Which scale layout ("nn", "nt", "tn", "tt") this torch build's blockwise torch._scaled_mm accepts
+    and computes correctly on a small probe, or None where it has none (older torch, non-Hopper GPUs)."""
+    if device.type != "cuda":
+        return None
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(128, 256, device=device, generator=gen).to(torch.bfloat16)
+    wq = torch.randn(256, 256, device=device, generator=gen).to(torch.float8_e4m3fn)
+    ws = torch.rand(2, 2, device=device, generator=gen) + 0.5
+    xq, xs = quantize_rows(x, GROUP)
+    w = wq.float() * ws.repeat_interleave(GROUP, 0).repeat_interleave(GROUP, 1)
+    ref = (xq.float() * xs.repeat_interleave(GROUP, 1)) @ w.t()
+    for layout in ("tt", "tn", "nt", "nn"):
+        try:
+            a, b = _blockwise_scales(xs, ws, layout)
+            out = torch._scaled_mm(xq, wq.t(), scale_a=a, scale_b=b, out_dtype=torch.float32)
+        except (RuntimeError, ValueError):
+            continue
+        if ((out - ref).norm() / ref.norm()).item() < 1e-2:
+            return layout
+    return None
+
