@@ -24,9 +24,8 @@ BLOCK = (128, 128)
 
 def _fp8_weight(*shape: int, block: tuple[int, int] | None, gen: torch.Generator):
     """An FP8 weight [..., N, K] and its scales (128x128 blocks, or per channel when block is None)."""
-    w = torch.randn(*shape, generator=gen) * shape[-1] ** -0.5
-    q, s = R.quantize_fp8(w, block)
-    return q.to(DEVICE), s.to(DEVICE)
+    w = (torch.randn(*shape, generator=gen) * shape[-1] ** -0.5).to(DEVICE)
+    return R.quantize_fp8(w, block)
 
 
 def _qdq(x: torch.Tensor, group: int = 128) -> torch.Tensor:
@@ -139,3 +138,37 @@ def test_w8a8_error_is_fp8_sized() -> None:
     exact = R.fused_moe(x.float(), w13, w2, weights, ids, w13_scales=s13, w2_scales=s2)
     err = ((_w8a8_reference(x, w13, s13, w2, s2, weights, ids) - exact).norm() / exact.norm()).item()
     assert 5e-3 < err < 6e-2, err
+
+
+MOE_REAL = [(1, 128, 8, 2048, 768), (64, 128, 8, 2048, 768), (2048, 128, 8, 2048, 768), (300, 128, 8, 2048, 384)]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="real sizes on the GPU only")
+@pytest.mark.parametrize("block", [BLOCK, None], ids=["block", "channel"])
+@pytest.mark.parametrize("shape", MOE_REAL)
+def test_fused_moe_fp8_real(shape: tuple[int, ...], block) -> None:
+    """Qwen3-30B-A3B's experts (and the TP2 shard) through the tuned tables. The W8A8 rows are held to
+    FP8's activation rounding (test_w8a8_error_is_fp8_sized) against the unquantized reference."""
+    x, w13, s13, w2, s2, weights, ids = _moe_inputs(*shape, block=block, dtype=torch.bfloat16)
+    out = K.fused_moe(x, w13, w2, weights, ids, w13_scales=s13, w2_scales=s2)
+    ref = R.fused_moe(x.float(), w13, w2, weights, ids, w13_scales=s13, w2_scales=s2)
+    a8 = get_config(shape[0], shape[2], shape[1], shape[3], shape[4], x.dtype, x.device, "FP8").get("A8")
+    assert_close(out, ref, torch.bfloat16, scale=6.0 if a8 else 1.0)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="real sizes on the GPU only")
+@pytest.mark.parametrize("form", [None, "w8a16", "w8a8", "scaled_mm"])
+@pytest.mark.parametrize("block", [BLOCK, None], ids=["block", "channel"])
+@pytest.mark.parametrize("n_tok", [1, 64, 2048])
+def test_fp8_linear_real(n_tok: int, block, form: str | None) -> None:
+    """Qwen3-30B-A3B's qkv projection (N 5120, K 2048) in every form, the default pick included."""
+    if form == "scaled_mm" and block and blockwise_scaled_mm_layout(torch.device(DEVICE)) is None:
+        pytest.skip("no blockwise torch._scaled_mm here")
+    gen = torch.Generator().manual_seed(n_tok)
+    w, s = _fp8_weight(5120, 2048, block=block, gen=gen)
+    x = randn(n_tok, 2048, dtype=torch.bfloat16, gen=gen)
+    out = K.fp8_linear(x, w, s, form=form)
+    form = form or pick_form(n_tok, 128 if block else 0, x.device)
+    group = 2048 if form == "scaled_mm" and block is None else 128
+    xs = x.float() if form == "w8a16" else _qdq(x, group)
+    assert_close(out, xs @ R.dequantize_fp8(w, s, torch.float32).t(), torch.bfloat16)
