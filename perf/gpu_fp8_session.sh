@@ -21,6 +21,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   if [ -n "$BENCH" ]; then
     timeout ${BENCH_S:-90} python3 perf/bench_fp8.py $BENCH --out-dir "$OUT" --commit "${COMMIT:-}" \
       --command "TESTS=$TESTS TUNE='$TUNE' TOKENS='$TOKENS' BENCH='$BENCH' bash perf/gpu_fp8_session.sh" \
-      | grep -v "^moe \|^dense "
+      > "$OUT/bench.log" 2>&1
+    grep -v "^moe \|^dense " "$OUT/bench.log"
   fi
 } 2>&1 | tee "$OUT/log"
