@@ -44,7 +44,9 @@ def fp8_k_loop(a_rows, as_rows, b_cols, bs_cols, row_ok, n_ok, k_dim, stride_ak,
 
     a_rows / b_cols point at each row / column's first element; as_rows at each row's group scales
     (A8) and bs_cols at each column's scales (its block row when SCALE_BLOCK, else its channel
-    scale, which the caller applies). BLOCK_K divides 128, so a tile never straddles a scale group.
+    scale, which the caller applies). A8 tiles divide 128, so a tile never straddles a scale group;
+    W8A16 tiles may span several weight blocks (deeper loads at decode sizes): each block's rows
+    are then scaled before the dot (_prescaled_tile).
     """
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -54,21 +56,43 @@ def fp8_k_loop(a_rows, as_rows, b_cols, bs_cols, row_ok, n_ok, k_dim, stride_ak,
         a = tl.load(a_rows + (k0 + offs_k)[None, :] * stride_ak, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b_ptrs = b_cols + (k0 + offs_k)[:, None] * stride_bk
         b_ok = k_ok[:, None] & n_ok[None, :]
-        group = k0 // 128
-        a_scale = tl.full((BLOCK_M,), 1.0, tl.float32)
-        if A8:
-            a_scale = tl.load(as_rows + group * stride_ask, mask=row_ok, other=0.0)
-        b_scale = tl.full((BLOCK_N,), 1.0, tl.float32)
-        b_scale_up = b_scale
-        if SCALE_BLOCK:
-            b_scale = tl.load(bs_cols + group * stride_bsk, mask=n_ok, other=0.0)
-            if GATED:
-                b_scale_up = tl.load(bs_cols + up_scale_off + group * stride_bsk, mask=n_ok, other=0.0)
-        acc = _scaled_dot(a, tl.load(b_ptrs, mask=b_ok, other=0.0), a_scale, b_scale, acc, A8, SCALE_BLOCK, PRECISION)
+        b = tl.load(b_ptrs, mask=b_ok, other=0.0)
+        b_up = b
         if GATED:
             b_up = tl.load(b_ptrs + up_off, mask=b_ok, other=0.0)
-            acc_up = _scaled_dot(a, b_up, a_scale, b_scale_up, acc_up, A8, SCALE_BLOCK, PRECISION)
+        if SCALE_BLOCK and BLOCK_K > 128:
+            acc = tl.dot(a, _prescaled_tile(b, bs_cols, n_ok, k0, k_dim, stride_bsk, a.dtype, BLOCK_K, BLOCK_N), acc,
+                         input_precision=PRECISION)
+            if GATED:
+                acc_up = tl.dot(a, _prescaled_tile(b_up, bs_cols + up_scale_off, n_ok, k0, k_dim, stride_bsk, a.dtype,
+                                                   BLOCK_K, BLOCK_N), acc_up, input_precision=PRECISION)
+        else:
+            group = k0 // 128
+            a_scale = tl.full((BLOCK_M,), 1.0, tl.float32)
+            if A8:
+                a_scale = tl.load(as_rows + group * stride_ask, mask=row_ok, other=0.0)
+            b_scale = tl.full((BLOCK_N,), 1.0, tl.float32)
+            b_scale_up = b_scale
+            if SCALE_BLOCK:
+                b_scale = tl.load(bs_cols + group * stride_bsk, mask=n_ok, other=0.0)
+                if GATED:
+                    b_scale_up = tl.load(bs_cols + up_scale_off + group * stride_bsk, mask=n_ok, other=0.0)
+            acc = _scaled_dot(a, b, a_scale, b_scale, acc, A8, SCALE_BLOCK, PRECISION)
+            if GATED:
+                acc_up = _scaled_dot(a, b_up, a_scale, b_scale_up, acc_up, A8, SCALE_BLOCK, PRECISION)
     return acc, acc_up
+
+
+@triton.jit
+def _prescaled_tile(b, bs_cols, n_ok, k0, k_dim, stride_bsk, dtype: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """A [BLOCK_K, BLOCK_N] FP8 tile spanning BLOCK_K / 128 weight blocks, each scaled by its block's scales,
+    in dtype (rounded once, as a 16-bit checkpoint's weights are)."""
+    groups = k0 // 128 + tl.arange(0, BLOCK_K // 128)
+    s_ok = (groups * 128 < k_dim)[:, None] & n_ok[None, :]
+    scales = tl.load(bs_cols[None, :] + groups[:, None] * stride_bsk, mask=s_ok, other=0.0)
+    w = tl.reshape(b.to(tl.float32), (BLOCK_K // 128, 128, BLOCK_N)) * scales[:, None, :]
+    return tl.reshape(w, (BLOCK_K, BLOCK_N)).to(dtype)
 
 
 @triton.jit

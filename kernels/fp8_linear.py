@@ -3,8 +3,8 @@
 Three forms (kernels.fp8 explains W8A8 and W8A16):
 - "w8a16": the Triton kernel below, 16-bit x, weight tiles upcast in registers;
 - "w8a8": the same kernel on x quantized per token and 128-group (kernels.fp8.quantize_rows);
-- "scaled_mm": torch._scaled_mm (cuBLAS FP8): rowwise for per-channel weight scales (x quantized
-  per token), blockwise 1x128 / 128x128 for block scales where this torch build has it.
+- "scaled_mm": cuBLAS FP8 through torch: rowwise for per-channel weight scales (x quantized per
+  token), blockwise 1x128 / 128x128 for block scales where this torch build has it (Hopper).
 `pick_form` chooses by token count from the measurements in perf/results/fp8-*/.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -57,17 +58,21 @@ def tile_config(n_rows: int, a8: bool, on_gpu: bool) -> tuple[int, int, int, int
 
 def pick_form(n_rows: int, block: int, device: torch.device) -> str:
     """W8A16 at decode sizes (weight reads bound the GEMM; no quantization pass), cuBLAS FP8 beyond
-    where it serves the scale form, else our W8A8 kernel."""
-    if n_rows <= 32 or device.type != "cuda":
+    where it serves the scale form, else our W8A8 kernel. Measured on the H100
+    (perf/results/fp8-h100): W8A16 ahead of or level with every other form up to 8 tokens, behind
+    from 64; cuBLAS rowwise 1.3-1.5x bf16 from 2048 tokens, our W8A8 block kernel 0.6-0.7x."""
+    if n_rows <= 16 or device.type != "cuda":
         return "w8a16"
-    if not block or blockwise_scaled_mm_layout(device) is not None:
+    if not block or blockwise_scaled_mm_api(device) is not None:
         return "scaled_mm"
     return "w8a8"
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, form: str | None = None) -> torch.Tensor:
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, form: str | None = None,
+               config: tuple[int, ...] | None = None) -> torch.Tensor:
     """x [..., K] (16-bit or fp32) times FP8 weight [N, K] with block [ceil(N/128), ceil(K/128)] or channel
-    [N] / [N, 1] scales -> [..., N] in x's dtype; `form` (one of FORMS) overrides pick_form (tests, benches)."""
+    [N] / [N, 1] scales -> [..., N] in x's dtype; `form` (one of FORMS) overrides pick_form and `config`
+    the Triton forms' tile_config (tests, benches)."""
     k_dim, n_out = x.shape[-1], weight.shape[0]
     x2 = x.reshape(-1, k_dim)
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
@@ -77,11 +82,12 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, form:
     if form == "scaled_mm":
         out = _scaled_mm(x2, weight, scale, block)
     else:
-        out = _triton_linear(x2, weight, scale, block, form == "w8a8")
+        out = _triton_linear(x2, weight, scale, block, form == "w8a8", config)
     return out.view(*x.shape[:-1], n_out)
 
 
-def _triton_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: int, a8: bool) -> torch.Tensor:
+def _triton_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block: int, a8: bool,
+                   config: tuple[int, ...] | None) -> torch.Tensor:
     n_rows, k_dim = x.shape
     n_out = weight.shape[0]
     scale = scale if block else scale.reshape(-1)
@@ -90,7 +96,8 @@ def _triton_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     if n_rows == 0:
         return out
     a, a_scales = quantize_rows(x) if a8 else (x, scale)
-    bm, bn, bk, group_m, warps, stages = tile_config(n_rows, a8, x.is_cuda)
+    bm, bn, bk, group_m, warps, stages = config or tile_config(n_rows, a8, x.is_cuda)
+    assert 128 % bk == 0 or not a8 and bk % 128 == 0, "FP8 K tiles divide 128 (W8A16: or span whole blocks)"
     grid = (triton.cdiv(n_rows, bm) * triton.cdiv(n_out, bn),)
     _fp8_linear_kernel[grid](
         a, a_scales, weight, scale, out, n_rows, n_out, k_dim, a.stride(0), a_scales.stride(0) if a8 else 0,
@@ -106,41 +113,50 @@ def _scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block
     if not block:
         xq, xs = quantize_rows(x, group=x.shape[1])
         return torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale.reshape(1, -1).float(), out_dtype=x.dtype)
-    layout = blockwise_scaled_mm_layout(x.device)
-    assert layout is not None, "this torch build has no blockwise torch._scaled_mm"
-    xq, xs = quantize_rows(x, GROUP)
-    a_scale, b_scale = _blockwise_scales(xs, scale, layout)
-    return torch._scaled_mm(xq, weight.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=x.dtype)
+    api = blockwise_scaled_mm_api(x.device)
+    assert api is not None, "this torch build has no blockwise torch._scaled_mm"
+    return _blockwise(x, weight, scale, api)
 
 
-def _blockwise_scales(xs: torch.Tensor, ws: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scale tensors as torch._scaled_mm's blockwise path takes them: x scales [T, K/128] in column-major
-    storage ("t" layouts), weight scales [N/128, K/128] as stored or transposed to [K/128, N/128]."""
-    a = xs.t().contiguous().t() if layout[0] == "t" else xs
-    b = ws.t() if layout[1] == "t" else ws
-    return a, b
+def _blockwise(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, api: str) -> torch.Tensor:
+    """cuBLAS's blockwise FP8 GEMM (Hopper): x scales [T, K/128] stored column-major, weight scales as
+    [K/128, N/128]; cuBLAS wants the token count and the K-block count padded to multiples of 4."""
+    n_rows = x.shape[0]
+    xq, xs = quantize_rows(F.pad(x, (0, 0, 0, -n_rows % 4)) if n_rows % 4 else x, GROUP)
+    a_scale, b_scale = xs.t().contiguous().t(), F.pad(scale, (0, -scale.shape[1] % 4)).t()
+    if api == "scaled_mm_v2":
+        out = F.scaled_mm(xq, weight.t(), a_scale, F.ScalingType.BlockWise1x128, b_scale,
+                          F.ScalingType.BlockWise128x128, output_dtype=x.dtype)
+    else:
+        out = torch._scaled_mm(xq, weight.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=x.dtype)
+    return out[:n_rows]
+
+
+PROBE_ERRORS: dict[str, str] = {}  # why each blockwise API was refused (the benchmark reports it)
 
 
 @functools.lru_cache(maxsize=None)
-def blockwise_scaled_mm_layout(device: torch.device) -> str | None:
-    """Which scale layout ("nn", "nt", "tn", "tt") this torch build's blockwise torch._scaled_mm accepts
-    and computes correctly on a small probe, or None where it has none (older torch, non-Hopper GPUs)."""
+def blockwise_scaled_mm_api(device: torch.device) -> str | None:
+    """Which blockwise API this torch build has and computes correctly on a small probe ("scaled_mm_v2":
+    torch.nn.functional.scaled_mm with BlockWise recipes; "scaled_mm": torch._scaled_mm), or None
+    (older torch or cuBLAS, non-Hopper GPUs, CPU)."""
     if device.type != "cuda":
         return None
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(128, 256, device=device, generator=gen).to(torch.bfloat16)
-    wq = torch.randn(256, 256, device=device, generator=gen).to(torch.float8_e4m3fn)
-    ws = torch.rand(2, 2, device=device, generator=gen) + 0.5
+    x = torch.randn(126, 512, device=device, generator=gen).to(torch.bfloat16)
+    wq = torch.randn(256, 512, device=device, generator=gen).to(torch.float8_e4m3fn)
+    ws = torch.rand(2, 4, device=device, generator=gen) + 0.5
     xq, xs = quantize_rows(x, GROUP)
     w = wq.float() * ws.repeat_interleave(GROUP, 0).repeat_interleave(GROUP, 1)
     ref = (xq.float() * xs.repeat_interleave(GROUP, 1)) @ w.t()
-    for layout in ("tt", "tn", "nt", "nn"):
+    for api in ("scaled_mm_v2", "scaled_mm"):
         try:
-            a, b = _blockwise_scales(xs, ws, layout)
-            out = torch._scaled_mm(xq, wq.t(), scale_a=a, scale_b=b, out_dtype=torch.float32)
-        except (RuntimeError, ValueError):
+            out = _blockwise(x, wq, ws, api).float()
+        except Exception as exc:  # refused: missing API, cuBLAS without the recipe, layout checks
+            PROBE_ERRORS[api] = repr(exc)[:300]
             continue
-        if ((out - ref).norm() / ref.norm()).item() < 1e-2:
-            return layout
+        err = ((out - ref).norm() / ref.norm()).item()
+        if err < 1e-2:
+            return api
+        PROBE_ERRORS[api] = f"wrong result: relative error {err:.2e}"
     return None
-

@@ -57,7 +57,9 @@ def _launch_gemm(
         return
     block = scale_block(b, scales) if fp8 else 0
     if fp8:
-        assert GROUP % bk == 0 and b.stride(-1) == 1 and scales.stride(-1) == 1, "FP8 K tiles divide 128"
+        a8 = a.dtype == torch.float8_e4m3fn
+        assert b.stride(-1) == 1 and scales.stride(-1) == 1
+        assert GROUP % bk == 0 or not a8 and bk % GROUP == 0, "FP8 K tiles divide 128 (W8A16: or span whole blocks)"
         assert not (block and gated and n_out % GROUP), "gate and up halves must start on a scale block"
         assert c.dtype != torch.float8_e4m3fn or bn % GROUP == 0, "a quantizing epilogue covers whole groups"
     elif scales is not None:

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from .activation import clamped_swiglu_mul, silu_mul
 from .common import jit_sized
-from .fp8 import GROUP, fp8_k_loop, quantize_groups
+from .fp8 import fp8_k_loop, quantize_groups
 from .mxfp4 import mxfp4_tile
 
 
@@ -167,8 +167,8 @@ def moe_gemm_kernel(
                    limit, GATED, HAS_BIAS, CLAMPED, WEIGHTED)
     c_ptrs = c_ptr + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
     if c_ptr.dtype.element_ty == tl.float8e4nv:  # W8A8 up projection: C in the down GEMM's A form
-        acc, c_scales = quantize_groups(acc, BLOCK_M, BLOCK_N, GROUP)
-        offs_g = pid_n * (BLOCK_N // GROUP) + tl.arange(0, BLOCK_N // GROUP)
+        acc, c_scales = quantize_groups(acc, BLOCK_M, BLOCK_N, 128)  # kernels.fp8.GROUP
+        offs_g = pid_n * (BLOCK_N // 128) + tl.arange(0, BLOCK_N // 128)
         tl.store(c_scale_ptr + rows.to(tl.int64)[:, None] * stride_csm + offs_g[None, :], c_scales,
-                 mask=row_ok[:, None] & (offs_g * GROUP < n_out)[None, :])
+                 mask=row_ok[:, None] & (offs_g * 128 < n_out)[None, :])
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])

@@ -29,7 +29,7 @@ from kernel_timing import Timer, rel_diff  # noqa: E402
 from moe_bench_util import fp8_weights, moe_inputs  # noqa: E402
 
 import laminar_kernels as K  # noqa: E402
-from laminar_kernels.fp8_linear import FORMS, blockwise_scaled_mm_layout, pick_form  # noqa: E402
+from laminar_kernels.fp8_linear import FORMS, PROBE_ERRORS, blockwise_scaled_mm_api, pick_form  # noqa: E402
 from laminar_kernels.moe_config import get_config  # noqa: E402
 
 MOE_TOKENS = [1, 8, 64, 256, 2048, 4096, 8192]
@@ -103,7 +103,7 @@ def bench_dense(timer: Timer, floors: dict, tokens: list[int]) -> list[dict]:
                 hbm = (n_out * k_dim + s.numel() * 4 + io) / bw * 1e3
                 forms = {}
                 for form in FORMS:
-                    if form == "scaled_mm" and kind == "block" and blockwise_scaled_mm_layout(x.device) is None:
+                    if form == "scaled_mm" and kind == "block" and blockwise_scaled_mm_api(x.device) is None:
                         continue
                     try:
                         ms, _ = timer.ms(lambda: K.fp8_linear(x, q, s, form=form))
@@ -119,6 +119,45 @@ def bench_dense(timer: Timer, floors: dict, tokens: list[int]) -> list[dict]:
                               if "ms" in v)
             print(f"dense {name} T={n_tok:5d} bf16 {bf16_ms * 1e3:8.1f} us  {cells}", flush=True)
     return rows
+
+
+# Tile sweeps of the Triton dense forms (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages) where they
+# lose: W8A16 at decode sizes (weight streaming), W8A8 with block scales at prefill sizes.
+DENSE_VARIANTS = {
+    "w8a16": ([1, 8], [(16, 32, 128, 1, 4, 4), (16, 32, 256, 1, 4, 4), (16, 64, 256, 1, 4, 3), (16, 32, 512, 1, 4, 3),
+                       (16, 16, 256, 1, 4, 4), (16, 64, 128, 1, 4, 5)]),
+    "w8a8": ([256, 2048, 8192], [(128, 128, 128, 8, 8, 3), (128, 128, 128, 8, 4, 4), (64, 128, 128, 8, 4, 4),
+                                 (128, 256, 128, 8, 8, 3), (64, 256, 128, 8, 8, 3), (128, 128, 64, 8, 8, 4),
+                                 (256, 128, 128, 8, 8, 3)]),
+}
+
+
+def bench_dense_variants(timer: Timer, floors: dict) -> list[dict]:
+    rows = []
+    for name in ("qwen3-30b-a3b qkv", "qwen3-8b gate_up"):
+        n_out, k_dim = DENSE_SHAPES[name]
+        w = torch.randn(n_out, k_dim, device="cuda").mul_(k_dim**-0.5).to(torch.bfloat16)
+        q, s = (t[0] for t in fp8_weights(w[None]))
+        for form, (tokens, configs) in DENSE_VARIANTS.items():
+            for n_tok in tokens:
+                x = torch.randn(n_tok, k_dim, device="cuda").to(torch.bfloat16)
+                for cfg in configs:
+                    try:
+                        ms, _ = timer.ms(lambda: K.fp8_linear(x, q, s, form=form, config=cfg))
+                    except Exception as exc:  # out of shared memory / registers
+                        print(f"dense variant {name} {form} T={n_tok} {cfg} failed: {repr(exc)[:100]}", flush=True)
+                        continue
+                    rows.append({"shape": name, "form": form, "tokens": n_tok, "config": cfg, "ms": ms,
+                                 "tflops": 2 * n_tok * n_out * k_dim / ms / 1e9})
+                    print(f"dense variant {name} {form} T={n_tok} {cfg} {ms * 1e3:.1f} us", flush=True)
+    return rows
+
+
+def dense_variant_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Triton dense tile sweep (block scales; BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages)", "",
+             "| shape | form | tokens | config | us | TFLOP/s |", "|---|---|---:|---|---:|---:|"]
+    return lines + [f"| {r['shape']} | {r['form']} | {r['tokens']} | {tuple(r['config'])} | {r['ms'] * 1e3:.1f} | "
+                    f"{r['tflops']:.0f} |" for r in rows]
 
 
 def moe_lines(rows: list[dict]) -> list[str]:
@@ -157,7 +196,7 @@ def dense_lines(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--sections", nargs="+", default=["moe", "dense"], choices=["moe", "dense"])
+    parser.add_argument("--sections", nargs="+", default=["moe", "dense"], choices=["moe", "dense", "dense_variants"])
     parser.add_argument("--moe-shapes", nargs="+", default=list(MOE_SHAPES), choices=list(MOE_SHAPES))
     parser.add_argument("--tokens", nargs="+", type=int, default=MOE_TOKENS, help="MoE token counts")
     parser.add_argument("--command", default=" ".join(sys.argv))
@@ -168,19 +207,22 @@ def main() -> None:
     floors = {"copy_bw_GBps": copy_rate(timer) / 1e9, "bf16_gemm_TFLOPs": gemm_rate(timer) / 1e12,
               "fp8_gemm_TFLOPs": fp8_rate(timer) / 1e12}
     print(f"{dev}: copy {floors['copy_bw_GBps']:.0f} GB/s, bf16 {floors['bf16_gemm_TFLOPs']:.0f} TFLOP/s, "
-          f"fp8 {floors['fp8_gemm_TFLOPs']:.0f} TFLOP/s, blockwise scaled_mm layout "
-          f"{blockwise_scaled_mm_layout(torch.device('cuda'))}", flush=True)
+          f"fp8 {floors['fp8_gemm_TFLOPs']:.0f} TFLOP/s, blockwise scaled_mm "
+          f"{blockwise_scaled_mm_api(torch.device('cuda'))}", flush=True)
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                            text=True).stdout.strip()
     res = {"device": dev, "machine": f"{dev}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs, "
            f"{platform.node()}", "command": args.command, "commit": commit or "see the results README",
            "torch": torch.__version__, "triton": triton.__version__,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "floors": floors,
-           "blockwise_scaled_mm_layout": blockwise_scaled_mm_layout(torch.device("cuda"))}
+           "blockwise_scaled_mm_api": blockwise_scaled_mm_api(torch.device("cuda"))}
     if "moe" in args.sections:
         res["moe"] = bench_moe(timer, floors, args.moe_shapes, args.tokens)
     if "dense" in args.sections:
         res["dense"] = bench_dense(timer, floors, DENSE_TOKENS)
+    if "dense_variants" in args.sections:
+        res["dense_variants"] = bench_dense_variants(timer, floors)
+    res["blockwise_probe_errors"] = dict(PROBE_ERRORS)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "fp8-" + dev.replace(" ", "_")
     (args.out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -189,8 +231,13 @@ def main() -> None:
              f"Machine: {res['machine']}  ", f"torch {res['torch']}, triton {res['triton']}; {res['date']}", "",
              f"Floors measured in this run: copy {f['copy_bw_GBps']:.0f} GB/s (read+write), bf16 GEMM "
              f"{f['bf16_gemm_TFLOPs']:.0f} TFLOP/s, FP8 GEMM {f['fp8_gemm_TFLOPs']:.0f} TFLOP/s (8192^3). "
-             f"Blockwise torch._scaled_mm: {res['blockwise_scaled_mm_layout'] or 'not available'}.", ""]
-    lines += (moe_lines(res["moe"]) + [""] if "moe" in res else []) + (dense_lines(res["dense"]) if "dense" in res else [])
+             f"Blockwise cuBLAS FP8: {res['blockwise_scaled_mm_api'] or 'not available'}.", ""]
+    for key, fmt in (("moe", moe_lines), ("dense", dense_lines), ("dense_variants", dense_variant_lines)):
+        if key in res:
+            lines += fmt(res[key]) + [""]
+    if res["blockwise_probe_errors"]:
+        lines += ["Blockwise cuBLAS probe, refusals: " + "; ".join(f"{k}: {v}" for k, v in
+                                                                  res["blockwise_probe_errors"].items()), ""]
     (args.out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print((args.out_dir / f"{stem}.md").read_text())
 

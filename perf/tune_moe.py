@@ -59,10 +59,14 @@ def candidates(block_m: int, layout: dict, fmt: str = "", name: str = "up") -> l
 
 
 def fp8_candidates(block_m: int, a8: bool, name: str) -> list[dict]:
-    """FP8 tiles: BLOCK_K divides 128 (one weight scale block); a W8A8 up GEMM's BLOCK_N is a multiple of
-    128 (its epilogue quantizes whole activation groups)."""
-    if block_m <= 32:
+    """FP8 tiles: W8A8 BLOCK_K divides 128 (one scale group per dot) and its up GEMM's BLOCK_N is a
+    multiple of 128 (the epilogue quantizes whole activation groups); W8A16 at small M also tries K
+    tiles over several weight blocks, for more bytes in flight per load (8-bit weights halve them)."""
+    if block_m <= 32 and a8:
         tiles = [(bn, bk, 1, 4, s) for bn in (32, 64, 128) for bk in (64, 128) for s in (3, 4, 5)]
+    elif block_m <= 32:
+        tiles = [(bn, bk, 1, 4, s) for bn in (32, 64) for bk in (128, 256, 512) for s in (3, 4)
+                 if not (bn == 64 and bk == 512 and s == 4)] + [(16, 256, 1, 4, 4), (16, 512, 1, 4, 3)]
     else:
         tiles = [(64, 128, 8, 4, 4), (128, 128, 8, 4, 3), (128, 128, 8, 8, 3), (128, 128, 8, 8, 4),
                  (128, 64, 8, 8, 4), (256, 128, 8, 8, 3), (256, 64, 8, 8, 4), (64, 128, 8, 4, 3)]

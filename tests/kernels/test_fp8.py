@@ -15,7 +15,7 @@ from helpers import DEVICE, assert_close, randn
 import laminar_kernels as K
 from laminar.ops import torch_ops as R
 from laminar_kernels.fp8 import quantize_rows
-from laminar_kernels.fp8_linear import blockwise_scaled_mm_layout, pick_form
+from laminar_kernels.fp8_linear import blockwise_scaled_mm_api, pick_form
 from laminar_kernels.moe_config import get_config
 
 ON_GPU = DEVICE == "cuda"
@@ -59,7 +59,7 @@ def test_fp8_linear(shape: tuple[int, int, int], block: tuple[int, int] | None, 
     n_tok, n_out, k_dim = shape
     if block and k_dim % 128:
         pytest.skip("the reference cannot tell a partial 128 block from a smaller block")
-    if form == "scaled_mm" and block and blockwise_scaled_mm_layout(torch.device(DEVICE)) is None:
+    if form == "scaled_mm" and block and blockwise_scaled_mm_api(torch.device(DEVICE)) is None:
         pytest.skip("no blockwise torch._scaled_mm here")
     gen = torch.Generator().manual_seed(n_tok)
     w, s = _fp8_weight(n_out, k_dim, block=block, gen=gen)
@@ -120,6 +120,29 @@ def test_fused_moe_fp8(shape: tuple[int, ...], block, a8: bool) -> None:
     assert_close(out, ref, torch.bfloat16)
 
 
+@pytest.mark.parametrize("block", [BLOCK, None], ids=["block", "channel"])
+def test_fused_moe_fp8_deep_k_tiles(block) -> None:
+    """W8A16 K tiles over several weight blocks (256 deep: the up GEMM's two blocks, the down GEMM's one
+    and a masked half), each block's rows scaled before the dot. Those weights round to bf16 once, which
+    the interpreter does by truncation (conftest's TOL note): 1.5x the bf16 tolerance there."""
+    x, w13, s13, w2, s2, weights, ids = _moe_inputs(5, 8, 2, 256, 128, block=block, dtype=torch.bfloat16)
+    gemm = {"BLOCK_N": 32, "BLOCK_K": 256, "GROUP_M": 1, "num_warps": 4, "num_stages": 2}
+    out = K.fused_moe(x, w13, w2, weights, ids, w13_scales=s13, w2_scales=s2,
+                      config={"BLOCK_M": 16, "A8": False, "up": gemm, "down": gemm})
+    ref = R.fused_moe(x.float(), w13, w2, weights, ids, w13_scales=s13, w2_scales=s2)
+    assert_close(out, ref, torch.bfloat16, scale=1.5 if DEVICE == "cpu" else 1.0)
+
+
+def test_fp8_linear_deep_k_tiles() -> None:
+    """The dense W8A16 kernel with 256-deep K tiles over 128x128 blocks (tile override)."""
+    gen = torch.Generator().manual_seed(5)
+    w, s = _fp8_weight(96, 384, block=BLOCK, gen=gen)
+    x = randn(3, 384, dtype=torch.bfloat16, gen=gen)
+    out = K.fp8_linear(x, w, s, form="w8a16", config=(16, 32, 256, 1, 4, 2))
+    assert_close(out, x.float() @ R.dequantize_fp8(w, s, torch.float32).t(), torch.bfloat16,
+                 scale=1.5 if DEVICE == "cpu" else 1.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_moe_fp8_default_config(dtype: torch.dtype) -> None:
     """The table / heuristic path, fp32 activations included (whose W8A16 dots run in fp32)."""
@@ -162,7 +185,7 @@ def test_fused_moe_fp8_real(shape: tuple[int, ...], block) -> None:
 @pytest.mark.parametrize("n_tok", [1, 64, 2048])
 def test_fp8_linear_real(n_tok: int, block, form: str | None) -> None:
     """Qwen3-30B-A3B's qkv projection (N 5120, K 2048) in every form, the default pick included."""
-    if form == "scaled_mm" and block and blockwise_scaled_mm_layout(torch.device(DEVICE)) is None:
+    if form == "scaled_mm" and block and blockwise_scaled_mm_api(torch.device(DEVICE)) is None:
         pytest.skip("no blockwise torch._scaled_mm here")
     gen = torch.Generator().manual_seed(n_tok)
     w, s = _fp8_weight(5120, 2048, block=block, gen=gen)
