@@ -45,27 +45,31 @@ def _fp8_linear_kernel(
 
 
 def tile_config(n_rows: int, a8: bool, on_gpu: bool) -> tuple[int, int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages): narrow N tiles at decode sizes (more programs
-    streaming the weight), square FP8 tiles for W8A8 at prefill sizes."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages): narrow N tiles with deep K tiles at decode sizes
+    (many programs, each streaming long runs of the weight), square FP8 tiles for W8A8 beyond. From the
+    H100 tile sweep (perf/results/fp8-h100): at 1-8 tokens K tiles of 512 ran 3-16% faster than 128;
+    4-warp 128x128 W8A8 tiles spill (3-4x slower)."""
     if not on_gpu:
         return 16, 32, 64, 1, 4, 1
-    if n_rows <= 16:
-        return 16, 32, 128, 1, 4, 4
-    if n_rows <= 64 or not a8:
+    if n_rows <= 16 and not a8:
+        return 16, 32, 512, 1, 4, 3
+    if n_rows <= 64:
         return 64, 64, 128, 8, 4, 4
     return 128, 128, 128, 8, 8, 3
 
 
 def pick_form(n_rows: int, block: int, device: torch.device) -> str:
-    """W8A16 at decode sizes (weight reads bound the GEMM; no quantization pass), cuBLAS FP8 beyond
-    where it serves the scale form, else our W8A8 kernel. Measured on the H100
-    (perf/results/fp8-h100): W8A16 ahead of or level with every other form up to 8 tokens, behind
-    from 64; cuBLAS rowwise 1.3-1.5x bf16 from 2048 tokens, our W8A8 block kernel 0.6-0.7x."""
+    """From the H100 tables (perf/results/fp8-h100): W8A16 up to 16 tokens (weight reads bound the GEMM;
+    no quantization pass); then cuBLAS FP8, except that with block scales our W8A8 kernel led at 64
+    tokens on 3 of 4 shapes (cuBLAS blockwise from 256 on: 1.1-1.7x bf16 at 2048-8192 tokens, where
+    our W8A8 block kernel reached 0.6-0.7x; rowwise with channel scales 1.1-1.5x)."""
     if n_rows <= 16 or device.type != "cuda":
         return "w8a16"
-    if not block or blockwise_scaled_mm_api(device) is not None:
+    if not block:
         return "scaled_mm"
-    return "w8a8"
+    if n_rows <= 64 or blockwise_scaled_mm_api(device) is None:
+        return "w8a8"
+    return "scaled_mm"
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, form: str | None = None,

@@ -133,12 +133,15 @@ def test_fused_moe_fp8_deep_k_tiles(block) -> None:
     assert_close(out, ref, torch.bfloat16, scale=1.5 if DEVICE == "cpu" else 1.0)
 
 
-def test_fp8_linear_deep_k_tiles() -> None:
-    """The dense W8A16 kernel with 256-deep K tiles over 128x128 blocks (tile override)."""
+@pytest.mark.parametrize("block", [BLOCK, None], ids=["block", "channel"])
+@pytest.mark.parametrize("block_k", [256, 512])
+def test_fp8_linear_deep_k_tiles(block_k: int, block) -> None:
+    """The dense W8A16 kernel with K tiles over several 128x128 blocks (the decode tiles; a partial last
+    tile at K = 384 with 256 or 512), through the tile override."""
     gen = torch.Generator().manual_seed(5)
-    w, s = _fp8_weight(96, 384, block=BLOCK, gen=gen)
+    w, s = _fp8_weight(96, 384, block=block, gen=gen)
     x = randn(3, 384, dtype=torch.bfloat16, gen=gen)
-    out = K.fp8_linear(x, w, s, form="w8a16", config=(16, 32, 256, 1, 4, 2))
+    out = K.fp8_linear(x, w, s, form="w8a16", config=(16, 32, block_k, 1, 4, 2))
     assert_close(out, x.float() @ R.dequantize_fp8(w, s, torch.float32).t(), torch.bfloat16,
                  scale=1.5 if DEVICE == "cpu" else 1.0)
 
