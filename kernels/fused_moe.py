@@ -56,8 +56,8 @@ def _launch_gemm(
         )
         return
     block = scale_block(b, scales) if fp8 else 0
+    a8 = a.dtype == torch.float8_e4m3fn
     if fp8:
-        a8 = a.dtype == torch.float8_e4m3fn
         assert b.stride(-1) == 1 and scales.stride(-1) == 1
         assert GROUP % bk == 0 or not a8 and bk % GROUP == 0, "FP8 K tiles divide 128 (W8A16: or span whole blocks)"
         assert not (block and gated and n_out % GROUP), "gate and up halves must start on a scale block"
@@ -71,7 +71,7 @@ def _launch_gemm(
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(-1), c.stride(0), c.stride(1),
         bias_stride, 0 if scales is None else scales.stride(0), 0 if scales is None else scales.stride(1),
         a_scales.stride(0), c_scales.stride(0),
-        MXFP4=scales is not None and not fp8, FP8=fp8, A8=a.dtype == torch.float8_e4m3fn, SCALE_BLOCK=block, **common,
+        MXFP4=scales is not None and not fp8, FP8=fp8, A8=a8, SCALE_BLOCK=block, **common,
     )
 
 
