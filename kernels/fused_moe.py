@@ -6,8 +6,9 @@ import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .common import device_sms, dot_precision, to_tl_dtype
+from .fp8 import GROUP, quantize_rows, scale_block
 from .moe_align import max_padded_rows, moe_align
-from .moe_config import get_config
+from .moe_config import get_config, weight_format
 from .moe_gemm import moe_gemm_kernel
 from .moe_gemm_tma import moe_gemm_tma_kernel
 from .moe_reduce import topk_sum
@@ -23,16 +24,20 @@ def _launch_gemm(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, weights: torch.Tensor, align: tuple, n_valid: int,
     max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool, sorted_act: bool,
     scales: torch.Tensor | None = None, bias: torch.Tensor | None = None, swiglu: tuple[float, float] | None = None,
+    a_scales: torch.Tensor | None = None, c_scales: torch.Tensor | None = None,
 ) -> None:
-    """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32].
+    """One projection: b dense [E, N, K], MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32], or
+    FP8 [E, N, K] with block or channel scales (kernels.fp8.scale_block).
 
     The gated (up) projection gathers token rows of a; the other (down) scatters c to token*top_k
     rows. sorted_act (dense weights only) takes kernels.moe_gemm_tma: the activation between the
-    two in sorted order, written and read through TMA, weights through TMA.
+    two in sorted order, written and read through TMA, weights through TMA. FP8 a (W8A8) comes with
+    its 128-group scales a_scales; an FP8 c is written quantized with its scales into c_scales.
     """
     sorted_ids, expert_ids, total = align
     n_out = b.shape[1] // 2 if gated else b.shape[1]
-    k_dim = b.shape[2] if scales is None else scales.shape[2] * 32
+    fp8 = b.dtype == torch.float8_e4m3fn
+    k_dim = b.shape[2] if scales is None or fp8 else scales.shape[2] * 32
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     tiles = triton.cdiv(max_rows, block_m) * triton.cdiv(n_out, bn)
     alpha, limit = swiglu or (1.0, 0.0)
@@ -50,14 +55,23 @@ def _launch_gemm(
             A_SORTED=not gated, C_SORTED=gated, DTYPE=to_tl_dtype(c.dtype), PERSISTENT=bool(per_sm), **common,
         )
         return
-    if scales is not None:
+    block = scale_block(b, scales) if fp8 else 0
+    a8 = a.dtype == torch.float8_e4m3fn
+    if fp8:
+        assert b.stride(-1) == 1 and scales.stride(-1) == 1
+        assert GROUP % bk == 0 or not a8 and bk % GROUP == 0, "FP8 K tiles divide 128 (W8A16: or span whole blocks)"
+        assert not (block and gated and n_out % GROUP), "gate and up halves must start on a scale block"
+        assert c.dtype != torch.float8_e4m3fn or bn % GROUP == 0, "a quantizing epilogue covers whole groups"
+    elif scales is not None:
         assert bk % 32 == 0 and b.stride(-1) == 1 and b.stride(-2) == 16 and scales.stride(-1) == 1
+    a_scales, c_scales = (a_scales if a_scales is not None else weights), (c_scales if c_scales is not None else weights)
     moe_gemm_kernel[(tiles,)](
-        a, b, c, weights, sorted_ids, expert_ids, total, bias_arg, b if scales is None else scales,
+        a, b, c, weights, sorted_ids, expert_ids, total, bias_arg, b if scales is None else scales, a_scales, c_scales,
         n_out, k_dim, n_valid, max_rows, alpha, limit,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(-1), c.stride(0), c.stride(1),
         bias_stride, 0 if scales is None else scales.stride(0), 0 if scales is None else scales.stride(1),
-        MXFP4=scales is not None, **common,
+        a_scales.stride(0), c_scales.stride(0),
+        MXFP4=scales is not None and not fp8, FP8=fp8, A8=a8, SCALE_BLOCK=block, **common,
     )
 
 
@@ -69,11 +83,14 @@ def fused_moe(
 ) -> torch.Tensor:
     """Mixture of SwiGLU experts. x [T, H], w13 [E, 2I, H] (gate | up), w2 [E, H, I] -> [T, H].
 
-    Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales,
-    the clamped SwiGLU). `config` overrides the table lookup (the tuner uses it).
-    Where the config says "TMA" (tuned prefill rows; dense weights) the activation between the GEMMs
-    is kept in expert-sorted order, padding rows included (max_padded_rows x I), so that the down
-    GEMM reads it as contiguous tiles (kernels.moe_gemm_tma); otherwise it is in token*top_k order.
+    Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales, FP8
+    weights with block or channel scales, the clamped SwiGLU). `config` overrides the table lookup
+    (the tuner uses it). Where the config says "TMA" (tuned prefill rows; dense weights) the
+    activation between the GEMMs is kept in expert-sorted order, padding rows included
+    (max_padded_rows x I), so that the down GEMM reads it as contiguous tiles
+    (kernels.moe_gemm_tma); otherwise it is in token*top_k order. FP8 rows with "A8" run W8A8
+    (kernels.fp8): x is quantized per token and 128-group once, and the up GEMM writes the
+    activation already quantized for the down GEMM; without it, W8A16.
     """
     n_tok, hidden = x.shape
     n_experts, inter = w13.shape[0], w13.shape[1] // 2
@@ -81,17 +98,22 @@ def fused_moe(
     if n_tok == 0:
         return torch.empty_like(x)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device, w13_scales is not None)
+    fmt = weight_format(w13)
+    cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device, fmt)
     block_m = cfg["BLOCK_M"]
     n_valid = n_tok * top_k
     max_rows = max_padded_rows(n_valid, n_experts, block_m)
     align = moe_align(topk_ids, n_experts, block_m)
     weights = topk_weights.reshape(-1).float().contiguous()
     sorted_act = bool(cfg.get("TMA")) and w13_scales is None
-    act = torch.empty((max_rows if sorted_act else n_valid, inter), dtype=x.dtype, device=x.device)
-    _launch_gemm(x, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False, sorted_act,
-                 w13_scales, b13, swiglu)
+    a8 = fmt == "FP8" and bool(cfg.get("A8"))
+    a, a_scales = quantize_rows(x) if a8 else (x, None)
+    act = torch.empty((max_rows if sorted_act else n_valid, inter), dtype=torch.float8_e4m3fn if a8 else x.dtype,
+                      device=x.device)
+    act_scales = torch.empty((n_valid, triton.cdiv(inter, GROUP)), dtype=torch.float32, device=x.device) if a8 else None
+    _launch_gemm(a, w13, act, weights, align, n_valid, max_rows, block_m, cfg["up"], top_k, True, False, sorted_act,
+                 w13_scales, b13, swiglu, a_scales, act_scales)
     partial = torch.empty((n_valid, hidden), dtype=x.dtype, device=x.device)
     _launch_gemm(act, w2, partial, weights, align, n_valid, max_rows, block_m, cfg["down"], 1, False, True, sorted_act,
-                 w2_scales, b2)
+                 w2_scales, b2, a_scales=act_scales)
     return topk_sum(partial, n_tok, top_k)

@@ -3,8 +3,10 @@
 Tables live in kernels/configs/ and are written by perf/tune_moe.py. Each maps a token
 count to {"BLOCK_M", "up": {...}, "down": {...}}; a lookup takes the nearest token count.
 BLOCK_M is shared by both GEMMs because it fixes the expert padding of one moe_align.
-MXFP4 experts have tables of their own (decoding in registers changes which tiles win); their
-BLOCK_K must be a multiple of 32, one scale group, as every heuristic tile is.
+MXFP4 and FP8 experts have tables of their own (decoding in registers changes which tiles win).
+MXFP4 BLOCK_K must be a multiple of 32, one scale group, as every heuristic tile is. FP8 rows say
+whether they run W8A8 ("A8", kernels.fp8); FP8 BLOCK_K divides 128 (one weight scale block), and
+a W8A8 up GEMM's BLOCK_N is a multiple of 128 (its epilogue quantizes whole activation groups).
 """
 from __future__ import annotations
 
@@ -17,9 +19,14 @@ import torch
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-def config_file_name(n_experts: int, hidden: int, inter: int, device_name: str, mxfp4: bool = False) -> str:
+def weight_format(w13: torch.Tensor) -> str:
+    """The table key of an expert weight: "" (16-bit), "MXFP4" (packed uint8 blocks) or "FP8" (float8_e4m3fn)."""
+    return {torch.uint8: "MXFP4", torch.float8_e4m3fn: "FP8"}.get(w13.dtype, "")
+
+
+def config_file_name(n_experts: int, hidden: int, inter: int, device_name: str, fmt: str = "") -> str:
     """One table per expert shape, weight format and GPU model (tile choices differ across all three)."""
-    return f"E{n_experts}_H{hidden}_I{inter}{'_MXFP4' if mxfp4 else ''}_{device_name.replace(' ', '_')}.json"
+    return f"E{n_experts}_H{hidden}_I{inter}{'_' + fmt if fmt else ''}_{device_name.replace(' ', '_')}.json"
 
 
 def device_name(device: torch.device) -> str:
@@ -35,8 +42,10 @@ def _load_table(file_name: str) -> dict[int, dict] | None:
     return {int(k): v for k, v in json.loads(path.read_text()).items()}
 
 
-def default_config(n_tokens: int, top_k: int, n_experts: int, dtype: torch.dtype, on_gpu: bool) -> dict:
+def default_config(n_tokens: int, top_k: int, n_experts: int, dtype: torch.dtype, on_gpu: bool, fmt: str = "") -> dict:
     """Heuristic tiles: small M tiles while rows per expert are few (weight-bandwidth bound), big ones after."""
+    if fmt == "FP8":
+        return _fp8_default(n_tokens * top_k / max(n_experts, 1), on_gpu)
     if not on_gpu:  # interpreter: fewer, larger programs run fastest
         return {"BLOCK_M": 16, "up": _gemm(64, 64, 1, 4, 1), "down": _gemm(64, 64, 1, 4, 1)}
     if dtype == torch.float32:  # fp32 tiles must fit shared memory; correctness, not speed
@@ -49,18 +58,29 @@ def default_config(n_tokens: int, top_k: int, n_experts: int, dtype: torch.dtype
     return {"BLOCK_M": 128, "up": _gemm(128, 64, 8, 8, 3), "down": _gemm(128, 64, 8, 8, 4)}
 
 
+def _fp8_default(rows_per_expert: float, on_gpu: bool) -> dict:
+    """FP8 experts without a table: W8A16 while weight reads bound the GEMMs (narrow N tiles, K tiles over
+    two weight blocks), W8A8 (FP8 tensor cores) from about 8 rows per expert. Tiles and the switch point
+    are those the H100 tables chose (perf/results/fp8-h100); 128-row W8A8 tiles ran 2x slower there."""
+    if not on_gpu:
+        return {"BLOCK_M": 16, "A8": True, "up": _gemm(128, 64, 1, 4, 1), "down": _gemm(64, 64, 1, 4, 1)}
+    if rows_per_expert <= 8:
+        return {"BLOCK_M": 16, "A8": False, "up": _gemm(32, 256, 1, 4, 3), "down": _gemm(64, 128, 1, 4, 3)}
+    return {"BLOCK_M": 64, "A8": True, "up": _gemm(128, 128, 8, 8, 4), "down": _gemm(128, 128, 8, 8, 3)}
+
+
 def _gemm(block_n: int, block_k: int, group_m: int, warps: int, stages: int) -> dict:
     return {"BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": group_m, "num_warps": warps, "num_stages": stages}
 
 
 def get_config(
     n_tokens: int, top_k: int, n_experts: int, hidden: int, inter: int, dtype: torch.dtype, device: torch.device,
-    mxfp4: bool = False,
+    fmt: str = "",
 ) -> dict:
-    """Tuned entry nearest in token count when a table exists for this shape and GPU, else the default."""
+    """Tuned entry nearest in token count when a table exists for this shape, weight format and GPU, else the default."""
     on_gpu = device.type == "cuda"
     if on_gpu and dtype != torch.float32:
-        table = _load_table(config_file_name(n_experts, hidden, inter, device_name(device), mxfp4))
+        table = _load_table(config_file_name(n_experts, hidden, inter, device_name(device), fmt))
         if table:
             return table[min(table, key=lambda m: abs(m - n_tokens))]
-    return default_config(n_tokens, top_k, n_experts, dtype, on_gpu)
+    return default_config(n_tokens, top_k, n_experts, dtype, on_gpu, fmt)

@@ -9,6 +9,11 @@ HAS_BIAS: one bias row per expert is added before the activation / the routing w
 WEIGHTED: the fp32 routing weight of each row scales the output (down projection).
 MXFP4: B is packed e2m1 bytes [E, N, K/2] with e8m0 exponents [E, N, K/32] (kernels.mxfp4),
 decoded to A's dtype in registers a whole K tile at a time (kernels.mxfp4.mxfp4_tile).
+FP8: B is float8_e4m3fn [E, N, K] with fp32 scales per 128x128 block [E, N/128, K/128]
+(SCALE_BLOCK = 128) or per channel [E, N] (SCALE_BLOCK = 0); see kernels.fp8. A8 (W8A8): A is
+FP8 too, with per-row 128-group scales [rows, K/128]; a gated tile that writes an FP8 C (the up
+projection feeding a W8A8 down projection) quantizes its SwiGLU output the same way in the
+epilogue, so the activation crosses memory once, in 8 bits, already in the down GEMM's form.
 This is the form for decode sizes; prefill sizes take kernels.moe_gemm_tma where a table says so.
 """
 from __future__ import annotations
@@ -18,6 +23,7 @@ import triton.language as tl
 
 from .activation import clamped_swiglu_mul, silu_mul
 from .common import jit_sized
+from .fp8 import fp8_k_loop, quantize_groups
 from .mxfp4 import mxfp4_tile
 
 
@@ -79,6 +85,24 @@ def _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, up_off
 
 
 @triton.jit
+def _fp8_k_loop(a_rows, as_rows, b_cols, s_expert, offs_n, row_ok, n_ok, n_out, k_dim, stride_ak, stride_bk, up_off,
+                stride_sn, A8: tl.constexpr, SCALE_BLOCK: tl.constexpr, GATED: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """kernels.fp8.fp8_k_loop over one expert's columns; per-channel scales applied to its result."""
+    if SCALE_BLOCK:  # [N/128, K/128] per expert, rows of 128 channels; the up half starts n_out/128 rows on
+        s_cols, up_scale_off = s_expert + (offs_n // SCALE_BLOCK).to(tl.int64) * stride_sn, n_out // SCALE_BLOCK * stride_sn
+    else:  # [N] per expert
+        s_cols, up_scale_off = s_expert + offs_n.to(tl.int64) * stride_sn, n_out * stride_sn
+    acc, acc_up = fp8_k_loop(a_rows, as_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, 1, 1,
+                             up_off, up_scale_off, A8, SCALE_BLOCK, GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    if not SCALE_BLOCK:
+        acc = acc * tl.load(s_cols, mask=n_ok, other=0.0)[None, :]
+        if GATED:
+            acc_up = acc_up * tl.load(s_cols + up_scale_off, mask=n_ok, other=0.0)[None, :]
+    return acc, acc_up
+
+
+@triton.jit
 def tile_coords(pid, grid_m, grid_n, GROUP_M: tl.constexpr):
     """(M-block, N-block) of program pid in grouped order: consecutive programs share B (expert
     weight) tiles in L2."""
@@ -108,12 +132,13 @@ def epilogue(acc, acc_up, rows, row_ok, offs_n, n_ok, bias_row, w_ptr, n_out, al
 
 @jit_sized("n_valid", "max_rows")
 def moe_gemm_kernel(
-    a_ptr, b_ptr, c_ptr, w_ptr, sorted_ptr, expert_ptr, total_ptr, bias_ptr, scale_ptr,
+    a_ptr, b_ptr, c_ptr, w_ptr, sorted_ptr, expert_ptr, total_ptr, bias_ptr, scale_ptr, a_scale_ptr, c_scale_ptr,
     n_out, k_dim, n_valid, max_rows, alpha, limit,
     stride_am, stride_ak, stride_be, stride_bn, stride_bk, stride_cm, stride_cn,
-    stride_bias_e, stride_se, stride_sn,
+    stride_bias_e, stride_se, stride_sn, stride_asm, stride_csm,
     A_DIV: tl.constexpr, GATED: tl.constexpr, WEIGHTED: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr, CLAMPED: tl.constexpr, MXFP4: tl.constexpr,
+    FP8: tl.constexpr, A8: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = tile_coords(tl.program_id(0), tl.cdiv(max_rows, BLOCK_M), tl.cdiv(n_out, BLOCK_N), GROUP_M)
@@ -130,10 +155,20 @@ def moe_gemm_kernel(
         s_cols = scale_ptr + expert * stride_se + offs_n.to(tl.int64) * stride_sn
         acc, acc_up = _mxfp4_k_loop(a_rows, b_cols, s_cols, row_ok, n_ok, k_dim, stride_ak, n_out * stride_bn,
                                     n_out * stride_sn, GATED, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    elif FP8:
+        acc, acc_up = _fp8_k_loop(a_rows, a_scale_ptr + (rows // A_DIV).to(tl.int64) * stride_asm, b_cols,
+                                  scale_ptr + expert * stride_se, offs_n, row_ok, n_ok, n_out, k_dim, stride_ak,
+                                  stride_bk, n_out * stride_bn, stride_sn, A8, SCALE_BLOCK, GATED, PRECISION,
+                                  BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         acc, acc_up = _dense_k_loop(a_rows, b_cols, row_ok, n_ok, k_dim, stride_ak, stride_bk, n_out * stride_bn,
                                     GATED, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     acc = epilogue(acc, acc_up, rows, row_ok, offs_n, n_ok, bias_ptr + expert * stride_bias_e, w_ptr, n_out, alpha,
                    limit, GATED, HAS_BIAS, CLAMPED, WEIGHTED)
     c_ptrs = c_ptr + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    if c_ptr.dtype.element_ty == tl.float8e4nv:  # W8A8 up projection: C in the down GEMM's A form
+        acc, c_scales = quantize_groups(acc, BLOCK_M, BLOCK_N, 128)  # kernels.fp8.GROUP
+        offs_g = pid_n * (BLOCK_N // 128) + tl.arange(0, BLOCK_N // 128)
+        tl.store(c_scale_ptr + rows.to(tl.int64)[:, None] * stride_csm + offs_g[None, :], c_scales,
+                 mask=row_ok[:, None] & (offs_g * 128 < n_out)[None, :])
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from laminar.ops.torch_ops import quantize_fp8
+
 
 def moe_inputs(n_tok: int, n_experts: int, top_k: int, hidden: int, inter: int, seed: int = 0):
     """bf16 activations and weights, uniform random routing (top_k distinct experts per token)."""
@@ -21,6 +23,13 @@ def mxfp4_weights(n_experts: int, rows: int, cols: int, gen: torch.Generator, de
     dummy loader draws them: uniform e2m1 codes (RMS ~2.9) at exponent 120 (2^-7)."""
     blocks = torch.randint(0, 256, (n_experts, rows, cols // 32, 16), dtype=torch.uint8, generator=gen)
     return blocks.to(device), torch.full((n_experts, rows, cols // 32), 120, dtype=torch.uint8, device=device)
+
+
+def fp8_weights(w: torch.Tensor, block: tuple[int, int] | None = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Experts [E, N, K] quantized to FP8 with 128x128 block (or, block None, per-channel) scales, one
+    expert at a time so that the fp32 intermediates stay small (the tuner's compile workers run 16 at once)."""
+    parts = [quantize_fp8(w[e], block) for e in range(w.shape[0])]
+    return torch.stack([q for q, _ in parts]), torch.stack([s for _, s in parts])
 
 
 def grouped_mm_moe(x, w13_t, w2_t, weights, ids):
