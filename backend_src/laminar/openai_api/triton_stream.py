@@ -102,7 +102,7 @@ class TritonStream:
                 if error is not None:
                     refused = True  # the model's final word on this request: the stream can close
                     if not await self.ready():
-                        raise Unavailable(f"model {self.model} is not ready")
+                        raise Unavailable(f"model {self.model} is not ready: {error.message()}")
                     raise APIError(400, error.message())
                 delta = _delta(result)
                 yield delta
