@@ -1,4 +1,6 @@
-"""SIGTERM to tritonserver after OpenAI traffic: how long it takes to exit, and whether it had to
+"""tritonserver under the supervisor with the OpenAI API in front, as `./build.sh serve` runs them.
+
+SIGTERM after OpenAI traffic: how long tritonserver takes to exit, and whether it had to
 give up on the model (Triton finalizes a decoupled model only once no gRPC stream is open on it,
 so a stream the OpenAI layer kept open made it wait out --exit-timeout-secs).
 
@@ -44,7 +46,8 @@ def start_stack(demo_model: Path, work: Path) -> Stack:
     server = start_server(repo, demo_model, work / "server.log", supervised=True)
     port = free_port()
     api = subprocess.Popen([sys.executable, "-m", "laminar.openai_api", "--triton-url", server.grpc_url,
-                           "--checkpoint", str(demo_model), "--host", "127.0.0.1", "--port", str(port)])
+                           "--checkpoint", str(demo_model), "--host", "127.0.0.1", "--port", str(port),
+                           "--restart-wait", "180"])
     stack = Stack(server, api, f"http://127.0.0.1:{port}")
     try:
         wait_http(f"{stack.url}/health", api)

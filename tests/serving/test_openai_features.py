@@ -15,7 +15,7 @@ import urllib.request
 import openai
 import pytest
 from test_openai_api import wait_http
-from triton_server import free_port
+from triton_server import ROOT, free_port
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}
@@ -270,3 +270,22 @@ def test_logit_bias_and_prompt_logprobs(client, offline_engines):
     assert "".join(lp.tokens) == r.choices[0].text and len(lp.tokens) == n_prompt + 3
     assert lp.token_logprobs[0] is None and all(v <= 0 for v in lp.token_logprobs[1:])
     assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
+
+
+def readme_examples() -> list[str]:
+    """The Python blocks of the README's OpenAI API section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## OpenAI API"):]
+    section = section[:section.index("\n## ", 3)]
+    return re.findall(r"```python\n(.*?)```\n", section, re.S)
+
+
+@pytest.mark.parametrize("index", range(len(readme_examples())))
+def test_readme_examples_run_as_written(client, request, index):
+    """The first example (streaming chat) runs on any engine; the others use the contract's keys."""
+    if index > 0:
+        request.getfixturevalue("structured")
+        request.getfixturevalue("multi_sample")
+    example = readme_examples()[index].replace("http://localhost:9000/v1", str(client.base_url).rstrip("/"))
+    run = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr

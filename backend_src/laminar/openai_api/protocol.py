@@ -21,7 +21,6 @@ from laminar.sampling_params import SamplingParams
 UNLIMITED_TOKENS = 2**31 - 1
 # The OpenAI API's default for the legacy completions endpoint.
 COMPLETION_DEFAULT_MAX_TOKENS = 16
-MAX_N = 128
 # vLLM's structured_outputs: exactly one of these per request (the Triton contract's keys).
 STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 
@@ -105,31 +104,18 @@ class _GenerationRequest(BaseModel):
     def _sampling(self, max_tokens: int | None, default_max_tokens: int, logprobs: int | None,
                   structured: dict[str, Any] | None, prompt_logprobs: int | None) -> dict[str, Any]:
         """The sampling_parameters JSON for the Laminar model (keys of the Triton contract)."""
-        if not 1 <= self.n <= MAX_N:
-            raise bad_request(f"n must be between 1 and {MAX_N}", "n")
+        if self.n < 1:  # n = 1 is not sent: a model without samples takes such requests
+            raise bad_request("n must be >= 1", "n")
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options is only allowed with stream=true", "stream_options")
-        if prompt_logprobs is not None and prompt_logprobs < 0:
-            raise bad_request("prompt_logprobs must be >= 0", "prompt_logprobs")
         return _validated({
             "max_tokens": default_max_tokens if max_tokens is None else max_tokens,
             "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": self.stop,
             "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
             "top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
             "ignore_eos": self.ignore_eos, "logprobs": logprobs, "n": self.n if self.n > 1 else None,
-            "logit_bias": self._logit_bias(), "structured_outputs": structured, "prompt_logprobs": prompt_logprobs,
+            "logit_bias": self.logit_bias or None, "structured_outputs": structured, "prompt_logprobs": prompt_logprobs,
         })
-
-    def _logit_bias(self) -> dict[str, float] | None:
-        """OpenAI's {token id: bias in [-100, 100]}; ids as decimal strings, as JSON keys are."""
-        if not self.logit_bias:
-            return None
-        for token, bias in self.logit_bias.items():
-            if not token.isdigit():
-                raise bad_request(f"logit_bias keys must be token ids, got {token!r}", "logit_bias")
-            if not -100 <= bias <= 100:
-                raise bad_request(f"logit_bias values must be in [-100, 100], got {bias}", "logit_bias")
-        return {str(int(token)): float(bias) for token, bias in self.logit_bias.items()}
 
     def _user_structured(self, response_format: ResponseFormat | None = None) -> dict[str, Any] | None:
         """The constraint the client asked for: vLLM's structured_outputs or response_format."""
