@@ -133,3 +133,34 @@ def test_demo_template_renders_tools_tool_results_and_thinking(demo_model):
     assert "<tool_response>\nsunny\n</tool_response>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert not Qwen3Family().parser(prompt, True)._mode == "reasoning"
+
+
+@pytest.mark.parametrize("family", [Qwen3Family(), HarmonyFamily()], ids=lambda f: f.name)
+def test_tool_grammars_compile_in_xgrammar_and_accept_only_calls(family):
+    """The structural tags sent for required and named tool_choice, compiled by the engine's
+    grammar library: they accept the calls the parser reads (one when not parallel) and nothing
+    else, not even an empty answer."""
+    xgr = pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from laminar.openai_api.families import forced_tool_calls, named_tool_call
+    functions = [WEATHER["function"], TIME_FUNCTION]
+
+    def call(function: dict, arguments: str) -> str:
+        tag = family.tool_tag(function["name"], function["parameters"])
+        return tag["begin"] + arguments + tag["end"]
+    one = call(WEATHER["function"], '{"city": "Paris"}')
+    two = one + family.call_separator + call(TIME_FUNCTION, '{"zone": "UTC"}')
+    for parallel in (True, False):
+        grammar = xgr.Grammar.from_structural_tag(json.dumps(forced_tool_calls(family, functions, parallel)["structural_tag"]))
+        assert accepts(grammar, one) and accepts(grammar, two) == parallel
+        assert not accepts(grammar, "") and not accepts(grammar, "hello")
+        assert not accepts(grammar, call(WEATHER["function"], '{"town": "Paris"}'))
+    named = xgr.Grammar.from_structural_tag(json.dumps(named_tool_call(family, functions[0])["structural_tag"]))
+    assert accepts(named, one) and not accepts(named, call(TIME_FUNCTION, '{"zone": "UTC"}'))
+    parsed = run(family.parser("", tools=True), two, 3)
+    assert [c.name for c in parsed.tool_calls] == ["get_weather", "get_time"]
+
+
+TIME_FUNCTION = {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                                                    "required": ["zone"]}}
