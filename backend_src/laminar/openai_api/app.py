@@ -67,8 +67,9 @@ async def _merged(streams: list[Stream]) -> AsyncIterator[tuple[int, Delta]]:
                 i = pending.pop(task)
                 if isinstance(task.exception(), StopAsyncIteration):
                     continue  # this prompt's samples are all finished
+                delta = task.result()  # raises the generation's error, if it failed
                 pending[asyncio.ensure_future(anext(streams[i][1]))] = i
-                yield i, task.result()
+                yield i, delta
     finally:
         for task in pending:
             task.cancel()
@@ -150,17 +151,24 @@ def build_app(triton_url: str, model: str, served_name: str, chat_template: Chat
         if name != served_name:
             raise APIError(404, f"The model `{name}` does not exist.", "model", "model_not_found")
 
+    async def _first(request: Request, prompt: str | list[int], sampling: dict[str, Any]) -> Stream:
+        """A generation and its first delta, which decides between an error (e.g. a 400: the
+        model refused the request) and a 200."""
+        deltas = request.app.state.backend.generate(prompt, sampling, logprobs="logprobs" in sampling)
+        try:
+            return await until_disconnect(request, anext(deltas)), deltas
+        except BaseException:
+            await deltas.aclose()
+            raise
+
     async def _start(request: Request, prompt: str | list[int], sampling: dict[str, Any]) -> Stream:
-        """A generation and its first delta, which decides between a 400 (the model refused the
-        request) and a 200. A request that finds tritonserver gone (a restart) waits for the
-        model to be back and is sent again: nothing of it reached the client yet."""
-        while True:
-            deltas = request.app.state.backend.generate(prompt, sampling, logprobs="logprobs" in sampling)
-            try:
-                return await until_disconnect(request, anext(deltas)), deltas
-            except Unavailable:
-                await deltas.aclose()
-                await request.app.state.readiness.wait_back()
+        """A request that finds tritonserver gone (a restart) waits for the model to be back and
+        is sent once more: nothing of it reached the client yet."""
+        try:
+            return await _first(request, prompt, sampling)
+        except Unavailable:
+            await request.app.state.readiness.wait_back()
+        return await _first(request, prompt, sampling)
 
     async def _generate(request: Request, body: CompletionRequest | ChatCompletionRequest, fmt: Format,
                         prompts: list[str | list[int]], sampling: dict[str, Any]):
