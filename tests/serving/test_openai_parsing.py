@@ -164,3 +164,48 @@ def test_tool_grammars_compile_in_xgrammar_and_accept_only_calls(family):
 
 TIME_FUNCTION = {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
                                                     "required": ["zone"]}}
+
+
+def delta(text: str, index: int = 0, finish: str | None = None, **kwargs):
+    from laminar.openai_api.triton_stream import Delta
+    return Delta(text=text, num_tokens=1, num_prompt_tokens=3, num_cached_tokens=0, finish_reason=finish,
+                 logprobs=kwargs.pop("logprobs", None), index=index, **kwargs)
+
+
+def lp(token: str, logprob: float, rank: int = 1) -> dict:
+    return {"logprob": logprob, "rank": rank, "decoded_token": token}
+
+
+def test_echo_with_logprobs_puts_the_prompt_tokens_first():
+    """The contract's prompt_logprobs (first entry null, then the prompt token and its top-k)
+    become completions' tokens / token_logprobs / top_logprobs / text_offset."""
+    from laminar.openai_api.formats import Completions, Responder
+    prompt = [None, {"7": lp(" quick", -2.0, 3), "8": lp(" slow", -0.5, 1)}, {"9": lp(" brown", -1.5, 1)}]
+    generated = [{"5": lp(" fox", -1.0, 1)}]
+    for stream in (False, True):
+        responder = Responder(Completions(1, echo=["The quick brown"]), "m", include_usage=False)
+        first = delta(" fox", finish="length", logprobs=generated, prompt_logprobs=prompt)
+        choice = responder.chunk(0, first)["choices"][0] if stream else responder.response([(0, first)])["choices"][0]
+        assert choice["text"] == "The quick brown fox"
+        assert choice["logprobs"] == {"tokens": ["The", " quick", " brown", " fox"],
+                                      "token_logprobs": [None, -2.0, -1.5, -1.0],
+                                      "top_logprobs": [None, {" slow": -0.5}, {" brown": -1.5}, {" fox": -1.0}],
+                                      "text_offset": [0, 3, 9, 15]}
+
+
+def test_n_chat_choices_stream_their_own_tool_calls_and_usage_sums():
+    from laminar.openai_api.formats import ChatCompletions, Responder
+    responder = Responder(ChatCompletions(None, lambda: Qwen3Parser(False, tools=True)), "m", True, prompts=1, n=2)
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    chunks = [responder.chunk(0, d) for d in (
+        delta(call[:20], 0), delta("plain", 1), delta(call[20:], 0), delta(" text", 1, "length"), delta("", 0, "stop"))]
+    by_index: dict[int, list] = {0: [], 1: []}
+    for chunk in filter(None, chunks):
+        by_index[chunk["choices"][0]["index"]].append(chunk["choices"][0])
+    assert by_index[0][0]["delta"]["role"] == "assistant" and by_index[1][0]["delta"]["role"] == "assistant"
+    calls = [c for choice in by_index[0] for c in choice["delta"].get("tool_calls", [])]
+    assert [(c["index"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        (0, "get_weather", {"city": "Oslo"})]
+    assert by_index[0][-1]["finish_reason"] == "tool_calls" and by_index[1][-1]["finish_reason"] == "length"
+    assert "".join(c["delta"].get("content", "") for c in by_index[1]) == "plain text"
+    assert responder.usage_chunk()["usage"]["completion_tokens"] == 5
