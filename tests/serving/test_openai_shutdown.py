@@ -46,19 +46,10 @@ def assert_error_then_done(events: list) -> None:
     assert error["type"] == "server_error" and "grpc" not in error["message"].lower(), error
 
 
-def test_sigterm_mid_stream_ends_it_with_an_error_event_then_done(demo_model, tmp_path):
-    stack = start_stack(demo_model, tmp_path)
-    try:
-        events = long_stream_events(stack.url, lambda: stack.server.proc.send_signal(signal.SIGTERM))
-        stack.server.proc.wait(60)
-    finally:
-        stack.stop()
-    assert_error_then_done(events)
-
-
-def test_a_crash_costs_latency_not_errors(demo_model, tmp_path):
+def test_a_crash_costs_latency_not_errors_and_sigterm_ends_streams_cleanly(demo_model, tmp_path):
     """kill -9 of tritonserver (standing in for its crashes under cancel-heavy load): the stream in
-    flight ends with an error event; a request sent meanwhile waits for the restart and succeeds."""
+    flight ends with an error event; a request sent meanwhile waits for the restart and succeeds.
+    Then SIGTERM mid-stream: that stream too ends with an error event and [DONE]."""
     stack = start_stack(demo_model, tmp_path)
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=300)
     answers = []
@@ -75,6 +66,9 @@ def test_a_crash_costs_latency_not_errors(demo_model, tmp_path):
         time.sleep(2)  # the supervisor restarts a server it saw serving (it polls every 0.5 s)
         events = long_stream_events(stack.url, crash)
         assert wait_for(lambda: answers, timeout=240), "the request sent during the restart was answered"
+        assert_error_then_done(events)
+        events = long_stream_events(stack.url, lambda: stack.server.proc.send_signal(signal.SIGTERM))
+        stack.server.proc.wait(60)
     finally:
         stack.stop()
     assert_error_then_done(events)
