@@ -213,8 +213,9 @@ def test_required_tool_calls_are_valid_for_their_schemas(client, structured, par
     r = client.chat.completions.create(model="laminar", messages=USER, tools=[WEATHER, TIME], tool_choice="required",
                                        parallel_tool_calls=parallel, temperature=1.0, seed=3, max_tokens=300)
     choice = r.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
-    assert parallel or len(choice.message.tool_calls) == 1
+    # Random weights may go on calling in parallel until max_tokens: the complete calls still count.
+    assert choice.finish_reason in (("tool_calls", "length") if parallel else ("tool_calls",))
+    assert choice.message.tool_calls and (parallel or len(choice.message.tool_calls) == 1)
     tools = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
     for call in choice.message.tool_calls:
         check_schema(json.loads(call.function.arguments), tools[call.function.name])
