@@ -146,10 +146,9 @@ def test_penalties_and_logprobs_match_the_engine(client, offline_engines):
 @pytest.mark.parametrize("kwargs, param", [
     ({"temperature": -1.0}, "temperature"),
     ({"top_p": 0.0}, "top_p"),
-    ({"n": 2}, "n"),
+    ({"n": 0}, "n"),
     ({"presence_penalty": 3.0}, "presence_penalty"),
     ({"max_tokens": "many"}, "max_tokens"),
-    ({"logit_bias": {"5": 1.0}}, "logit_bias"),
     ({"prompt": "word " * 5000}, None),  # longer than max_model_len: refused by the model itself
 ])
 def test_bad_parameters_get_400_with_an_openai_error(client, kwargs, param):
@@ -257,5 +256,5 @@ def test_request_translation_without_a_server():
     assert ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "a"}]).sampling() == {
         "max_tokens": UNLIMITED_TOKENS}
     legacy = CompletionRequest(model="m", prompt=[[1, 2, 3]], logprobs=2, stop="x")
-    assert legacy.prompt_input() == [1, 2, 3]
+    assert legacy.prompt_inputs() == [[1, 2, 3]]
     assert legacy.sampling() == {"max_tokens": 16, "stop": "x", "logprobs": 2}

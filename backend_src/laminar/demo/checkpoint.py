@@ -18,7 +18,7 @@ from safetensors.torch import save as save_safetensors
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 # Bump when the recipe changes so existing directories are rewritten.
-WRITER_VERSION = 1
+WRITER_VERSION = 2
 SEED = 0
 WEIGHT_STD = 0.02
 VOCAB_SIZE = 2048
@@ -28,11 +28,35 @@ STAMP = "laminar_demo.json"
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
          "tokenizer_config.json")
 
+# Qwen3's chat format, tools and thinking included: tool signatures in a system turn, calls as
+# <tool_call> JSON, tool results as user turns in <tool_response>, and enable_thinking=false
+# closing an empty think block, so the OpenAI API's tool and reasoning paths run on the demo model.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{%- set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else none -%}"
+    "{%- if tools -%}"
+    "{{ '<|im_start|>system\\n' }}{% if system is not none %}{{ system + '\\n\\n' }}{% endif %}"
+    "{{ 'Functions you may call, one JSON signature a line:\\n<tools>\\n' }}"
+    "{%- for tool in tools %}{{ tool | tojson }}{{ '\\n' }}{% endfor -%}"
+    "{{ '</tools>\\nTo call one, answer with <tool_call>\\n{\"name\": NAME, \"arguments\": ARGS}\\n</tool_call>'"
+    " + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if tools and loop.first and system is not none -%}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{{ '<|im_start|>user\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{{ '<tool_call>\\n{\"name\": ' + call['function']['name'] | tojson + ', \"arguments\": ' }}"
+    "{{ call['function']['arguments'] | tojson }}{{ '}\\n</tool_call>' }}"
+    "{%- endfor -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif -%}"
+    "{%- endif -%}"
 )
 
 

@@ -11,6 +11,7 @@ import uvicorn
 
 from laminar.openai_api.app import build_app
 from laminar.openai_api.chat_template import ChatTemplate
+from laminar.openai_api.families import family_of
 
 
 def exit_with_parent() -> None:
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--model", default="laminar", help="the Triton model to serve")
     parser.add_argument("--served-model-name", default=None, help="the id clients use (default: --model)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory holding the chat template")
+    parser.add_argument("--restart-wait", type=float, default=60.0,
+                        help="seconds a request waits for a restarting model before a 503")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--exit-with-parent", action="store_true",
@@ -35,7 +38,8 @@ def main() -> None:
     if args.exit_with_parent:
         exit_with_parent()
     template = ChatTemplate(args.checkpoint) if args.checkpoint else None
-    app = build_app(args.triton_url, args.model, args.served_model_name or args.model, template)
+    app = build_app(args.triton_url, args.model, args.served_model_name or args.model, template,
+                    family_of(args.checkpoint), args.restart_wait)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -18,5 +18,12 @@ class ChatTemplate:
     def available(self) -> bool:
         return bool(getattr(self._tokenizer, "chat_template", None))
 
-    def render(self, messages: list[dict[str, Any]]) -> str:
-        return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+               kwargs: dict[str, Any] | None = None) -> str:
+        """kwargs: the template's own switches (chat_template_kwargs, e.g. enable_thinking)."""
+        return self._tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                   add_generation_prompt=True, **(kwargs or {}))
+
+    def decode(self, ids: list[int]) -> str:
+        """A token-id prompt's text, for completions' echo."""
+        return self._tokenizer.decode(ids)

@@ -19,6 +19,13 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
+class Unavailable(APIError):
+    """tritonserver or its model cannot take requests now (starting, restarting, stopping)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, message, type="server_error", code="model_not_ready")
+
+
 def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param)
 
