@@ -8,7 +8,7 @@ full pass of it, expert bytes). Every engine carries the cost model (profiled on
 the shared executor), so each mode also reports the model's step-time prediction error.
 
 A mode is schedule_mode:budget[:gN][:sloMS]: gN sets num_stages (the static policy's largest
-group count), sloMS sets tbt_slo_ms (the SLO policy), e.g. layered:8192:g4, layered:8192:slo100.
+group count), sloMS sets prefill_policy slo with tbt_slo_ms, e.g. layered:8192:g4, layered:8192:slo100.
 The decode batch shrinks to what the KV cache holds (the report says so).
 
 GPU (Qwen3-30B-A3B shapes, random weights):
@@ -236,7 +236,7 @@ def mode_args(entry: str, base: dict) -> EngineArgs:
         if option.startswith("g"):
             values["num_stages"] = int(option[1:])
         elif option.startswith("slo"):
-            values["tbt_slo_ms"] = float(option[3:])
+            values.update(prefill_policy="slo", tbt_slo_ms=float(option[3:]), num_stages=None)
         else:
             raise SystemExit(f"mode {entry!r}: unknown option {option!r} (gN or sloMS)")
     return EngineArgs(**values)

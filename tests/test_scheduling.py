@@ -6,7 +6,8 @@ import torch
 from engine_utils import greedy, make_engine, random_arrivals, run_to_completion
 from transformers import AutoModelForCausalLM
 
-from laminar.layered_prefill import paper_num_groups, split_layers
+from laminar.policies.static import paper_num_groups
+from laminar.step_plan import split_layers
 
 NUM_LAYERS = 5
 

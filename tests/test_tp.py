@@ -56,7 +56,8 @@ def run_script(engine: LLMEngine, abort_after: dict[str, int] | None = None, max
 def test_tp2_matches_tp1(moe_checkpoint_5, mode, slo):
     """slo: a target below any step's time, so the SLO policy moves prompts one layer per step."""
     expected = run_script(make_engine(moe_checkpoint_5, 1, schedule_mode=mode))
-    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode, tbt_slo_ms=slo)
+    policy = dict(prefill_policy="slo", tbt_slo_ms=slo, num_stages=None, group_token_thresholds=None) if slo else {}
+    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode, **policy)
     assert [p.poll() for p in engine.executor.workers.procs] == [None]
     assert run_script(engine) == expected
     assert [p.returncode for p in engine.executor.workers.procs] == [0]  # stopped on request, not killed

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from laminar.layered_prefill import StepShape, stretches
+from laminar.step_plan import StepShape, stretches
 
 FEATURES = ("decode_layers", "mixed_layers", "decode_context", "prefill_self_attention",
             "prefill_context_attention", "overhead")

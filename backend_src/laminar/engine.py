@@ -16,12 +16,12 @@ from laminar.config import EngineArgs, ModelConfig
 from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
 from laminar.executor import Executor
-from laminar.layered_prefill import StepPlan, StepShape
 from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord, TokenLogprobs
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
 from laminar.scheduler import Scheduler
 from laminar.sequence import Sequence, Status
+from laminar.step_plan import StepPlan, StepShape
 from laminar.tokenizer import IncrementalDetokenizer, Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ PREEMPTION_WARN_EVERY_S = 30.0
 class LLMEngine:
     def __init__(self, args: EngineArgs, executor: Executor | None = None, cost: CostModel | None = None) -> None:
         """executor: reuse another engine's model and KV cache (benchmarks compare modes on one set of
-        weights). cost: the step-time model the SLO policy plans with; by default, with tbt_slo_ms set,
+        weights). cost: the step-time model the SLO policy plans with; by default, with prefill_policy 'slo',
         one built from a profile of this executor's model, learning online."""
         self.args = args
         self.model_config = cfg = ModelConfig.from_dir(args.model)
@@ -49,7 +49,7 @@ class LLMEngine:
         self.owns_executor = executor is None
         self.executor = executor or Executor(cfg, args, self.max_model_len)
         try:
-            if cost is None and args.tbt_slo_ms is not None:
+            if cost is None and args.prefill_policy == "slo":
                 cost = CostModel(self.executor.profile())
             self.cost = cost
             self._init_state(args, cfg)

@@ -13,11 +13,11 @@ import torch
 from laminar.config import EngineArgs, ModelConfig
 from laminar.cost_model import PROFILE_SEQ_TOKENS, Profile
 from laminar.distributed import ShardLayout, TensorParallel
-from laminar.layered_prefill import StepPlan
 from laminar.model_runner import ModelRunner, max_step_rows
 from laminar.outputs import TokenLogprobs
 from laminar.sampler import Sampler
 from laminar.step_inputs import SegmentInputs, StepInputs
+from laminar.step_plan import StepPlan, stacked
 from laminar.tp_worker import WorkerGroup
 
 PROFILE_DECODE_CONTEXT = (16, 2048)  # short and long context of the profiled decode steps
@@ -166,20 +166,17 @@ def _short_prompts(tokens: int) -> tuple[list[int], list[int]]:
 
 
 def plan_inputs(plan: StepPlan) -> StepInputs:
-    """Flattens a plan: decode entries, then each segment's chunks; logits rows per the plan's samples."""
-    entries = [(s, s.num_computed, 1) for s in plan.decode]
-    token_ids = [s.token_ids(s.num_computed, s.num_computed + 1)[0] for s in plan.decode]
-    segments, logits_rows = [], list(range(len(plan.decode)))
-    offset = len(plan.decode)
-    for seg in plan.segments:
-        entries += [(c.seq, c.start, c.length) for c in seg.chunks]
-        if seg.layers.start == 0:  # carried rows enter as hidden states: their token ids are not needed
-            token_ids += [t for c in seg.chunks for t in c.seq.token_ids(c.start, c.start + c.length)]
-        rows = list(seg.carry_rows) if seg.carry_rows is not None else None
-        segments.append(SegmentInputs(seg.batch_id, len(seg.chunks), seg.layers, rows))
-        if seg.finishes:
-            logits_rows += seg.logits_rows(offset)
-            offset += seg.num_tokens
+    """Flattens a plan in its row order (step_plan.stacked): decode entries, then each segment's
+    chunks; the logits rows are the plan's."""
+    decode = [(s, s.num_computed, 1) for s in plan.decode]
+    chunks = [[(c.seq, c.start, c.length) for c in seg.chunks] for seg in plan.segments]
+    entries = [e for part in stacked(decode, chunks) for e in part]
+    # Carried rows enter as hidden states: only segments starting at layer 0 need their token ids.
+    ids = [[seq.token_ids(start, start + n) for seq, start, n in part]
+           for part in stacked(decode, [c if seg.layers.start == 0 else [] for seg, c in zip(plan.segments, chunks)])]
+    token_ids = [t for part in ids for tokens in part for t in tokens]
+    segments = [SegmentInputs(seg.batch_id, len(seg.chunks), seg.layers,
+                              list(seg.carry_rows) if seg.carry_rows is not None else None) for seg in plan.segments]
     return StepInputs(
         token_ids=token_ids,
         starts=[start for _, start, _ in entries],
@@ -188,5 +185,5 @@ def plan_inputs(plan: StepPlan) -> StepInputs:
         num_decode=len(plan.decode),
         segments=segments,
         carried=list(plan.carried),
-        logits_rows=logits_rows,
+        logits_rows=plan.logits_rows(),
     )

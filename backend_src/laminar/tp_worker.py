@@ -136,7 +136,6 @@ def main() -> None:
     spec = json.loads(os.environ[SPEC_ENV])
     _exit_with_parent(spec["parent"])
     values = spec["args"]
-    values["group_token_thresholds"] = tuple(values["group_token_thresholds"])
     args = EngineArgs(**values)
     rank, size = spec["rank"], args.tensor_parallel_size
     device = args.resolved_device()
