@@ -185,7 +185,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
         })
     result["prompts"] = prompts
     result["cost_model"] = run.prediction_error()
-    engine.shutdown()
+    engine.abort_all()  # the decodes still running; the engine serves on
 
     # One long prompt alone: the expert traffic of its prefill and nothing else.
     before = engine.get_stats().expert_bytes_total
@@ -198,7 +198,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     result["alone_prompt_tokens"] = cfg["alone_prompt"]
     result["alone_ttft_ms"] = 1e3 * (time.perf_counter() - start)
     result["alone_iterations"] = iterations
-    result["alone_one_pass_ms"] = 1e3 * engine.executor.time_prompt(cfg["alone_prompt"])
+    result["alone_one_pass_ms"] = 1e3 * engine.executor.profiler.time_prompt(cfg["alone_prompt"])
     result["alone_expert_gb"] = (engine.get_stats().expert_bytes_total - before) / 1e9
     return result
 
@@ -289,7 +289,7 @@ def main() -> None:
         device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
         bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
-        profile = executor.profile()
+        profile = executor.profiler.profile()
         report["profile"] = json.loads(profile.to_json())
         for entry, engine_args in modes.items():
             print(f"== {entry}", flush=True)

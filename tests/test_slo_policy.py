@@ -150,6 +150,6 @@ def test_policy_options_belong_to_their_policy():
 def test_profiled_engine_plans_on_its_own_measurements(moe_checkpoint_5, reference):  # noqa: F811
     """Without an injected model the engine profiles its runner, and still computes the same tokens."""
     engine = make_engine(moe_checkpoint_5, prefill_policy="slo", tbt_slo_ms=5, max_num_batched_tokens=32)
-    profile = engine.executor.measured
+    profile = engine.executor.profiler.measured
     assert profile is not None and profile.num_layers == NUM_LAYERS and all(t > 0 for t in profile.mixed_s)
     assert run_to_completion(engine, workload(0)) == reference

@@ -50,7 +50,7 @@ class LLMEngine:
         self.executor = executor or Executor(cfg, args, self.max_model_len)
         try:
             if cost is None and args.prefill_policy == "slo":
-                cost = CostModel(self.executor.profile())
+                cost = CostModel(self.executor.profiler.profile())
             self.cost = cost
             self._init_state(args, cfg)
         except BaseException:
@@ -267,10 +267,15 @@ class LLMEngine:
             stats.energy_joules = self.energy.read_joules() - self.energy_start
         return stats
 
-    def shutdown(self) -> None:
-        """Aborts what is left so every KV block is back in the pool; stops the TP workers it started."""
+    def abort_all(self) -> None:
+        """Aborts every request, so every KV block is back in the pool; the engine goes on serving."""
         for request_id in list(self.seqs):
             self.abort(request_id)
+
+    def shutdown(self) -> None:
+        """Ends the engine: aborts what is left and stops the TP workers it started (the executor
+        of another engine it borrowed stays up)."""
+        self.abort_all()
         if self.owns_executor:
             self.executor.shutdown()
 
