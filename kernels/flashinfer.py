@@ -9,11 +9,10 @@ plan() runs on the host). No attention sinks here (GPT-OSS stays on ours). Our p
 caches [blocks, page, Hk, D] are its "NHD" paged layout given as a (k, v) pair: no copy, only our
 block tables as its page lists. Its kernels JIT-compile with the machine's nvcc on first use
 (cached under ~/.cache/flashinfer), which the engine's start-up profile triggers.
-`LAMINAR_FLASHINFER=0` turns it off.
+The engine's flashinfer argument (LAMINAR_FLASHINFER=0) turns it off.
 """
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -68,7 +67,6 @@ def flashinfer_can_serve(q: torch.Tensor, meta: AttentionMetadata, sinks: torch.
         flashinfer is not None
         and sinks is None
         and meta.max_query_len > 1
-        and os.environ.get("LAMINAR_FLASHINFER", "1") != "0"
         and q.is_cuda
         and q.dtype in (torch.float16, torch.bfloat16)
         and q.shape[-1] in HEAD_DIMS

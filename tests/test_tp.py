@@ -188,7 +188,7 @@ def _running(pid: int) -> bool:
 
 def test_idle_longer_than_the_collective_timeout(moe_checkpoint_5, monkeypatch):
     """Workers wait for the next step without a deadline: an idle server must not lose them."""
-    monkeypatch.setenv("LAMINAR_TP_TIMEOUT_S", "2")  # the workers read it at import
+    monkeypatch.setenv("LAMINAR_TP_TIMEOUT_S", "2")  # EngineArgs.tp_timeout_s, unset, reads it
     engine = make_engine(moe_checkpoint_5, 2)
     try:
         engine.add_request("a", PROMPTS[1], SamplingParams(max_tokens=2, ignore_eos=True))

@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 SCHEDULE_MODES = ("layered", "chunked")
+OPS_CHOICES = ("auto", "torch", "triton")
 PREFILL_POLICIES = {"static": ("num_stages", "group_token_thresholds"), "slo": ("tbt_slo_ms",)}  # policy -> its options
 LOAD_FORMATS = ("safetensors", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM", "GptOssForCausalLM")
 FULL_ATTENTION = 0  # a layer's window when it attends to its whole context
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,12 @@ class EngineArgs:
     dequantize_experts turns MXFP4 expert weights (GPT-OSS) into the model dtype at load time;
     by default they stay packed and the fused MoE dequantizes them in registers, reading ~3.7x
     fewer bytes than bf16 experts.
+
+    The switches below lived in the environment before they were arguments, and scripts still set
+    them there: unset, each takes LAMINAR_<NAME> from the environment, else its default. ops
+    picks the torch reference or the Triton kernels (auto: kernels on CUDA); flash_attn and
+    flashinfer let those libraries serve attention where installed; tp_timeout_s is how long a
+    tensor-parallel collective waits for a silent peer; log_level is the Triton model's.
     """
 
     model: str
@@ -206,6 +217,11 @@ class EngineArgs:
     tbt_slo_ms: float | None = None
     enable_prefix_caching: bool = True
     dequantize_experts: bool = False
+    ops: str = field(default_factory=lambda: _from_env("ops", "auto"))
+    flash_attn: bool = field(default_factory=lambda: _from_env("flash_attn", True))
+    flashinfer: bool = field(default_factory=lambda: _from_env("flashinfer", True))
+    tp_timeout_s: float = field(default_factory=lambda: _from_env("tp_timeout_s", 120.0))
+    log_level: str = field(default_factory=lambda: _from_env("log_level", "INFO"))
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_none: bool = False) -> None:
@@ -230,6 +246,7 @@ class EngineArgs:
         for name in ("num_stages", "max_model_len", "num_kv_blocks", "kv_cache_bytes"):
             positive_int(name, allow_none=True)
         self._check_prefill_policy()
+        self._check_switches()
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.schedule_mode == "chunked" and self.max_num_batched_tokens < self.max_num_seqs:
@@ -260,6 +277,19 @@ class EngineArgs:
         if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float)) or not 0 < slo < 1e6):
             raise ValueError(f"tbt_slo_ms must be a positive number of milliseconds, got {slo!r}")
 
+    def _check_switches(self) -> None:
+        if self.ops not in OPS_CHOICES:
+            raise ValueError(f"ops must be one of {OPS_CHOICES}, got {self.ops!r}")
+        for name in ("flash_attn", "flashinfer"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        timeout = self.tp_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"tp_timeout_s must be a positive number of seconds, got {timeout!r}")
+        if not isinstance(self.log_level, str) or not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ValueError(f"log_level must be a logging level (DEBUG, INFO, WARNING, ...), got {self.log_level!r}")
+        self.log_level = self.log_level.upper()
+
     @classmethod
     def from_dict(cls, values: dict) -> "EngineArgs":
         """Builds arguments from a mapping, naming unknown keys in the error."""
@@ -280,3 +310,19 @@ class EngineArgs:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _from_env(name: str, default: T) -> T:
+    """A switch's value from LAMINAR_<NAME> where the environment sets it, read as the default's type."""
+    raw = os.environ.get("LAMINAR_" + name.upper(), "").strip()
+    if not raw:
+        return default
+    if isinstance(default, bool):
+        words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+        if raw.lower() not in words:
+            raise ValueError(f"LAMINAR_{name.upper()}={raw!r}: expected 1 or 0")
+        return words[raw.lower()]
+    try:
+        return type(default)(raw)
+    except ValueError:
+        raise ValueError(f"LAMINAR_{name.upper()}={raw!r}: expected a {type(default).__name__}") from None

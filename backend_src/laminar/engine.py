@@ -35,6 +35,7 @@ class LLMEngine:
         """executor: reuse another engine's model and KV cache (benchmarks compare modes on one set of
         weights). cost: the step-time model the SLO policy plans with; by default, with prefill_policy 'slo',
         one built from a profile of this executor's model, learning online."""
+        logger.info("engine arguments: %s", args)
         self.args = args
         self.model_config = cfg = ModelConfig.from_dir(args.model)
         self.max_model_len = args.max_model_len or cfg.max_position_embeddings

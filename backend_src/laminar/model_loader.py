@@ -19,7 +19,8 @@ def load_model(cfg: ModelConfig, args: EngineArgs, device: torch.device, dtype: 
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = model_class(cfg)(cfg, get_ops(device), max_model_len, tp)
+            ops = get_ops(device, args.ops, args.flash_attn, args.flashinfer)
+            model = model_class(cfg)(cfg, ops, max_model_len, tp)
     finally:
         torch.set_default_dtype(default_dtype)
     model.requires_grad_(False)

@@ -39,7 +39,7 @@ class ModelRunner:
         self.carry: Carry = {}
         self.layers = LayerRunners(EagerLayers(self.model, self.kv_caches, self.expert_hits))
         mixed_rows = max_step_rows(args)
-        # The torch reference ops read metadata on the host (LAMINAR_OPS=torch): not capturable.
+        # The torch reference ops read metadata on the host (ops=torch): not capturable.
         if self.device.type == "cuda" and not args.enforce_eager and self.model.ops is not torch_ops:
             self.layers.decode = DecodeGraphs(self.model, self.kv_caches, self.expert_hits, args.max_num_seqs,
                                               max_model_len, args.block_size)
