@@ -89,6 +89,29 @@ def test_group_policy():
             EngineArgs(model="x", group_token_thresholds=bad)
 
 
+def test_the_policy_decides_and_the_scheduler_admits():
+    """A policy only looks at the queue: planning admits nothing and grows no KV block; the
+    scheduler applies its decision (admission, blocks, the batch in flight)."""
+    from laminar import EngineArgs, SamplingParams
+    from laminar.block_manager import BlockManager
+    from laminar.scheduler import Scheduler
+    from laminar.sequence import Sequence, Status
+    from laminar.step_plan import Chunk
+
+    blocks = BlockManager(64, 4)
+    scheduler = Scheduler(EngineArgs(model="x", max_num_batched_tokens=32, num_stages=4, group_token_thresholds=()),
+                          8, blocks)
+    seq = Sequence("a", list(range(1, 21)), SamplingParams(), None, None, 0.0)
+    scheduler.add(seq)
+    decision = scheduler.policy.plan([], scheduler.batches, scheduler)
+    assert decision.segments == [] and decision.new_batch.chunks == [Chunk(seq, 0, 20)]
+    assert decision.new_batch.layers == range(0, 2) and len(decision.new_batch.groups) == 4
+    assert seq.status == Status.WAITING and blocks.num_free == 64 and not scheduler.batches
+    plan = scheduler.schedule()
+    assert seq.status == Status.PREFILLING and blocks.num_free == 64 - 5 and len(scheduler.batches) == 1
+    assert [seg.layers for seg in plan.segments] == [range(0, 2)] and plan.carried == (scheduler.batches[0].id,)
+
+
 class LayerRows:
     """Forward hooks counting the rows each decoder layer processes in the current iteration."""
 

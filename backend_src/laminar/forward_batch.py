@@ -96,15 +96,16 @@ def _stretches(inputs: StepInputs, num_layers: int, block_size: int, device: tor
             continue
         if active not in built:
             chosen = [e for part in stacked(range(inputs.num_decode), [bounds[j] for j in active]) for e in part]
-            built[active] = metadata(inputs, chosen, block_size, device)
+            built[active] = metadata(inputs, chosen, block_size, device, inputs.num_decode)
         meta, positions = built[active]
         out.append(Stretch(layers, active, positions, meta))
     return out
 
 
-def metadata(inputs: StepInputs, entries: list[int], block_size: int,
-             device: torch.device) -> tuple[AttentionMetadata, torch.Tensor]:
-    """Attention metadata and positions of the rows of these entries, in order.
+def metadata(inputs: StepInputs, entries: list[int], block_size: int, device: torch.device,
+             num_decodes: int) -> tuple[AttentionMetadata, torch.Tensor]:
+    """Attention metadata and positions of the rows of these entries, in order (the first
+    num_decodes of them decode entries).
 
     Built with numpy and moved in two copies (one int32, one int64 buffer): per-op torch
     overhead on small CPU tensors would otherwise be a visible share of a decode step. Each
@@ -135,6 +136,7 @@ def metadata(inputs: StepInputs, entries: list[int], block_size: int,
         max_query_len=int(q_lens.max()),
         max_seq_len=int(seq_lens.max()),
         host=host,
+        num_decodes=num_decodes,
     )
     return meta, positions_t
 
