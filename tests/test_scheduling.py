@@ -232,3 +232,20 @@ def test_layered_moves_fewer_expert_bytes(moe_checkpoint_5):
     for engine in engines:
         run_to_completion(engine, mixed)
     assert engines[1].get_stats().expert_bytes_total < engines[0].get_stats().expert_bytes_total
+
+
+def test_logits_rows_follow_the_stacked_row_order():
+    """Decode rows first, then the finishing segments' rows in plan order; a segment still between
+    layers has no rows in the last layer's output. One logits row per sampled sequence, in order."""
+    from laminar import SamplingParams
+    from laminar.sequence import Sequence
+    from laminar.step_plan import Chunk, Segment, StepPlan
+
+    d1, d2, a, b, c, e = (Sequence(rid, [1] * n, SamplingParams(), None, None, 0.0)
+                          for rid, n in (("d1", 4), ("d2", 4), ("a", 3), ("b", 5), ("c", 2), ("e", 4)))
+    segments = (Segment(0, (Chunk(a, 0, 3), Chunk(b, 0, 2)), range(0, 4), None, True),
+                Segment(1, (Chunk(e, 0, 4),), range(0, 2), None, False),
+                Segment(2, (Chunk(c, 0, 2),), range(2, 4), None, True))
+    plan = StepPlan((d1, d2), segments, (1,))
+    assert plan.logits_rows() == [0, 1, 4, 8]
+    assert plan.sample_seqs == [d1, d2, a, c]
