@@ -3,11 +3,10 @@
 Upstream flash-attn 2 reads a paged cache only when the page (our KV block) holds a multiple of
 256 tokens, and computes in fp16/bf16 only; it has a sliding window but no attention sinks.
 Anything else stays on our Triton kernels.
-`LAMINAR_FLASH_ATTN=0` turns it off.
+The engine's flash_attn argument (LAMINAR_FLASH_ATTN=0) turns it off.
 """
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +26,6 @@ def flash_can_serve(q: torch.Tensor, k_cache: torch.Tensor, sinks: torch.Tensor 
     return (
         flash_attn_varlen_func is not None
         and sinks is None
-        and os.environ.get("LAMINAR_FLASH_ATTN", "1") != "0"
         and q.dtype in (torch.float16, torch.bfloat16)
         and k_cache.shape[1] % PAGE_MULTIPLE == 0
     )

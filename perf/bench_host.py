@@ -17,10 +17,10 @@ import time
 from laminar.config import EngineArgs, ModelConfig
 from laminar.distributed import TensorParallel
 from laminar.executor import plan_inputs
-from laminar.layered_prefill import Chunk, Segment, StepPlan
 from laminar.model_runner import ModelRunner
 from laminar.sampling_params import SamplingParams
 from laminar.sequence import Sequence
+from laminar.step_plan import Chunk, Segment, StepPlan
 
 
 def synthetic_plan(decodes: int, context: int, prompt: int, block_size: int, vocab: int) -> StepPlan:

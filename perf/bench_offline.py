@@ -8,7 +8,7 @@ full pass of it, expert bytes). Every engine carries the cost model (profiled on
 the shared executor), so each mode also reports the model's step-time prediction error.
 
 A mode is schedule_mode:budget[:gN][:sloMS]: gN sets num_stages (the static policy's largest
-group count), sloMS sets tbt_slo_ms (the SLO policy), e.g. layered:8192:g4, layered:8192:slo100.
+group count), sloMS sets prefill_policy slo with tbt_slo_ms, e.g. layered:8192:g4, layered:8192:slo100.
 The decode batch shrinks to what the KV cache holds (the report says so).
 
 GPU (Qwen3-30B-A3B shapes, random weights):
@@ -185,7 +185,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
         })
     result["prompts"] = prompts
     result["cost_model"] = run.prediction_error()
-    engine.shutdown()
+    engine.abort_all()  # the decodes still running; the engine serves on
 
     # One long prompt alone: the expert traffic of its prefill and nothing else.
     before = engine.get_stats().expert_bytes_total
@@ -198,7 +198,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     result["alone_prompt_tokens"] = cfg["alone_prompt"]
     result["alone_ttft_ms"] = 1e3 * (time.perf_counter() - start)
     result["alone_iterations"] = iterations
-    result["alone_one_pass_ms"] = 1e3 * engine.executor.time_prompt(cfg["alone_prompt"])
+    result["alone_one_pass_ms"] = 1e3 * engine.executor.profiler.time_prompt(cfg["alone_prompt"])
     result["alone_expert_gb"] = (engine.get_stats().expert_bytes_total - before) / 1e9
     return result
 
@@ -236,7 +236,7 @@ def mode_args(entry: str, base: dict) -> EngineArgs:
         if option.startswith("g"):
             values["num_stages"] = int(option[1:])
         elif option.startswith("slo"):
-            values["tbt_slo_ms"] = float(option[3:])
+            values.update(prefill_policy="slo", tbt_slo_ms=float(option[3:]), num_stages=None)
         else:
             raise SystemExit(f"mode {entry!r}: unknown option {option!r} (gN or sloMS)")
     return EngineArgs(**values)
@@ -289,7 +289,7 @@ def main() -> None:
         device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
         bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
-        profile = executor.profile()
+        profile = executor.profiler.profile()
         report["profile"] = json.loads(profile.to_json())
         for entry, engine_args in modes.items():
             print(f"== {entry}", flush=True)

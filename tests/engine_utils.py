@@ -10,7 +10,9 @@ from laminar import EngineArgs, LLMEngine, SamplingParams
 
 def make_engine(model_dir, **overrides) -> LLMEngine:
     args = dict(model=str(model_dir), device="cpu", dtype="float32", block_size=4, num_kv_blocks=512,
-                max_num_batched_tokens=64, max_num_seqs=32, num_stages=4)
+                max_num_batched_tokens=64, max_num_seqs=32)
+    if overrides.get("prefill_policy", "static") == "static":
+        args["num_stages"] = 4
     args.update(overrides)
     return LLMEngine(EngineArgs(**args))
 

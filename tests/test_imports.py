@@ -1,7 +1,9 @@
 """The package's import graph has no cycle: each module can be read after the ones it imports.
 
-Imports inside functions count too (a lazy import is how a cycle hides); only imports under
-`if TYPE_CHECKING:` are left out, since they never run.
+Imports inside functions count too (a lazy import is how a cycle hides), and so do imports
+under `if TYPE_CHECKING:`: they never run, but a reader follows them both ways all the same.
+The layering targets are asserted too: the step's data model (step_plan) is a leaf, the
+policies sit above it and only the scheduler imports them.
 """
 from __future__ import annotations
 
@@ -17,15 +19,11 @@ def module_name(path: Path) -> str:
 
 
 def imported(tree: ast.Module, name: str, is_package: bool, modules: set[str]) -> set[str]:
-    """Modules this module imports at run time (relative imports resolved; `from pkg import mod`
-    names the submodule, not the package's __init__)."""
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _type_checking(node.test)
-               for stmt in node.body for n in ast.walk(stmt)}
+    """Modules this module imports, at run time or for type checking only (relative imports
+    resolved; `from pkg import mod` names the submodule, not the package's __init__)."""
     package = name if is_package else name.rpartition(".")[0]
     out = set()
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -35,11 +33,6 @@ def imported(tree: ast.Module, name: str, is_package: bool, modules: set[str]) -
                 base = f"{anchor}.{base}" if base else anchor
             out.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
     return out
-
-
-def _type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -83,3 +76,27 @@ def test_backend_src_has_no_import_cycle():
     graph = import_graph()
     assert "laminar.model_runner" in graph["laminar.tp_worker"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_a_type_only_import_counts():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from laminar.b import B\n")
+    assert imported(tree, "laminar.a", False, {"laminar.a", "laminar.b"}) == {"typing", "laminar.b"}
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_the_step_plan_is_a_leaf_under_the_policies():
+    graph = import_graph()
+    policies = {m for m in graph if m == "laminar.policies" or m.startswith("laminar.policies.")}
+    assert graph["laminar.step_plan"] <= {"laminar.sequence"}, graph["laminar.step_plan"]
+    assert graph["laminar.cost_model"] == {"laminar.step_plan"}
+    assert not reachable(graph, "laminar.forward_batch") & policies
+    importers = {m for m, deps in graph.items() if deps & policies} - policies
+    assert importers == {"laminar.scheduler"}, importers

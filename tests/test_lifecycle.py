@@ -55,6 +55,10 @@ def test_abort_mid_decode(moe_checkpoint_5, mode):
     while produced < 6:
         produced += sum(len(o.new_token_ids) for o in engine.step() if o.request_id == "a")
     assert engine.abort("a")
+    engine.abort_all()
+    assert_pool_full(engine)
+    engine.add_request("c", PROMPT, greedy(3))  # abort_all is not shutdown: the engine serves on
+    assert sum(len(o.new_token_ids) for _ in range(20) for o in engine.step()) == 3
     engine.shutdown()
     assert_pool_full(engine)
 

@@ -6,7 +6,8 @@ import torch
 from engine_utils import greedy, make_engine, random_arrivals, run_to_completion
 from transformers import AutoModelForCausalLM
 
-from laminar.layered_prefill import paper_num_groups, split_layers
+from laminar.policies.static import paper_num_groups
+from laminar.step_plan import split_layers
 
 NUM_LAYERS = 5
 
@@ -86,6 +87,29 @@ def test_group_policy():
     for bad in ((1024, 512), (0, 512), (512, 512), "512"):
         with pytest.raises(ValueError, match="group_token_thresholds"):
             EngineArgs(model="x", group_token_thresholds=bad)
+
+
+def test_the_policy_decides_and_the_scheduler_admits():
+    """A policy only looks at the queue: planning admits nothing and grows no KV block; the
+    scheduler applies its decision (admission, blocks, the batch in flight)."""
+    from laminar import EngineArgs, SamplingParams
+    from laminar.block_manager import BlockManager
+    from laminar.scheduler import Scheduler
+    from laminar.sequence import Sequence, Status
+    from laminar.step_plan import Chunk
+
+    blocks = BlockManager(64, 4)
+    scheduler = Scheduler(EngineArgs(model="x", max_num_batched_tokens=32, num_stages=4, group_token_thresholds=()),
+                          8, blocks)
+    seq = Sequence("a", list(range(1, 21)), SamplingParams(), None, None, 0.0)
+    scheduler.add(seq)
+    decision = scheduler.policy.plan([], scheduler.batches, scheduler)
+    assert decision.segments == [] and decision.new_batch.chunks == [Chunk(seq, 0, 20)]
+    assert decision.new_batch.layers == range(0, 2) and len(decision.new_batch.groups) == 4
+    assert seq.status == Status.WAITING and blocks.num_free == 64 and not scheduler.batches
+    plan = scheduler.schedule()
+    assert seq.status == Status.PREFILLING and blocks.num_free == 64 - 5 and len(scheduler.batches) == 1
+    assert [seg.layers for seg in plan.segments] == [range(0, 2)] and plan.carried == (scheduler.batches[0].id,)
 
 
 class LayerRows:
@@ -208,3 +232,20 @@ def test_layered_moves_fewer_expert_bytes(moe_checkpoint_5):
     for engine in engines:
         run_to_completion(engine, mixed)
     assert engines[1].get_stats().expert_bytes_total < engines[0].get_stats().expert_bytes_total
+
+
+def test_logits_rows_follow_the_stacked_row_order():
+    """Decode rows first, then the finishing segments' rows in plan order; a segment still between
+    layers has no rows in the last layer's output. One logits row per sampled sequence, in order."""
+    from laminar import SamplingParams
+    from laminar.sequence import Sequence
+    from laminar.step_plan import Chunk, Segment, StepPlan
+
+    d1, d2, a, b, c, e = (Sequence(rid, [1] * n, SamplingParams(), None, None, 0.0)
+                          for rid, n in (("d1", 4), ("d2", 4), ("a", 3), ("b", 5), ("c", 2), ("e", 4)))
+    segments = (Segment(0, (Chunk(a, 0, 3), Chunk(b, 0, 2)), range(0, 4), None, True),
+                Segment(1, (Chunk(e, 0, 4),), range(0, 2), None, False),
+                Segment(2, (Chunk(c, 0, 2),), range(2, 4), None, True))
+    plan = StepPlan((d1, d2), segments, (1,))
+    assert plan.logits_rows() == [0, 1, 4, 8]
+    assert plan.sample_seqs == [d1, d2, a, c]

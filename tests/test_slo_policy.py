@@ -20,8 +20,8 @@ from test_scheduling import (
 
 from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.cost_model import FEATURES, CostModel, Profile
-from laminar.layered_prefill import Chunk, SegmentShape, StepShape, stretches
 from laminar.sequence import Sequence
+from laminar.step_plan import Chunk, SegmentShape, StepShape, stretches
 
 PROFILE = Profile(num_layers=NUM_LAYERS, decode_rows=(1, 32), decode_s=(1e-3, 2e-3), mixed_rows=(16, 128),
                   mixed_s=(4e-3, 12e-3), context_s=1e-6, self_pair_s=1e-7, context_pair_s=2e-7)
@@ -29,7 +29,8 @@ PROFILE = Profile(num_layers=NUM_LAYERS, decode_rows=(1, 32), decode_s=(1e-3, 2e
 
 def slo_engine(model_dir, target_ms: float, mode: str = "layered", **overrides) -> LLMEngine:
     args = dict(model=str(model_dir), device="cpu", dtype="float32", block_size=4, num_kv_blocks=512,
-                max_num_batched_tokens=64, max_num_seqs=32, schedule_mode=mode, tbt_slo_ms=target_ms)
+                max_num_batched_tokens=64, max_num_seqs=32, schedule_mode=mode, prefill_policy="slo",
+                tbt_slo_ms=target_ms)
     args.update(overrides)
     return LLMEngine(EngineArgs(**args), cost=CostModel(PROFILE, learn=False))
 
@@ -128,13 +129,27 @@ def test_cost_model_learns_what_the_profile_misses():
 def test_tbt_slo_ms_is_validated():
     for bad in (0, -5, "100", True):
         with pytest.raises(ValueError, match="tbt_slo_ms"):
-            EngineArgs(model="x", tbt_slo_ms=bad)
-    assert EngineArgs(model="x", tbt_slo_ms=50).tbt_slo_ms == 50
+            EngineArgs(model="x", prefill_policy="slo", tbt_slo_ms=bad)
+    assert EngineArgs(model="x", prefill_policy="slo", tbt_slo_ms=50).tbt_slo_ms == 50
+
+
+def test_policy_options_belong_to_their_policy():
+    """The policy is named, not implied: its options are required, the other policy's are errors."""
+    with pytest.raises(ValueError, match="needs tbt_slo_ms"):
+        EngineArgs(model="x", prefill_policy="slo")
+    with pytest.raises(ValueError, match="tbt_slo_ms applies to prefill_policy 'slo' only"):
+        EngineArgs(model="x", tbt_slo_ms=50)
+    for option in (dict(num_stages=4), dict(group_token_thresholds=(512,))):
+        with pytest.raises(ValueError, match="applies to prefill_policy 'static' only"):
+            EngineArgs(model="x", prefill_policy="slo", tbt_slo_ms=50, **option)
+    with pytest.raises(ValueError, match="prefill_policy must be one of"):
+        EngineArgs(model="x", prefill_policy="fastest")
+    assert EngineArgs(model="x", num_stages=4, group_token_thresholds=[8]).group_token_thresholds == (8,)
 
 
 def test_profiled_engine_plans_on_its_own_measurements(moe_checkpoint_5, reference):  # noqa: F811
     """Without an injected model the engine profiles its runner, and still computes the same tokens."""
-    engine = make_engine(moe_checkpoint_5, tbt_slo_ms=5, max_num_batched_tokens=32)
-    profile = engine.executor.measured
+    engine = make_engine(moe_checkpoint_5, prefill_policy="slo", tbt_slo_ms=5, max_num_batched_tokens=32)
+    profile = engine.executor.profiler.measured
     assert profile is not None and profile.num_layers == NUM_LAYERS and all(t > 0 for t in profile.mixed_s)
     assert run_to_completion(engine, workload(0)) == reference

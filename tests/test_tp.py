@@ -56,7 +56,8 @@ def run_script(engine: LLMEngine, abort_after: dict[str, int] | None = None, max
 def test_tp2_matches_tp1(moe_checkpoint_5, mode, slo):
     """slo: a target below any step's time, so the SLO policy moves prompts one layer per step."""
     expected = run_script(make_engine(moe_checkpoint_5, 1, schedule_mode=mode))
-    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode, tbt_slo_ms=slo)
+    policy = dict(prefill_policy="slo", tbt_slo_ms=slo, num_stages=None, group_token_thresholds=None) if slo else {}
+    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode, **policy)
     assert [p.poll() for p in engine.executor.workers.procs] == [None]
     assert run_script(engine) == expected
     assert [p.returncode for p in engine.executor.workers.procs] == [0]  # stopped on request, not killed
@@ -187,7 +188,7 @@ def _running(pid: int) -> bool:
 
 def test_idle_longer_than_the_collective_timeout(moe_checkpoint_5, monkeypatch):
     """Workers wait for the next step without a deadline: an idle server must not lose them."""
-    monkeypatch.setenv("LAMINAR_TP_TIMEOUT_S", "2")  # the workers read it at import
+    monkeypatch.setenv("LAMINAR_TP_TIMEOUT_S", "2")  # EngineArgs.tp_timeout_s, unset, reads it
     engine = make_engine(moe_checkpoint_5, 2)
     try:
         engine.add_request("a", PROMPTS[1], SamplingParams(max_tokens=2, ignore_eos=True))

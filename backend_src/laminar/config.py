@@ -3,18 +3,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from laminar.formats import Quantization
 
 SCHEDULE_MODES = ("layered", "chunked")
+OPS_CHOICES = ("auto", "torch", "triton")
+PREFILL_POLICIES = {"static": ("num_stages", "group_token_thresholds"), "slo": ("tbt_slo_ms",)}  # policy -> its options
 LOAD_FORMATS = ("safetensors", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM", "GptOssForCausalLM")
 FULL_ATTENTION = 0  # a layer's window when it attends to its whole context
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -166,12 +172,14 @@ def _gpt_oss_fields(cfg: dict, scaling: dict) -> dict:
 class EngineArgs:
     """Everything that configures an engine; validated on construction.
 
-    tbt_slo_ms, when set, is the time-between-tokens target that chooses how far prompts
-    advance per iteration (layered: how many layers; chunked: how many tokens) from a cost
-    model measured on the device; see layered_prefill.SloPolicy. Unset, the paper's static
-    policy runs: num_stages is the largest number of layer groups G a prefill batch is split
-    into (layered mode), following group_token_thresholds by its token count (<=512: 1,
-    <=1024: 2, <=2048: 4, <=4096: 8, more: num_stages), clamped to the layer count.
+    prefill_policy names the policy that decides how far prompts advance per iteration
+    (laminar.policies), and each policy has its own options; setting another policy's option
+    is an error. "static" is the paper's: num_stages (default 16) is the largest number of layer
+    groups G a prefill batch is split into (layered mode), following group_token_thresholds
+    (default [512, 1024, 2048, 4096]) by its token count (<=512: 1, <=1024: 2, <=2048: 4,
+    <=4096: 8, more: num_stages), clamped to the layer count. "slo" needs tbt_slo_ms, the
+    time-between-tokens target that chooses how far prompts advance (layered: how many layers;
+    chunked: how many tokens) from a cost model measured on the device.
 
     enable_prefix_caching keeps the KV blocks of computed prompts (and of full decode blocks)
     for later requests that start with the same tokens; see block_manager.
@@ -179,13 +187,20 @@ class EngineArgs:
     dequantize_experts turns quantized expert weights (MXFP4, FP8) into the model dtype at load
     time; by default they stay packed and the fused MoE dequantizes them in registers (MXFP4
     experts: ~3.7x fewer bytes than bf16).
+
+    The switches below lived in the environment before they were arguments, and scripts still set
+    them there: unset, each takes LAMINAR_<NAME> from the environment, else its default. ops
+    picks the torch reference or the Triton kernels (auto: kernels on CUDA); flash_attn and
+    flashinfer let those libraries serve attention where installed; tp_timeout_s is how long a
+    tensor-parallel collective waits for a silent peer; log_level is the Triton model's.
     """
 
     model: str
     dtype: str = "auto"
     device: str = "auto"
     schedule_mode: str = "layered"
-    num_stages: int = 16
+    prefill_policy: str = "static"
+    num_stages: int | None = None
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     max_model_len: int | None = None
@@ -197,10 +212,15 @@ class EngineArgs:
     seed: int = 0
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
-    group_token_thresholds: tuple[int, ...] = field(default=(512, 1024, 2048, 4096))
+    group_token_thresholds: tuple[int, ...] | None = None
     tbt_slo_ms: float | None = None
     enable_prefix_caching: bool = True
     dequantize_experts: bool = False
+    ops: str = field(default_factory=lambda: _from_env("ops", "auto"))
+    flash_attn: bool = field(default_factory=lambda: _from_env("flash_attn", True))
+    flashinfer: bool = field(default_factory=lambda: _from_env("flashinfer", True))
+    tp_timeout_s: float = field(default_factory=lambda: _from_env("tp_timeout_s", 120.0))
+    log_level: str = field(default_factory=lambda: _from_env("log_level", "INFO"))
 
     def __post_init__(self) -> None:
         def positive_int(name: str, allow_none: bool = False) -> None:
@@ -220,19 +240,12 @@ class EngineArgs:
             raise ValueError(f"dtype must be auto or one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("num_stages", "max_num_batched_tokens", "max_num_seqs", "block_size", "tensor_parallel_size"):
+        for name in ("max_num_batched_tokens", "max_num_seqs", "block_size", "tensor_parallel_size"):
             positive_int(name)
-        for name in ("max_model_len", "num_kv_blocks", "kv_cache_bytes"):
+        for name in ("num_stages", "max_model_len", "num_kv_blocks", "kv_cache_bytes"):
             positive_int(name, allow_none=True)
-        thresholds = self.group_token_thresholds
-        if (not isinstance(thresholds, (tuple, list))
-                or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in thresholds)
-                or list(thresholds) != sorted(set(thresholds))):
-            raise ValueError(f"group_token_thresholds must be increasing positive token counts, got {thresholds!r}")
-        self.group_token_thresholds = tuple(thresholds)
-        slo = self.tbt_slo_ms
-        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float)) or not 0 < slo < 1e6):
-            raise ValueError(f"tbt_slo_ms must be a positive number of milliseconds or unset, got {slo!r}")
+        self._check_prefill_policy()
+        self._check_switches()
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.schedule_mode == "chunked" and self.max_num_batched_tokens < self.max_num_seqs:
@@ -240,6 +253,41 @@ class EngineArgs:
                 "max_num_batched_tokens must be >= max_num_seqs in chunked mode, so that every decode fits "
                 f"the token budget (got {self.max_num_batched_tokens} < {self.max_num_seqs})"
             )
+
+    def _check_prefill_policy(self) -> None:
+        """The policy is known, its required options are set, and no other policy's option is."""
+        if self.prefill_policy not in PREFILL_POLICIES:
+            raise ValueError(f"prefill_policy must be one of {tuple(PREFILL_POLICIES)}, got {self.prefill_policy!r}")
+        for policy, options in PREFILL_POLICIES.items():
+            stray = [name for name in options if getattr(self, name) is not None]
+            if policy != self.prefill_policy and stray:
+                raise ValueError(f"{', '.join(stray)} applies to prefill_policy {policy!r} only, "
+                                 f"not {self.prefill_policy!r}: unset it or set prefill_policy={policy!r}")
+        thresholds = self.group_token_thresholds
+        if thresholds is not None:
+            if (not isinstance(thresholds, (tuple, list))
+                    or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in thresholds)
+                    or list(thresholds) != sorted(set(thresholds))):
+                raise ValueError(f"group_token_thresholds must be increasing positive token counts, got {thresholds!r}")
+            self.group_token_thresholds = tuple(thresholds)
+        slo = self.tbt_slo_ms
+        if self.prefill_policy == "slo" and slo is None:
+            raise ValueError("prefill_policy 'slo' needs tbt_slo_ms (the time-between-tokens target in ms)")
+        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float)) or not 0 < slo < 1e6):
+            raise ValueError(f"tbt_slo_ms must be a positive number of milliseconds, got {slo!r}")
+
+    def _check_switches(self) -> None:
+        if self.ops not in OPS_CHOICES:
+            raise ValueError(f"ops must be one of {OPS_CHOICES}, got {self.ops!r}")
+        for name in ("flash_attn", "flashinfer"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        timeout = self.tp_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"tp_timeout_s must be a positive number of seconds, got {timeout!r}")
+        if not isinstance(self.log_level, str) or not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ValueError(f"log_level must be a logging level (DEBUG, INFO, WARNING, ...), got {self.log_level!r}")
+        self.log_level = self.log_level.upper()
 
     @classmethod
     def from_dict(cls, values: dict) -> "EngineArgs":
@@ -261,3 +309,19 @@ class EngineArgs:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _from_env(name: str, default: T) -> T:
+    """A switch's value from LAMINAR_<NAME> where the environment sets it, read as the default's type."""
+    raw = os.environ.get("LAMINAR_" + name.upper(), "").strip()
+    if not raw:
+        return default
+    if isinstance(default, bool):
+        words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+        if raw.lower() not in words:
+            raise ValueError(f"LAMINAR_{name.upper()}={raw!r}: expected 1 or 0")
+        return words[raw.lower()]
+    try:
+        return type(default)(raw)
+    except ValueError:
+        raise ValueError(f"LAMINAR_{name.upper()}={raw!r}: expected a {type(default).__name__}") from None

@@ -1,6 +1,6 @@
 """Predicts one iteration's time from its shape, from measurements on the engine's own device.
 
-The profile (taken at start-up by Executor.profile) holds the per-layer time of decode-only
+The profile (taken at start-up by profiler.Profiler) holds the per-layer time of decode-only
 layers by batch size, of mixed layers by row count (prompts cut into short sequences), and three
 slopes: decode attention per context token, prefill attention per query-key pair within a
 chunk, and per pair between a chunk and its earlier tokens. A step's prediction is a weighted
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from laminar.layered_prefill import StepShape, stretches
+from laminar.step_plan import StepShape, stretches
 
 FEATURES = ("decode_layers", "mixed_layers", "decode_context", "prefill_self_attention",
             "prefill_context_attention", "overhead")

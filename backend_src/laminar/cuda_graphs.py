@@ -103,7 +103,7 @@ class DecodeGraphs(_LayerGraphs):
 
     def _run_layer(self, i: int, bs: int) -> None:
         meta = AttentionMetadata(self.query_start[: bs + 1], self.seq_lens[:bs], self.tables[:bs],
-                                 self.slots[:bs], max_query_len=1, max_seq_len=self.max_model_len)
+                                 self.slots[:bs], max_query_len=1, max_seq_len=self.max_model_len, num_decodes=bs)
         h, r = self.model.layers[i](self.hidden[:bs], self.residual[:bs], self.positions[:bs], self.kv_caches[i],
                                     meta, self.expert_hits)
         self.hidden[:bs].copy_(h)

@@ -7,7 +7,6 @@ group so that it never waits behind device work.
 """
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,8 +14,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-# A peer that stops answering fails an activation collective after this long instead of hanging.
-COLLECTIVE_TIMEOUT = timedelta(seconds=float(os.environ.get("LAMINAR_TP_TIMEOUT_S", "120")))
 # Workers wait for the next step on the control group for as long as the server stays idle.
 CONTROL_TIMEOUT = timedelta(days=3650)
 
@@ -93,15 +90,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_tensor_parallel(rank: int, size: int, port: int, device: torch.device) -> TensorParallel:
-    """Joins the group (rank 0 must be among the callers) and returns this rank's handle."""
+def init_tensor_parallel(rank: int, size: int, port: int, device: torch.device, timeout_s: float) -> TensorParallel:
+    """Joins the group (rank 0 must be among the callers) and returns this rank's handle. A peer
+    that stops answering fails an activation collective after timeout_s instead of hanging."""
     if size == 1:
         return TensorParallel()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
-                            timeout=COLLECTIVE_TIMEOUT)
+                            timeout=timedelta(seconds=timeout_s))
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     return TensorParallel(rank, size, control)
 

@@ -16,12 +16,12 @@ from laminar.config import EngineArgs, ModelConfig
 from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
 from laminar.executor import Executor
-from laminar.layered_prefill import StepPlan, StepShape
 from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord, TokenLogprobs
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
 from laminar.scheduler import Scheduler
 from laminar.sequence import Sequence, Status
+from laminar.step_plan import StepPlan, StepShape
 from laminar.tokenizer import IncrementalDetokenizer, Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,9 @@ PREEMPTION_WARN_EVERY_S = 30.0
 class LLMEngine:
     def __init__(self, args: EngineArgs, executor: Executor | None = None, cost: CostModel | None = None) -> None:
         """executor: reuse another engine's model and KV cache (benchmarks compare modes on one set of
-        weights). cost: the step-time model the SLO policy plans with; by default, with tbt_slo_ms set,
+        weights). cost: the step-time model the SLO policy plans with; by default, with prefill_policy 'slo',
         one built from a profile of this executor's model, learning online."""
+        logger.info("engine arguments: %s", args)
         self.args = args
         self.model_config = cfg = ModelConfig.from_dir(args.model)
         self.max_model_len = args.max_model_len or cfg.max_position_embeddings
@@ -49,8 +50,8 @@ class LLMEngine:
         self.owns_executor = executor is None
         self.executor = executor or Executor(cfg, args, self.max_model_len)
         try:
-            if cost is None and args.tbt_slo_ms is not None:
-                cost = CostModel(self.executor.profile())
+            if cost is None and args.prefill_policy == "slo":
+                cost = CostModel(self.executor.profiler.profile())
             self.cost = cost
             self._init_state(args, cfg)
         except BaseException:
@@ -267,10 +268,15 @@ class LLMEngine:
             stats.energy_joules = self.energy.read_joules() - self.energy_start
         return stats
 
-    def shutdown(self) -> None:
-        """Aborts what is left so every KV block is back in the pool; stops the TP workers it started."""
+    def abort_all(self) -> None:
+        """Aborts every request, so every KV block is back in the pool; the engine goes on serving."""
         for request_id in list(self.seqs):
             self.abort(request_id)
+
+    def shutdown(self) -> None:
+        """Ends the engine: aborts what is left and stops the TP workers it started (the executor
+        of another engine it borrowed stays up)."""
+        self.abort_all()
         if self.owns_executor:
             self.executor.shutdown()
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from laminar.forward_batch import Carry, ForwardBatch, SegmentRows
 from laminar.ops import AttentionMetadata
+from laminar.step_plan import stacked
 
 State = tuple[torch.Tensor, torch.Tensor]  # (hidden, residual); their sum is the residual stream
 
@@ -71,11 +72,10 @@ def forward(model: nn.Module, batch: ForwardBatch, runners: LayerRunners, num_la
     decode = _embedded(model, batch.decode_ids)
     states = [_segment_state(model, seg) for seg in batch.segments]
     for stretch in batch.stretches:
-        parts = [decode] + [states[i] for i in stretch.segments]
-        hidden, residual = _joined(parts)
+        hidden, residual = _joined(stacked(decode, [states[i] for i in stretch.segments]))
         runner = runners.pick(bool(stretch.segments), hidden.shape[0])
         hidden, residual = runner.run(stretch.layers, hidden, residual, stretch.positions, stretch.meta)
-        sizes = [num_decode] + [batch.segments[i].num_rows for i in stretch.segments]
+        sizes = stacked(num_decode, [batch.segments[i].num_rows for i in stretch.segments])
         parts = list(zip(hidden.split(sizes), residual.split(sizes)))
         decode = parts[0]
         for i, part in zip(stretch.segments, parts[1:]):
@@ -83,8 +83,8 @@ def forward(model: nn.Module, batch: ForwardBatch, runners: LayerRunners, num_la
     carry = {seg.batch_id: states[i] for i, seg in enumerate(batch.segments) if seg.layers.stop < num_layers}
     if batch.logits_rows.numel() == 0:
         return ForwardResult(None, carry)
-    finals = [decode] + [states[i] for i, seg in enumerate(batch.segments) if seg.layers.stop == num_layers]
-    hidden, residual = _joined(finals)
+    finishing = [states[i] for i, seg in enumerate(batch.segments) if seg.layers.stop == num_layers]
+    hidden, residual = _joined(stacked(decode, finishing))
     rows = batch.logits_rows
     return ForwardResult(model.logits(hidden[rows], residual[rows]), carry)
 

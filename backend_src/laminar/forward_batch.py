@@ -1,7 +1,7 @@
 """Device tensors of one step, built identically on every rank from the step's plain integers.
 
 A step runs decode rows through every layer and each prefill segment's rows through its span
-(see layered_prefill). The stack is cut into stretches of layers whose set of rows is constant;
+(see step_plan). The stack is cut into stretches of layers whose set of rows is constant;
 each stretch carries its rows' positions and attention metadata. A segment's rows enter as
 token ids when its span starts at layer 0, else as the hidden state and residual it left the
 previous iteration with (kept on the device by the model runner, keyed by batch id).
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from laminar.layered_prefill import stretches
 from laminar.ops import AttentionMetadata
 from laminar.step_inputs import SegmentInputs, StepInputs
+from laminar.step_plan import stacked, stretches
 
 Carry = dict[int, tuple[torch.Tensor, torch.Tensor]]  # batch id -> (hidden, residual) between iterations
 
@@ -44,7 +44,8 @@ class Stretch:
 
 @dataclass
 class ForwardBatch:
-    """The tensors of one iteration. In every stretch decode rows come first, segment rows after them."""
+    """The tensors of one iteration. In every stretch decode rows come first, segment rows after them
+    (step_plan.stacked)."""
 
     decode_ids: torch.Tensor          # [Td] the last token of each decoding sequence
     segments: list[SegmentRows]
@@ -94,16 +95,17 @@ def _stretches(inputs: StepInputs, num_layers: int, block_size: int, device: tor
         if not active and not inputs.num_decode:
             continue
         if active not in built:
-            chosen = [*range(inputs.num_decode), *(e for j in active for e in bounds[j])]
-            built[active] = metadata(inputs, chosen, block_size, device)
+            chosen = [e for part in stacked(range(inputs.num_decode), [bounds[j] for j in active]) for e in part]
+            built[active] = metadata(inputs, chosen, block_size, device, inputs.num_decode)
         meta, positions = built[active]
         out.append(Stretch(layers, active, positions, meta))
     return out
 
 
-def metadata(inputs: StepInputs, entries: list[int], block_size: int,
-             device: torch.device) -> tuple[AttentionMetadata, torch.Tensor]:
-    """Attention metadata and positions of the rows of these entries, in order.
+def metadata(inputs: StepInputs, entries: list[int], block_size: int, device: torch.device,
+             num_decodes: int) -> tuple[AttentionMetadata, torch.Tensor]:
+    """Attention metadata and positions of the rows of these entries, in order (the first
+    num_decodes of them decode entries).
 
     Built with numpy and moved in two copies (one int32, one int64 buffer): per-op torch
     overhead on small CPU tensors would otherwise be a visible share of a decode step. Each
@@ -134,6 +136,7 @@ def metadata(inputs: StepInputs, entries: list[int], block_size: int,
         max_query_len=int(q_lens.max()),
         max_seq_len=int(seq_lens.max()),
         host=host,
+        num_decodes=num_decodes,
     )
     return meta, positions_t
 

@@ -1,8 +1,10 @@
-"""Request queues, admission, KV blocks and preemption; the prefill policy plans the segments.
+"""Request queues, admission, KV blocks and preemption; the prefill policy decides the segments.
 
 Every decoding sequence joins every iteration; how prompt tokens travel (which batches, which
-layer spans) is layered_prefill's job. A prompt longer than the token budget is cut into
-chunks, each chunk a batch of its own that crosses the layers under the same rule.
+layer spans) is the prefill policy's decision (laminar.policies), which the scheduler applies:
+it admits the new batch's sequences, grows their KV blocks and puts the batch in flight. A
+prompt longer than the token budget is cut into chunks, each chunk a batch of its own that
+crosses the layers under the same rule.
 
 Prefix caching: a sequence is admitted with the cached blocks of its longest cached prefix, and
 its first chunk starts after them, so only the uncached tokens form prefill batches (and are
@@ -18,8 +20,9 @@ from collections import deque
 from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs
 from laminar.cost_model import CostModel
-from laminar.layered_prefill import Chunk, PrefillBatch, StepPlan, StepShape, make_policy
+from laminar.policies import Decision, NewBatch, make_policy
 from laminar.sequence import Sequence, Status
+from laminar.step_plan import Chunk, PrefillBatch, Segment, StepPlan, StepShape, segment
 
 
 class Scheduler:
@@ -44,7 +47,7 @@ class Scheduler:
         self.lookups = {}  # the policies propose several times per step: look each prompt up once
         preempted: list[Sequence] = []
         decode = self._schedule_decodes(preempted)
-        segments = self.policy.plan(decode, self.batches, self)
+        segments = self._apply(self.policy.plan(decode, self.batches, self))
         running = {seg.batch_id for seg in segments if seg.finishes}
         carried = tuple(b.id for b in self.batches if b.id not in running)
         shape = StepShape.of(decode, segments)
@@ -100,14 +103,21 @@ class Scheduler:
             seats -= 1 if admitting else 0
         return chunks
 
-    def open_batch(self, chunks: list[Chunk], groups: tuple[range, ...] | None) -> PrefillBatch:
+    def _apply(self, decision: Decision) -> list[Segment]:
+        """The policy's segments, plus the segment of the batch it starts (opened here)."""
+        new = decision.new_batch
+        if new is None:
+            return list(decision.segments)
+        return [*decision.segments, segment(self._open_batch(new), new.layers, self.num_layers)]
+
+    def _open_batch(self, new: NewBatch) -> PrefillBatch:
         """Admits the chunks' sequences, grows their blocks and puts the batch in flight."""
-        for chunk in chunks:  # every cached prefix is taken before growing: growth may evict cached blocks
+        for chunk in new.chunks:  # every cached prefix is taken before growing: growth may evict cached blocks
             if chunk.seq.status == Status.WAITING:
                 self._admit(chunk)
-        for chunk in chunks:
+        for chunk in new.chunks:
             self.blocks.grow(chunk.seq, chunk.start + chunk.length)
-        batch = PrefillBatch(next(self.batch_ids), list(chunks), groups)
+        batch = PrefillBatch(next(self.batch_ids), list(new.chunks), new.groups)
         self.batches.append(batch)
         return batch
 

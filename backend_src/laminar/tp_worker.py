@@ -64,7 +64,8 @@ class WorkerGroup:
                 env = dict(os.environ, **{SPEC_ENV: json.dumps({**spec, "rank": rank})})
                 self.procs.append(subprocess.Popen([_python(), "-m", "laminar.tp_worker"], env=env))
             device = args.resolved_device()
-            self.tp = init_tensor_parallel(0, size, port, torch.device("cuda", 0) if device.type == "cuda" else device)
+            self.tp = init_tensor_parallel(0, size, port, torch.device("cuda", 0) if device.type == "cuda" else device,
+                                           args.tp_timeout_s)
         except BaseException:
             self._kill()
             raise
@@ -136,12 +137,11 @@ def main() -> None:
     spec = json.loads(os.environ[SPEC_ENV])
     _exit_with_parent(spec["parent"])
     values = spec["args"]
-    values["group_token_thresholds"] = tuple(values["group_token_thresholds"])
     args = EngineArgs(**values)
     rank, size = spec["rank"], args.tensor_parallel_size
     device = args.resolved_device()
     tp: TensorParallel = init_tensor_parallel(rank, size, spec["port"], torch.device("cuda", rank)
-                                              if device.type == "cuda" else device)
+                                              if device.type == "cuda" else device, args.tp_timeout_s)
     torch.manual_seed(args.seed)
     runner = ModelRunner(ModelConfig.from_dir(args.model), args, spec["max_model_len"], tp)
     while (inputs := step_inputs.receive(tp)) is not None:

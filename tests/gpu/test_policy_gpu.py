@@ -28,7 +28,7 @@ def engine(model, device: str, **overrides) -> LLMEngine:
 def test_slo_policy_gpu_matches_cpu(demo, mode):  # noqa: F811
     spans = []
     record = lambda it, e: e.last_step and spans.append(len(e.last_step.segments))  # noqa: E731
-    slo = dict(schedule_mode=mode, tbt_slo_ms=30, max_num_batched_tokens=512)
+    slo = dict(schedule_mode=mode, prefill_policy="slo", tbt_slo_ms=30, max_num_batched_tokens=512)
     cpu = run_to_completion(engine(demo, "cpu", **slo), workload())
     gpu = run_to_completion(engine(demo, "cuda", **slo), workload(), on_step=record)
     assert gpu == cpu

@@ -67,6 +67,7 @@ def paged_batch(
         query_start_loc=qsl.to(DEVICE), seq_lens=torch.tensor([s for _, s in seqs], dtype=torch.int32).to(DEVICE),
         block_tables=tables.to(DEVICE), slot_mapping=torch.tensor(slots, dtype=torch.int64).to(DEVICE),
         max_query_len=int(q_lens.max()) if seqs else 0, max_seq_len=max((s for _, s in seqs), default=0),
+        num_decodes=next((i for i, (q_len, _) in enumerate(seqs) if q_len != 1), len(seqs)),  # decodes lead, as in a step
     )
     q = randn(int(qsl[-1]), n_q_heads, head_dim, dtype=dtype, gen=gen)
     return q, k_cache.to(DEVICE), v_cache.to(DEVICE), meta

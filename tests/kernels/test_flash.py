@@ -60,13 +60,12 @@ def test_flash_is_skipped_with_sinks(monkeypatch):
     assert_close(out, ref, torch.bfloat16)
 
 
-@pytest.mark.parametrize("page, dtype, env", [(16, torch.bfloat16, "1"), (256, torch.float32, "1"),
-                                              (256, torch.bfloat16, "0")])
-def test_flash_is_skipped_where_it_cannot_serve(monkeypatch, page, dtype, env):
+@pytest.mark.parametrize("page, dtype, on", [(16, torch.bfloat16, True), (256, torch.float32, True),
+                                             (256, torch.bfloat16, False)])
+def test_flash_is_skipped_where_it_cannot_serve(monkeypatch, page, dtype, on):
     monkeypatch.setattr(flash, "flash_attn_varlen_func", lambda *a, **kw: pytest.fail("flash-attn was called"))
-    monkeypatch.setenv("LAMINAR_FLASH_ATTN", env)
     q, k_cache, v_cache, meta = paged_batch([(3, 40), (1, 17)], 4, 2, 32, page, dtype)
-    K.paged_attention(q, k_cache, v_cache, meta, 32**-0.5)
+    K.paged_attention(q, k_cache, v_cache, meta, 32**-0.5, flash_attn=on)
 
 
 @pytest.mark.skipif(flash.flash_attn_varlen_func is None or DEVICE != "cuda", reason="needs flash-attn and CUDA")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from helpers import DEVICE, assert_close, paged_batch
 
 import laminar_kernels as K
+import laminar_kernels.attention as attention
 import laminar_kernels.flashinfer as fi
 from laminar.ops import torch_ops as R
 
@@ -129,5 +130,7 @@ def test_real_flashinfer_leaves_decode_sinks_and_switched_off_to_ours(monkeypatc
     prompt = paged_batch([(3, 40), (1, 17)], 8, 2, 64, 16, torch.bfloat16)
     assert not fi.flashinfer_can_serve(decode[0].cuda(), decode[3], None)
     assert not fi.flashinfer_can_serve(prompt[0].cuda(), prompt[3], torch.zeros(8, device="cuda"))
-    monkeypatch.setenv("LAMINAR_FLASHINFER", "0")
-    assert not fi.flashinfer_can_serve(prompt[0].cuda(), prompt[3], None)
+    monkeypatch.setattr(attention, "flashinfer_paged_attention", lambda *a, **kw: pytest.fail("FlashInfer was called"))
+    q, k_cache, v_cache = (t.cuda() for t in prompt[:3])
+    meta = type(prompt[3])(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(prompt[3]).items()})
+    K.paged_attention(q, k_cache, v_cache, meta, 64**-0.5, flashinfer=False)  # switched off: ours serve it

@@ -30,7 +30,7 @@ def model_repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("model_repository")
     for mode, name in MODES.items():
         write_variant(repo, name, {"schedule_mode": mode})
-    write_variant(repo, SLO_MODEL, {"schedule_mode": "layered", "tbt_slo_ms": "50"})
+    write_variant(repo, SLO_MODEL, {"schedule_mode": "layered", "prefill_policy": "slo", "tbt_slo_ms": "50"})
     return repo
 
 

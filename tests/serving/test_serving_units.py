@@ -100,6 +100,23 @@ def test_engine_config_types_parameters_and_env_overrides(tmp_path):
         EngineArgs.from_dict(resolve_engine_config({"model": "/m", "bogus": "1"}, types, "/", {}))
 
 
+def test_environment_switches_are_engine_arguments(monkeypatch):
+    """The switches that lived only in the environment are EngineArgs fields: unset, each reads
+    LAMINAR_<NAME>; through config.pbtxt the environment overrides them as it does every field."""
+    for name, value in (("FLASHINFER", "0"), ("TP_TIMEOUT_S", "2.5"), ("OPS", "torch"), ("LOG_LEVEL", "debug")):
+        monkeypatch.setenv("LAMINAR_" + name, value)
+    args = EngineArgs(model="x")
+    assert (args.flashinfer, args.tp_timeout_s, args.ops, args.flash_attn, args.log_level) == (
+        False, 2.5, "torch", True, "DEBUG")
+    assert EngineArgs(model="x", flashinfer=True, ops="auto").flashinfer
+    for bad in (dict(ops="cuda"), dict(log_level="LOUD"), dict(tp_timeout_s=0), dict(flash_attn="no")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EngineArgs(model="x", **bad)
+    typed = resolve_engine_config({"model": "/m", "flash_attn": "true"}, engine_field_types(EngineArgs), "/",
+                                  {"LAMINAR_FLASH_ATTN": "false"})
+    assert typed["flash_attn"] is False
+
+
 def _out(ids, text_, reason=None) -> RequestOutput:
     return RequestOutput("r", ids, text_, reason is not None, reason, 3, 0, 0.0, None, None)
 

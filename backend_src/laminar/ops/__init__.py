@@ -1,15 +1,17 @@
 """Op dispatch: the torch reference on CPU, the Triton kernels of `kernels/` on CUDA.
 
-`LAMINAR_OPS=torch|triton` overrides the automatic choice (tests use it to run the
-kernels under Triton's CPU interpreter, or the reference on a GPU).
+The engine's `ops` argument (torch|triton; LAMINAR_OPS) overrides the automatic choice (tests
+use it to run the kernels under Triton's CPU interpreter, or the reference on a GPU), and its
+flash_attn / flashinfer arguments keep those libraries off the kernels' attention.
 """
 from __future__ import annotations
 
-import os
-from types import ModuleType
+import functools
+from types import ModuleType, SimpleNamespace
 
 import torch
 
+from laminar.config import OPS_CHOICES
 from laminar.ops import torch_ops
 from laminar.ops.metadata import AttentionMetadata
 
@@ -19,16 +21,20 @@ OP_NAMES = (
 )
 
 
-def get_ops(device: torch.device | str) -> ModuleType:
-    """Returns a module exposing every name in OP_NAMES for the given device."""
-    choice = os.environ.get("LAMINAR_OPS", "auto")
-    if choice not in ("auto", "torch", "triton"):
-        raise ValueError(f"LAMINAR_OPS must be auto, torch or triton, got {choice!r}")
+def get_ops(device: torch.device | str, choice: str = "auto", flash_attn: bool = True,
+            flashinfer: bool = True) -> ModuleType | SimpleNamespace:
+    """Every name in OP_NAMES for the given device: the torch reference module, or the kernels
+    with the attention libraries switched as asked."""
+    if choice not in OPS_CHOICES:
+        raise ValueError(f"ops must be one of {OPS_CHOICES}, got {choice!r}")
     if choice == "torch" or (choice == "auto" and torch.device(device).type != "cuda"):
         return torch_ops
     import laminar_kernels
 
-    return laminar_kernels
+    ops = SimpleNamespace(**{name: value for name, value in vars(laminar_kernels).items() if not name.startswith("_")})
+    ops.paged_attention = functools.partial(laminar_kernels.paged_attention, flash_attn=flash_attn,
+                                            flashinfer=flashinfer)
+    return ops
 
 
 __all__ = ["AttentionMetadata", "OP_NAMES", "get_ops", "torch_ops"]

@@ -18,6 +18,9 @@ class AttentionMetadata:
     max_query_len / max_seq_len: host-side maxima, so kernels can size grids without a sync.
     host: the same query_start_loc, seq_lens and block_tables as host arrays where the builder
     had them, for kernels planned on the host (FlashInfer) to read without a device sync.
+    num_decodes: how many sequences at the front are decode rows (one query each): a step's rows
+    are stacked decodes first (laminar.step_plan.stacked), and its builder says how many there
+    are, so kernels that serve decodes apart (FlashInfer's) need not guess it from the lengths.
     """
 
     query_start_loc: torch.Tensor
@@ -27,6 +30,7 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     host: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    num_decodes: int = 0
 
     @property
     def num_seqs(self) -> int:

@@ -63,16 +63,13 @@ class TritonSink:
         return self._sender.is_cancelled()
 
 
-def configure_logging() -> None:
-    level = os.environ.get("LAMINAR_LOG_LEVEL", "INFO").upper()
-    if not isinstance(logging.getLevelName(level), int):
-        raise pb_utils.TritonModelException(f"LAMINAR_LOG_LEVEL={level!r} is not a logging level (DEBUG, INFO, ...)")
+def configure_logging(level: str) -> None:
+    """level: EngineArgs.log_level (validated there; LAMINAR_LOG_LEVEL overrides it as for every field)."""
     logging.basicConfig(stream=sys.stderr, level=level, format="[laminar] %(levelname)s %(message)s")
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        configure_logging()
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("laminar needs model_transaction_policy { decoupled: true }")
@@ -80,7 +77,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         engine_args = EngineArgs.from_dict(
             resolve_engine_config(params, engine_field_types(EngineArgs), args["model_repository"]))
-        logger.info("engine arguments: %s", engine_args)
+        configure_logging(engine_args.log_level)
         self._engine = LLMEngine(engine_args)
         self._limits = PromptLimits(self._engine.tokenizer, self._engine.max_model_len)
         metrics = ServingMetrics(pb_utils, {"model": args["model_name"], "version": args["model_version"]})

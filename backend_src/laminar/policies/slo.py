@@ -1,0 +1,95 @@
+"""The SLO policy: every iteration's predicted time (cost_model.CostModel) stays within tbt_slo_ms.
+
+Layered mode gives the batches in flight, oldest first, as many layers as the slack allows (all
+of them on an idle server). Once every batch in flight finishes its last layer in this step, a
+new batch starts with the slack left: the longest run of whole waiting prompts (FCFS) that
+crosses every layer in this step, so short prompts get their first token at once as in chunked
+prefill; or, when the first waiting prompt alone cannot, a batch of up to
+max_num_batched_tokens that starts its first layers, so a long prompt crosses each layer once
+instead of being re-run chunk by chunk. Chunked mode picks the chunk's token count from the
+same model (as SGLang does from its latency model). Either way prompts always make progress: at
+least one layer, or one minimum chunk, per iteration.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable
+
+from laminar.config import EngineArgs
+from laminar.cost_model import CostModel
+from laminar.policies.base import BatchSource, Decision, NewBatch
+from laminar.sequence import Sequence
+from laminar.step_plan import PrefillBatch, Segment, SegmentShape, StepShape, segment
+
+MIN_CHUNK_TOKENS = 16  # chunked progress floor when the decodes alone exceed the target
+SLO_HEADROOM = 0.9     # share of the target the prediction may fill: sampling and host jitter take the rest
+
+
+class SloPolicy:
+    """Spans (layered) or chunk sizes (chunked) chosen so the predicted step time meets tbt_slo_ms."""
+
+    def __init__(self, args: EngineArgs, num_layers: int, cost: CostModel) -> None:
+        self.args, self.num_layers, self.cost = args, num_layers, cost
+        self.layered = args.schedule_mode == "layered"
+        self.target_s = args.tbt_slo_ms * 1e-3 * SLO_HEADROOM
+
+    def plan(self, decode: list[Sequence], batches: list[PrefillBatch], source: BatchSource) -> Decision:
+        # Without decodes no one waits between tokens: prompts take the whole step.
+        budget = self.target_s / self.cost.margin() if decode else math.inf
+        base = StepShape.of(decode, ())
+        segments: list[Segment] = []
+        for batch in batches:
+            done = batch.layers_done
+            n = self._most(1 if not segments else 0, self.num_layers - done, budget,
+                           lambda k, b=batch, d=done: self._with(base, segments, b.chunks, range(d, d + k)))
+            if n == 0:
+                return Decision(segments)
+            segments.append(segment(batch, range(done, done + n), self.num_layers))
+        if any(not seg.finishes for seg in segments):
+            return Decision(segments)  # a batch stays in flight: it took all the slack
+        tokens_left = self.args.max_num_batched_tokens - sum(seg.num_tokens for seg in segments)
+        if not self.layered:
+            tokens_left -= len(decode)
+        return Decision(segments, self._new_batch(base, segments, tokens_left, budget, source))
+
+    def _new_batch(self, base: StepShape, segments: list[Segment], tokens_left: int, budget: float,
+                   source: BatchSource) -> NewBatch | None:
+        if tokens_left <= 0:
+            return None
+        full = range(self.num_layers)
+        floor = 0 if segments or self.layered else min(tokens_left, MIN_CHUNK_TOKENS)
+        tokens = self._most(floor, tokens_left, budget,
+                            lambda t: self._with(base, segments, source.propose(t), full))
+        chunks, span = source.propose(tokens), full
+        if self.layered:
+            chunks = list(itertools.takewhile(lambda c: c.completes, chunks))
+            if not chunks:
+                # The first prompt cannot cross every layer in this step: it travels in layers.
+                chunks = source.propose(tokens_left)
+                n = self._most(0 if segments else 1, self.num_layers, budget,
+                               lambda k: self._with(base, segments, chunks, range(k)))
+                span = range(n)
+        if not chunks or not span:
+            return None
+        return NewBatch(chunks, span)
+
+    def _with(self, base: StepShape, segments: list[Segment], chunks, layers: range) -> StepShape:
+        shapes = [SegmentShape.of(s.chunks, s.layers) for s in segments] + [SegmentShape.of(chunks, layers)]
+        return StepShape(base.num_decode, base.decode_context, tuple(shapes))
+
+    def _most(self, floor: int, ceiling: int, budget: float, shape_of: Callable[[int], StepShape]) -> int:
+        """The largest k in [floor, ceiling] whose step fits the budget (floor if none does).
+
+        The predicted time grows with k (more layers, more tokens), so a binary search finds it.
+        """
+        if ceiling <= floor or self.cost.predict(shape_of(ceiling)) <= budget:
+            return ceiling
+        lo, hi = floor, ceiling  # fits(lo) or lo == floor; not fits(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.cost.predict(shape_of(mid)) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        return lo
