@@ -12,9 +12,9 @@ from typing import TypeVar
 import torch
 
 from laminar.formats import Quantization
+from laminar.ops import OPS_CHOICES
 
 SCHEDULE_MODES = ("layered", "chunked")
-OPS_CHOICES = ("auto", "torch", "triton")
 PREFILL_POLICIES = {"static": ("num_stages", "group_token_thresholds"), "slo": ("tbt_slo_ms",)}  # policy -> its options
 LOAD_FORMATS = ("safetensors", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -11,9 +11,10 @@ from types import ModuleType, SimpleNamespace
 
 import torch
 
-from laminar.config import OPS_CHOICES
 from laminar.ops import torch_ops
 from laminar.ops.metadata import AttentionMetadata
+
+OPS_CHOICES = ("auto", "torch", "triton")  # EngineArgs.ops: the reference, the kernels, or by device
 
 OP_NAMES = (
     "rms_norm", "add_rms_norm", "rope", "store_kv", "paged_attention",
