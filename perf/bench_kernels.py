@@ -26,7 +26,6 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ["LAMINAR_FLASHINFER"] = "0"  # 'ours' is our Triton kernels; FlashInfer has a column of its own
 import flashinfer_attention  # noqa: E402
 from kernel_timing import Timer, rel_diff  # noqa: E402
