@@ -176,7 +176,7 @@ def weights(cfg: dict, tok: Tokenizer, trained: bool) -> dict[str, torch.Tensor]
     initial = make_weights(cfg)
     if not trained:
         return initial
-    return train(initial, cfg, tok.encode(CORPUS.read_text(encoding="utf-8")).ids, log=_progress)
+    return train(initial, cfg, CORPUS.read_text(encoding="utf-8"), lambda text: tok.encode(text).ids, log=_progress)
 
 
 def _progress(line: str) -> None:

@@ -11,6 +11,8 @@ torch's deterministic algorithms, so `./build.sh` in CI writes the same bytes ev
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -93,26 +95,43 @@ def learning_rate(step: int) -> float:
     return LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
 
 
-def train(weights: dict[str, torch.Tensor], cfg: dict, corpus_ids: list[int],
-          log=None) -> dict[str, torch.Tensor]:
-    """Next-token training on random windows of the corpus; returns the trained weights."""
+def samples(text: str, encode: Callable[[str], list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corpus as one token stream (windows at any offset), and windows that open where a
+    sentence or line does, tokenized from there as a prompt would be: without them the model
+    only knows the middle of the text and stumbles when a prompt is all its context."""
+    stream = torch.tensor(encode(text), dtype=torch.int64)
+    starts = [m.end() for m in re.finditer(r"(?:^|[.!?]\s+|\n+)", text)]
+    openings = [ids for ids in (encode(text[s:s + 16 * WINDOW])[:WINDOW + 1] for s in starts) if len(ids) > WINDOW]
+    return stream, torch.tensor(openings, dtype=torch.int64)
+
+
+def batch(stream: torch.Tensor, openings: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Half the rows from random offsets of the stream, half from random openings."""
+    half = BATCH // 2
+    starts = torch.randint(0, len(stream) - WINDOW - 1, (BATCH - half,), generator=gen).tolist()
+    rows = [stream[s:s + WINDOW + 1] for s in starts]
+    return torch.stack(rows + list(openings[torch.randint(0, len(openings), (half,), generator=gen)]))
+
+
+def train(weights: dict[str, torch.Tensor], cfg: dict, text: str, encode: Callable[[str], list[int]],
+          log: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
+    """Next-token training on windows of the corpus; returns the trained weights."""
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(SEED)
-    data = torch.tensor(corpus_ids, dtype=torch.int64)
+    stream, openings = samples(text, encode)
     params = {name: t.clone().requires_grad_(True) for name, t in weights.items()}
     opt = torch.optim.AdamW(params.values(), lr=LR, betas=(0.9, 0.95), weight_decay=0.0)
     for step in range(STEPS):
-        starts = torch.randint(0, len(data) - WINDOW - 1, (BATCH,), generator=gen)
-        batch = torch.stack([data[s:s + WINDOW + 1] for s in starts.tolist()])
-        logits = forward(params, batch[:, :-1], cfg)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        rows = batch(stream, openings, gen)
+        logits = forward(params, rows[:, :-1], cfg)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
         for group in opt.param_groups:
             group["lr"] = learning_rate(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
         opt.step()
-        if log and (step % 25 == 0 or step == STEPS - 1):
+        if log and (step % 50 == 0 or step == STEPS - 1):
             log(f"step {step} loss {loss.item():.3f}")
     return {name: t.detach().contiguous() for name, t in params.items()}
