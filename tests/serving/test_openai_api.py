@@ -14,9 +14,9 @@ import urllib.request
 import openai
 import pytest
 from test_serving_server import metric
-from triton_server import ROOT, free_port
 
 from laminar import SamplingParams
+from laminar.client.triton_server import ROOT, free_port
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}

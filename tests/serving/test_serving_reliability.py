@@ -13,8 +13,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-from grpc_stream import Stream, generate, text
 from test_serving_server import greedy_tensors, metric, wait_for
+
+from laminar.client.grpc_stream import Stream, generate, text
 
 CANCELS = 100
 
