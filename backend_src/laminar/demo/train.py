@@ -115,9 +115,20 @@ def batch(stream: torch.Tensor, openings: torch.Tensor, gen: torch.Generator) ->
 
 def train(weights: dict[str, torch.Tensor], cfg: dict, text: str, encode: Callable[[str], list[int]],
           log: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
-    """Next-token training on windows of the corpus; returns the trained weights."""
+    """Next-token training on windows of the corpus; returns the trained weights. The thread
+    count and deterministic mode are the process's own again afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(weights, cfg, text, encode, log)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(weights: dict[str, torch.Tensor], cfg: dict, text: str, encode: Callable[[str], list[int]],
+           log: Callable[[str], None] | None) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(SEED)
     stream, openings = samples(text, encode)
     params = {name: t.clone().requires_grad_(True) for name, t in weights.items()}
