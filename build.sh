@@ -2,7 +2,8 @@
 # Laminar set-up and entry points. Idempotent: re-running only redoes what changed.
 #
 #   ./build.sh [setup]        venv .venv + tritonserver + perf_analyzer, aiperf and genai-perf
-#                             wrappers + demo checkpoint
+#                             wrappers + demo checkpoint (trained on its corpus: a CPU minute or
+#                             two, redone only when backend_src/laminar/demo/ changes)
 #   ./build.sh serve [ARGS]   tritonserver on model_repository/ (extra ARGS go to tritonserver), and
 #                             the OpenAI-compatible API at http://localhost:9000/v1 beside it
 #                             (LAMINAR_OPENAI_PORT sets its port; LAMINAR_OPENAI_PORT=off turns it off)
@@ -175,9 +176,9 @@ setup_bench_tool() {  # PIN EXECUTABLE
   chmod +x "$VENV/bin/$exe"
 }
 
+# demo_model/'s stamp names the recipe (the demo package's code and corpus): a current checkpoint
+# is kept, a stale one retrained.
 setup_demo_model() {
-  [ -f "$ROOT/demo_model/config.json" ] && return
-  log "writing the demo checkpoint to demo_model/"
   (cd "$ROOT" && venv_python -m laminar.demo --out demo_model)
 }
 

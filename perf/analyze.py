@@ -1,4 +1,5 @@
-"""Latency, SLO, goodput, energy and expert-traffic summary of a sweep directory (sweep.py).
+"""Latency, SLO, goodput, energy and expert-traffic summary of a sweep directory (sweep.py), and
+of a plain perf_analyzer export (run_perf_analyzer.py): the one analysis of perf_analyzer data.
 
 Definitions (times from perf_analyzer's profile export: the send time of each request and the
 receive time of each streamed response; genai-perf's definitions where it has one):
@@ -9,11 +10,15 @@ receive time of each streamed response; genai-perf's definitions where it has on
               with n output tokens has n-1 gaps. Percentiles are over all gaps of all requests.
   TPOT        per request (E2E - TTFT) / (n - 1), requests with n >= 2 (genai-perf
               "inter token latency").
-  Percentiles numpy linear interpolation (as genai-perf): p50, p90, p99, plus mean and max.
+  Percentiles nearest rank, everywhere in perf/ (`percentile`): the q-th percentile of n values is
+              the ceil(q n)-th smallest, an observed value with at least q of the values at or
+              below it (so "p99 TBT <= SLO" means 99% of gaps met it); p50, p90, p99, plus mean
+              and max. (Analyses committed before this definition was shared used numpy's
+              linear interpolation for these statistics.)
   duration    last response of any request - first request sent (genai-perf benchmark duration).
   throughput  requests / duration and output tokens / duration.
   SLO         a request meets the TTFT SLO when TTFT <= ttft_ms, the TBT SLO when the p99 of its
-              own gaps (nearest rank; the max gap below 100 tokens) <= tbt_ms; attainment is the
+              own gaps (the max gap below 100 tokens) <= tbt_ms; attainment is the
               share of requests meeting both. Defaults 2000 ms and 100 ms (GPU, Qwen3-30B-A3B
               class); a sweep config's "slo" or --ttft-slo-ms/--tbt-slo-ms override them.
   goodput     requests meeting both SLOs / duration.
@@ -37,8 +42,6 @@ import argparse
 import json
 import math
 from pathlib import Path
-
-import numpy as np
 
 DEFAULT_SLO = {"ttft_ms": 2000.0, "tbt_ms": 100.0}
 STATS = ("mean", "p50", "p90", "p99", "max")
@@ -73,21 +76,22 @@ def request_record(req: dict) -> dict:
     }
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank: the ceil(q n)-th smallest of n values (q in (0, 1]); nan for no values."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered), math.ceil(q * len(ordered))) - 1)] if ordered else math.nan
+
+
 def stats(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {k: None for k in STATS}
-    a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
-
-
-def nearest_rank(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else 0.0
+    return {"mean": math.fsum(values) / len(values), "p50": percentile(values, 0.5), "p90": percentile(values, 0.9),
+            "p99": percentile(values, 0.99), "max": max(values)}
 
 
 def meets(rec: dict, slo: dict) -> tuple[bool, bool]:
-    return rec["ttft_ms"] <= slo["ttft_ms"], nearest_rank(rec["tbt_ms"], 0.99) <= slo["tbt_ms"]
+    """A request without gaps (one token) meets the TBT SLO."""
+    return rec["ttft_ms"] <= slo["ttft_ms"], not rec["tbt_ms"] or percentile(rec["tbt_ms"], 0.99) <= slo["tbt_ms"]
 
 
 def summarize_run(records: list[dict], metrics_delta: dict[str, float], slo: dict) -> dict:
@@ -129,6 +133,24 @@ def summarize_run(records: list[dict], metrics_delta: dict[str, float], slo: dic
 def load_records(sweep_dir: Path, run: dict) -> list[dict]:
     export = json.loads((sweep_dir / run["export"]).read_text())
     return [request_record(req) for exp in export["experiments"] for req in exp["requests"]]
+
+
+def summarize_experiments(export: dict) -> list[dict]:
+    """A plain perf_analyzer export (run_perf_analyzer.py): one summary per experiment (a
+    concurrency or request-rate value), over the requests that got a response."""
+    out = []
+    for exp in export["experiments"]:
+        records = [request_record(r) for r in exp["requests"] if r["response_timestamps"]]
+        responses = sum(len(r["response_timestamps"]) for r in exp["requests"])
+        bounds = exp.get("window_boundaries") or []
+        seconds = (bounds[-1] - bounds[0]) / 1e9 if len(bounds) > 1 else math.nan
+        out.append({
+            "experiment": exp["experiment"], "requests": len(records), "responses": responses,
+            "ttft_ms": stats([r["ttft_ms"] for r in records]), "tbt_ms": stats([g for r in records for g in r["tbt_ms"]]),
+            "e2e_ms": stats([r["e2e_ms"] for r in records]),
+            "responses_per_s": responses / seconds if seconds > 0 else math.nan,
+        })
+    return out
 
 
 def analyze_sweep(sweep_dir: Path, slo: dict | None = None) -> dict:

@@ -22,15 +22,13 @@ from pathlib import Path
 
 import torch
 import triton
+from bench_kernels import copy_rate, gemm_rate
+from kernel_timing import Timer, rel_diff
+from moe_bench_util import fp8_weights, moe_inputs
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_kernels import copy_rate, gemm_rate  # noqa: E402
-from kernel_timing import Timer, rel_diff  # noqa: E402
-from moe_bench_util import fp8_weights, moe_inputs  # noqa: E402
-
-import laminar_kernels as K  # noqa: E402
-from laminar_kernels.fp8_linear import FORMS, PROBE_ERRORS, blockwise_scaled_mm_api, pick_form  # noqa: E402
-from laminar_kernels.moe_config import get_config  # noqa: E402
+import laminar_kernels as K
+from laminar_kernels.fp8_linear import FORMS, PROBE_ERRORS, blockwise_scaled_mm_api, pick_form
+from laminar_kernels.moe_config import get_config
 
 MOE_TOKENS = [1, 8, 64, 256, 2048, 4096, 8192]
 MOE_SHAPES = {"qwen3-30b-a3b": (128, 8, 2048, 768), "qwen3-30b-a3b-tp2": (128, 8, 2048, 384)}

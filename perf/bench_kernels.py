@@ -20,20 +20,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import flashinfer_attention
 import torch
 import torch.nn.functional as F
 import triton
+from kernel_timing import Timer, rel_diff
+from moe_bench_util import grouped_mm_moe, moe_inputs
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).parent))
-import flashinfer_attention  # noqa: E402
-from kernel_timing import Timer, rel_diff  # noqa: E402
-from moe_bench_util import grouped_mm_moe, moe_inputs  # noqa: E402
-
-import laminar_kernels as K  # noqa: E402
-from laminar.ops.metadata import AttentionMetadata  # noqa: E402
-from laminar_kernels.attention_decode import decode_attention  # noqa: E402
-from laminar_kernels.attention_prefill import prefill_attention  # noqa: E402
+import laminar_kernels as K
+from laminar.ops.metadata import AttentionMetadata
+from laminar_kernels.attention_decode import decode_attention
+from laminar_kernels.attention_prefill import prefill_attention
 
 MOE_TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 E, TOP_K, H, I = 128, 8, 2048, 768  # noqa: E741  (the MoE literature's names)

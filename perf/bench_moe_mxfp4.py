@@ -18,14 +18,12 @@ import sys
 from pathlib import Path
 
 import torch
+from bench_kernels import measure_floors
+from kernel_timing import Timer, rel_diff
+from moe_bench_util import mxfp4_weights
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_kernels import measure_floors  # noqa: E402
-from kernel_timing import Timer, rel_diff  # noqa: E402
-from moe_bench_util import mxfp4_weights  # noqa: E402
-
-import laminar_kernels as K  # noqa: E402
-from laminar.ops import torch_ops as R  # noqa: E402
+import laminar_kernels as K
+from laminar.ops import torch_ops as R
 
 TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 SHAPE = dict(experts=32, top_k=4, hidden=2880, inter=2880)

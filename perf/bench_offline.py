@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from analyze import percentile
 
 from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.config import ModelConfig
@@ -68,11 +69,6 @@ def random_prompt(rng: random.Random, n: int, vocab: int) -> list[int]:
     return [rng.randrange(1000, vocab - 1000) for _ in range(n)]
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 class Run:
     """Drives one engine and records per-step and per-request timings, and the cost model's predictions."""
 
@@ -96,7 +92,7 @@ class Run:
         """Median and p90 of |predicted - measured| / measured over the recorded steps."""
         errors = [abs(p - m) / m for p, m in self.predictions if m > 0]
         return {"steps": len(errors), "median_abs_err": statistics.median(errors) if errors else None,
-                "p90_abs_err": pct(errors, 0.9) if errors else None}
+                "p90_abs_err": percentile(errors, 0.9) if errors else None}
 
 
 def non_expert_bytes(engine: LLMEngine) -> int:
@@ -177,7 +173,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
             "ttft_ms": 1e3 * (run.first_token[rid] - arrival),
             "iterations": len(tbt),
             "tbt_mean_ms": 1e3 * statistics.mean(tbt),
-            "tbt_p99_ms": 1e3 * pct(tbt, 0.99),
+            "tbt_p99_ms": 1e3 * percentile(tbt, 0.99),
             "tbt_max_ms": 1e3 * max(tbt),
             "expert_gb": (s_after.expert_bytes_total - exp_before) / 1e9,
             "energy_j_per_token": ((s_after.energy_joules - e_before) / (s_after.tokens - tok_before)

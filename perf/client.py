@@ -6,64 +6,33 @@ then time to first token and token rate.
 from __future__ import annotations
 
 import argparse
-import json
-import queue
 import sys
-import time
 import uuid
 
-import numpy as np
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-
-def build_inputs(prompt: str, sampling: dict) -> list[grpcclient.InferInput]:
-    """vLLM-convention inputs: text_input, stream, sampling_parameters (JSON)."""
-    tensors = {
-        "text_input": np.array([prompt.encode()], dtype=np.object_),
-        "stream": np.array([True]),
-        "sampling_parameters": np.array([json.dumps(sampling).encode()], dtype=np.object_),
-    }
-    inputs = []
-    for name, value in tensors.items():
-        dtype = "BOOL" if value.dtype == np.bool_ else "BYTES"
-        tensor = grpcclient.InferInput(name, list(value.shape), dtype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
+from laminar.client.grpc_stream import Stream, request_tensors
 
 
 def stream(url: str, model: str, prompt: str, sampling: dict, timeout: float) -> int:
     """Prints the completion as it streams; returns a process exit code."""
-    results: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(url)
-    client.start_stream(callback=lambda result, error: results.put((result, error, time.perf_counter())))
-    start = time.perf_counter()
-    client.async_stream_infer(model, build_inputs(prompt, sampling), request_id=uuid.uuid4().hex)
-    first = last = None
-    tokens = 0
-    reason = ""
+    grpc = Stream(url)
     try:
-        while not reason:
-            result, error, arrived = results.get(timeout=timeout)
-            if error is not None:
-                print(f"\nerror: {error}", file=sys.stderr)
-                return 1
-            first = first or arrived
-            last = arrived
-            tokens += len(result.as_numpy("output_ids"))
-            print(result.as_numpy("text_output")[0].decode(), end="", flush=True)
-            reason = result.as_numpy("finish_reason")[0].decode()
-    except queue.Empty:
-        print(f"\nerror: no response within {timeout}s", file=sys.stderr)
+        result = grpc.send(uuid.uuid4().hex, request_tensors(prompt, sampling, stream=True), model)
+        for response in result.follow(timeout):
+            print(response["text_output"][0].decode(), end="", flush=True)
+    except TimeoutError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
         return 1
     finally:
-        client.stop_stream()
-        client.close()
-    ttft = first - start
+        grpc.close()
+    if result.error is not None:
+        print(f"\nerror: {result.error}", file=sys.stderr)
+        return 1
+    tokens, (first, last) = len(result.ids), (result.arrivals[0], result.arrivals[-1])
     rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else float("nan")
-    print(f"\n\n[{reason}] {tokens} tokens, TTFT {ttft * 1000:.1f} ms, {rate:.1f} tokens/s after the first",
-          file=sys.stderr)
+    print(f"\n\n[{result.finish_reason}] {tokens} tokens, TTFT {(first - result.sent) * 1000:.1f} ms, "
+          f"{rate:.1f} tokens/s after the first", file=sys.stderr)
     return 0
 
 

@@ -4,15 +4,13 @@
 # a second call on a warm machine reuses the compiled modules.
 #   bash perf/gpu_flashinfer_session.sh kernels   FlashInfer beside our kernels and SDPA (bench_kernels)
 #   bash perf/gpu_flashinfer_session.sh engine    its tests, then the offline engine benchmark with it on and off
-set -o pipefail
-export PYTHONUNBUFFERED=1
-mkdir -p /tmp/pkg /tmp/site && ln -sfn "$PWD/kernels" /tmp/pkg/laminar_kernels
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
+mkdir -p /tmp/site
 tar xJf .whl/fi.tar.xz -C /tmp/site || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/apache_tvm_ffi-*.whl || exit 1
-export PYTHONPATH="$PWD/backend_src:$PWD/tests:/tmp/pkg:/tmp/site" FLASHINFER_WORKSPACE_BASE="$PWD/.ficache" MAX_JOBS=16
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONPATH="$PYTHONPATH:/tmp/site" FLASHINFER_WORKSPACE_BASE="$PWD/.ficache" MAX_JOBS=16
 {
-  nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
+  gpu_info
   python3 -c "import torch, triton, flashinfer; print(torch.__version__, triton.__version__, flashinfer.__version__)"
   if [ "$1" = engine ]; then
     timeout "${TEST_S:-240}" python3 -m pytest -q -rf -p no:cacheprovider \

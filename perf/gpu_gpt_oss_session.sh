@@ -6,11 +6,7 @@
 #   3. The offline engine benchmark on dummy GPT-OSS-20B (MXFP4 experts): decode step at batch 64 vs its floor,
 #      an 8k prompt layered vs chunked (512, 2048) during decode and alone: TTFT, TBT, expert bytes.
 # CPU dry run of every piece at a tiny size: DRY_RUN=1 bash perf/gpu_gpt_oss_session.sh
-set -o pipefail
-export PYTHONUNBUFFERED=1
-mkdir -p /tmp/pkg && ln -sfn "$PWD/kernels" /tmp/pkg/laminar_kernels
-export PYTHONPATH="$PWD/backend_src:$PWD/tests:/tmp/pkg"
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 RESULTS=${RESULTS:-perf/results}
 if [ -n "$DRY_RUN" ]; then
   TINY=$(mktemp -d)
@@ -28,7 +24,7 @@ else
   TESTS="tests/gpu/test_gpt_oss_gpu.py tests/kernels/test_moe_gpt_oss.py tests/kernels/test_gpt_oss_model.py"
 fi
 {
-  nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv 2>/dev/null || echo "no GPU"
+  gpu_info
   git log --oneline -1 2>/dev/null
   timeout "${TEST_S:-200}" python3 -m pytest $TESTS -q -rf -p no:cacheprovider
   timeout "${MOE_S:-100}" python3 perf/bench_moe_mxfp4.py $MOE_ARGS --out-dir "$RESULTS"

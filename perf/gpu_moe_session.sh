@@ -4,11 +4,7 @@
 #   TUNE="shape..." TOKENS="n..."  TESTS=1  VERSIONS="shape..."  BENCH=1
 # Run from this tree's root; BASELINE (default ../../kernels: main's checkout around a .wt/ worktree).
 # Step time limits: TUNE_S, TEST_S, VERSIONS_S (seconds).
-set -o pipefail
-export PYTHONUNBUFFERED=1
-mkdir -p /tmp/pkg && ln -sfn "$PWD/kernels" /tmp/pkg/laminar_kernels
-export PYTHONPATH="$PWD/backend_src:$PWD/tests:/tmp/pkg"
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 {
   python3 -c "import torch, triton; print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)"
   if [ -n "$TUNE" ]; then

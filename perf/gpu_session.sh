@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
 # One device call: GPU kernel tests at real sizes, MoE tuning, benchmark. Outputs land in $OUT.
-set -o pipefail
-export PYTHONUNBUFFERED=1
-mkdir -p /tmp/pkg && ln -sfn "$PWD/kernels" /tmp/pkg/laminar_kernels
-export PYTHONPATH="$PWD/backend_src:/tmp/pkg"
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 {
-  nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
+  gpu_info
   python3 -c "import torch, triton; print(torch.__version__, triton.__version__, hasattr(torch, '_grouped_mm'))"
   timeout "${TEST_S:-150}" python3 -m pytest ${TESTS:-tests/kernels} -q -rf --maxfail=10 -p no:cacheprovider 2>&1 | tail -40
   [ -z "$SKIP_TUNE" ] && timeout "${TUNE1_S:-200}" python3 perf/tune_moe.py --shapes qwen3-30b-a3b-tp1

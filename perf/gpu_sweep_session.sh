@@ -6,18 +6,13 @@
 # deadline (SWEEP_DEADLINE_S, default 440 s) and is killed 40 s after it. $OUT gets 7 files:
 # sweep.tar.gz (everything, profile exports included), analysis.json, analysis.md, the three PNGs
 # and the log.
-set -o pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 CONFIG=${CONFIG:-perf/sweep_configs/gpu_qwen3_30b_a3b.json}
 SWEEP=/tmp/sweep
 {
   source .devcarry/devsetup.sh
-  nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv
-  # The Python backend stub ignores PYTHONPATH and imports from the first python3's site-packages.
-  mkdir -p /tmp/pkg && ln -sfn "$PWD/kernels" /tmp/pkg/laminar_kernels
-  site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  printf '%s\n%s\n' "$PWD/backend_src" /tmp/pkg > "$site/laminar-backend-src.pth"
+  gpu_info
+  laminar_pth  # after devsetup: the python3 whose site-packages the backend stub reads
   timeout $(( ${SWEEP_DEADLINE_S:-440} + 40 )) python3 perf/sweep.py --config "$CONFIG" --out-dir "$SWEEP" --deadline-s "${SWEEP_DEADLINE_S:-440}"
   echo "sweep rc=$?"
   cat "$SWEEP/analysis.md"

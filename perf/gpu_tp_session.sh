@@ -2,15 +2,11 @@
 # One device call on nvidia-h200-x2: GPU tests (TP2 == TP1 over NCCL, graphs and eager), then the
 # offline benchmark at TP1 and TP2 in the same call, so that the decode-step ratio compares like
 # with like. Results (offline-*.json|md, engine_log) land in $OUT.
-set -o pipefail
-export PYTHONUNBUFFERED=1
-mkdir -p /tmp/pkg && ln -sfn "$PWD/kernels" /tmp/pkg/laminar_kernels
-export PYTHONPATH="$PWD/backend_src:$PWD/tests:/tmp/pkg"
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 BENCH=(python3 perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy --out-dir "$OUT"
        --modes layered:8192 chunked:512 --prompts ${PROMPTS:-8192})
 {
-  nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv
+  gpu_info
   timeout "${TEST_S:-150}" python3 -m pytest tests/gpu -q -rf -p no:cacheprovider
   timeout "${BENCH_S:-200}" "${BENCH[@]}" --tensor-parallel-size 1 --tag tp1
   timeout "${BENCH_S:-200}" "${BENCH[@]}" --tensor-parallel-size 2

@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 
 import torch
+from kernel_timing import Timer, rel_diff
+from moe_bench_util import moe_inputs, mxfp4_weights
+from vllm_fused_moe import vllm_fused_moe
 
-sys.path.insert(0, str(Path(__file__).parent))
-from kernel_timing import Timer, rel_diff  # noqa: E402
-from moe_bench_util import moe_inputs, mxfp4_weights  # noqa: E402
-from vllm_fused_moe import vllm_fused_moe  # noqa: E402
-
-import laminar_kernels as K  # noqa: E402
+import laminar_kernels as K
 
 ALL = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 SHAPES = {  # name: (E, top_k, H, I, weight format, token counts)

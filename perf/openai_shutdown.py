@@ -4,7 +4,7 @@ no "Exit timeout expired" in every one of 20 tries; the race showed only on a lo
     .venv/bin/python perf/openai_shutdown.py --tries 20 --load 2 --out perf/results/openai-shutdown-cpu.json
 
 Each try starts tritonserver under the supervisor with the demo checkpoint (CPU) and the OpenAI
-API, sends tests/serving/openai_shutdown.py's traffic, waits for it to end, sends SIGTERM and times
+API, sends laminar.client.openai_stack's traffic, waits for it to end, sends SIGTERM and times
 the exit. --load N runs N busy processes beside it for the whole run.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from laminar.client.openai_stack import openai_traffic, sigterm_exit, start_stack
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "serving"))
-from openai_shutdown import openai_traffic, sigterm_exit, start_stack  # noqa: E402
 
 
 def burn() -> None:

@@ -2,8 +2,8 @@
 
     .venv/bin/python perf/reliability.py --out perf/results/reliability-cpu.json
 
-Each figure runs against its own server on the demo checkpoint (CPU) through the test harness
-(tests/serving): tritonclient over gRPC, /proc for the server's fds and RSS.
+Each figure runs against its own server on the demo checkpoint (CPU) through laminar.client:
+tritonclient over gRPC, /proc for the server's fds and RSS.
 
 - cancel_leak: fds and RSS of tritonserver before and after N gRPC cancels mid-stream;
 - sigterm_after_cancels: seconds from SIGTERM to exit after some cancels, and what is left;
@@ -27,21 +27,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "serving"))
-from grpc_stream import Stream, generate, text  # noqa: E402
-from triton_server import TritonServer, wait_for, write_variant  # noqa: E402
-
-from laminar_supervisor.processes import shm_path  # noqa: E402
+from laminar.client.grpc_stream import Stream, generate, greedy_tensors, text
+from laminar.client.triton_server import ROOT, TritonServer, wait_for, write_variant
+from laminar_supervisor.processes import shm_path
 
 PROMPT = "The quick brown fox"
-
-
-def greedy(prompt: str, max_tokens: int) -> dict:
-    return {"text_input": text(prompt), "stream": np.array([True]), "max_tokens": np.array([max_tokens], dtype=np.int32),
-            "temperature": np.array([0.0], dtype=np.float32), "ignore_eos": np.array([True])}
 
 
 def start(work: Path, name: str, supervised: bool = False) -> TritonServer:
@@ -60,7 +50,7 @@ def proc_status(pid: int) -> dict[str, int]:
 
 def cancel_mid_stream(url: str) -> None:
     stream = Stream(url)
-    result = stream.send("cancel-me", greedy(PROMPT, 2000))
+    result = stream.send("cancel-me", greedy_tensors(PROMPT, 2000))
     wait_for(lambda: len(result.responses) >= 1, timeout=60)
     stream.close(cancel=True)
 
@@ -103,7 +93,7 @@ def long_request_shutdown(work: Path) -> dict:
     server = start(work, "longshutdown", supervised=True)
     stubs = server.stubs()
     stream = Stream(server.grpc_url)
-    result = stream.send("long", greedy(PROMPT, 3900))
+    result = stream.send("long", greedy_tensors(PROMPT, 3900))
     wait_for(lambda: len(result.responses) >= 2, timeout=60)
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
@@ -124,7 +114,7 @@ def stub_kill(work: Path, n: int) -> dict:
     server = start(work, "stubkill", supervised=True)
     streams = [Stream(server.grpc_url) for _ in range(n)]
     try:
-        results = [s.send(f"s{i}", greedy(PROMPT, 3000)) for i, s in enumerate(streams)]
+        results = [s.send(f"s{i}", greedy_tensors(PROMPT, 3000)) for i, s in enumerate(streams)]
         wait_for(lambda: all(len(r.responses) >= 2 for r in results), timeout=60)
         (stub,) = server.stubs().values()
         killed = time.monotonic()
@@ -141,7 +131,7 @@ def stub_kill(work: Path, n: int) -> dict:
             t.join()
         wait_for(lambda: server.is_ready() and bool(set(server.stubs()) - {stub.pid}), timeout=240)
         ready = time.monotonic() - killed
-        ok = generate(server.grpc_url, greedy(PROMPT, 3)).error is None
+        ok = generate(server.grpc_url, greedy_tensors(PROMPT, 3)).error is None
     finally:
         for s in streams:
             s.close()
@@ -172,7 +162,7 @@ def big_prompt_stall(work: Path, repeats: int) -> dict:
     """Against the bound read from the server's own answer to the 5 MB prompt."""
     server = start(work, "stall")
     stream = Stream(server.grpc_url)
-    runner = stream.send("runner", greedy(PROMPT, 100000))
+    runner = stream.send("runner", greedy_tensors(PROMPT, 100000))
     try:
         wait_for(lambda: len(runner.arrivals) >= 20, timeout=60)
         out, prompt = {}, "word " * 1_000_000

@@ -24,13 +24,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from reliability import proc_status, start
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "serving"))
-sys.path.insert(0, str(ROOT / "perf"))
-from grpc_stream import Stream, generate, text  # noqa: E402
-from reliability import greedy, proc_status, start  # noqa: E402
-from triton_server import TritonServer, wait_for  # noqa: E402
+from laminar.client.grpc_stream import Stream, generate, greedy_tensors, text
+from laminar.client.triton_server import TritonServer, wait_for
 
 PROMPT = "The quick brown fox"
 BAD = [
@@ -58,7 +55,7 @@ class Soak:
 
     def good(self) -> None:
         n = self.rng.randrange(4, 33)
-        result = generate(self.server.grpc_url, greedy(PROMPT, n))
+        result = generate(self.server.grpc_url, greedy_tensors(PROMPT, n))
         ok = result.error is None and len(result.ids) == n and result.finish_reason == "length"
         self.record("good", None if ok else f"{result.error} {len(result.ids)}/{n}")
 
@@ -69,7 +66,7 @@ class Soak:
 
     def cancelled(self) -> None:
         stream = Stream(self.server.grpc_url)
-        result = stream.send("soak-cancel", greedy(PROMPT, 2000))
+        result = stream.send("soak-cancel", greedy_tensors(PROMPT, 2000))
         ok = wait_for(lambda: len(result.responses) >= 1, timeout=120)
         stream.close(cancel=True)
         self.record("cancelled", None if ok else "no first response")
@@ -171,7 +168,7 @@ def report(args, soak: Soak, samples: list[dict], settled: bool, aborted: float,
 def client_to_kill(url: str) -> None:
     """The killed client: streams until the soak kills it with SIGKILL."""
     stream = Stream(url)
-    result = stream.send("soak-killed", greedy(PROMPT, 2000))
+    result = stream.send("soak-killed", greedy_tensors(PROMPT, 2000))
     wait_for(lambda: len(result.responses) >= 1, timeout=120)
     print("streaming", flush=True)
     time.sleep(3600)

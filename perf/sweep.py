@@ -26,16 +26,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "pa"))
-sys.path.insert(0, str(ROOT / "tests" / "serving"))
-import analyze  # noqa: E402
-import plots  # noqa: E402
-from run import find_perf_analyzer  # noqa: E402
-from triton_server import TritonServer, write_variant  # noqa: E402
-from workloads import WorkloadSpec, input_data, max_model_len  # noqa: E402
+import analyze
+import plots
+from run_perf_analyzer import find_perf_analyzer
+from workloads import WorkloadSpec, input_data, max_model_len
+
+from laminar.client.triton_server import ROOT, TritonServer, write_variant
 
 MODEL_NAME = "laminar"
 # Counters whose change over a run is kept (summed over label sets of our model or of the GPUs).

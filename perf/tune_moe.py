@@ -17,21 +17,18 @@ import functools
 import json
 import multiprocessing
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from kernel_timing import Timer
+from moe_bench_util import fp8_weights, moe_inputs, mxfp4_weights
 
-sys.path.insert(0, str(Path(__file__).parent))
-from kernel_timing import Timer  # noqa: E402
-from moe_bench_util import fp8_weights, moe_inputs, mxfp4_weights  # noqa: E402
-
-from laminar_kernels.fp8 import GROUP, quantize_rows  # noqa: E402
-from laminar_kernels.fused_moe import _launch_gemm  # noqa: E402
-from laminar_kernels.moe_align import max_padded_rows, moe_align  # noqa: E402
-from laminar_kernels.moe_config import CONFIG_DIR, config_file_name, device_name  # noqa: E402
+from laminar_kernels.fp8 import GROUP, quantize_rows
+from laminar_kernels.fused_moe import _launch_gemm
+from laminar_kernels.moe_align import max_padded_rows, moe_align
+from laminar_kernels.moe_config import CONFIG_DIR, config_file_name, device_name
 
 TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 SHAPES = {"qwen3-30b-a3b-tp1": (128, 8, 2048, 768), "qwen3-30b-a3b-tp2": (128, 8, 2048, 384),

@@ -1,4 +1,5 @@
-"""Serving workloads as perf_analyzer `--input-data` documents.
+"""Serving workloads as perf_analyzer `--input-data` documents: the one workload library of perf/
+(the sweeps' workloads, and the fixed prompt lengths of run_perf_analyzer.py).
 
 A workload is a list of (prompt tokens, output tokens) pairs; every request carries `max_tokens`
 and `ignore_eos` so it makes exactly its output length, and prompts are sent either as exact
@@ -26,6 +27,8 @@ prefix cache:
   The first request of either shares nothing: the sweep's warm-up sends it, and it must not
   warm the cache for the measured requests.
 
+Fixed lengths (`fixed_length_data`): `per_length` prompts of each given length, random token ids.
+
     python perf/workloads.py --kind arxiv --requests 16 --model-dir demo_model --scale 0.05 --out a.json
 """
 from __future__ import annotations
@@ -35,12 +38,8 @@ import csv
 import json
 import math
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "pa"))
-from input_data import vocab_size  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "backend_src" / "laminar" / "demo" / "corpus.txt"
@@ -137,6 +136,28 @@ def text_prompt(token_ids: list[int], length: int, rng: random.Random, decode) -
     return decode(ids)
 
 
+def vocab_size(model_dir: Path) -> int:
+    return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+
+
+def ids_prompt(ids: list[int]) -> dict:
+    return {"input_ids": {"content": ids, "shape": [len(ids)]}}
+
+
+def document(prompts: list[dict], outputs: list[int]) -> dict:
+    """perf_analyzer's input-data document: one entry per request, each making exactly its
+    output length (max_tokens with ignore_eos), streamed."""
+    return {"data": [{**prompt, "max_tokens": [o], "ignore_eos": [True], "stream": [True]}
+                     for prompt, o in zip(prompts, outputs)]}
+
+
+def fixed_length_data(lengths: list[int], max_tokens: int, vocab: int, per_length: int, seed: int) -> dict:
+    """`per_length` prompts of random token ids for each length, each making max_tokens tokens."""
+    rng = random.Random(seed)
+    prompts = [ids_prompt([rng.randrange(vocab) for _ in range(n)]) for n in lengths for _ in range(per_length)]
+    return document(prompts, [max_tokens] * len(prompts))
+
+
 def input_data(spec: WorkloadSpec, model_dir: Path, max_model_len: int) -> dict:
     """perf_analyzer's input-data document: one entry per request, in order."""
     rng = random.Random(spec.seed + 1)
@@ -144,7 +165,7 @@ def input_data(spec: WorkloadSpec, model_dir: Path, max_model_len: int) -> dict:
         if spec.prompt_format != "ids":
             raise ValueError(f"workload {spec.name}: {spec.kind} prompts are token ids (prompt_format ids)")
         requests = shared_prefix_requests(spec, vocab_size(model_dir), max_model_len)
-        prompts = [{"input_ids": {"content": ids, "shape": [len(ids)]}} for ids, _ in requests]
+        prompts = [ids_prompt(ids) for ids, _ in requests]
         pairs = [(len(ids), out) for ids, out in requests]
     elif spec.prompt_format == "text":
         pairs = lengths_for(spec, max_model_len)
@@ -155,12 +176,10 @@ def input_data(spec: WorkloadSpec, model_dir: Path, max_model_len: int) -> dict:
     elif spec.prompt_format == "ids":
         pairs = lengths_for(spec, max_model_len)
         vocab = vocab_size(model_dir)
-        prompts = [{"input_ids": {"content": [rng.randrange(vocab) for _ in range(p)], "shape": [p]}}
-                   for p, _ in pairs]
+        prompts = [ids_prompt([rng.randrange(vocab) for _ in range(p)]) for p, _ in pairs]
     else:
         raise ValueError(f"unknown prompt_format {spec.prompt_format!r}")
-    return {"data": [{**prompt, "max_tokens": [o], "ignore_eos": [True], "stream": [True]}
-                     for prompt, (_, o) in zip(prompts, pairs)]}
+    return document(prompts, [o for _, o in pairs])
 
 
 def max_model_len(model_dir: Path, override: int | None = None) -> int:

@@ -17,7 +17,7 @@ PIECES = [
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    model_dir = write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "model")
+    model_dir = write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "model", trained=False)
     return load_tokenizer(model_dir)
 
 
@@ -156,7 +156,7 @@ def test_work_per_step_is_bounded(tok: Tokenizer, monkeypatch: pytest.MonkeyPatc
 
 
 def test_load_tokenizer_without_generation_config(tmp_path: Path, tok: Tokenizer) -> None:
-    model_dir = write_demo_checkpoint(tmp_path / "m")
+    model_dir = write_demo_checkpoint(tmp_path / "m", trained=False)
     (model_dir / "generation_config.json").unlink()
     assert load_tokenizer(model_dir).eos_token_ids == {tok.token_to_id("<|im_end|>")}
 

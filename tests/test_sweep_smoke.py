@@ -11,9 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "perf"))
-from analyze import load_records  # noqa: E402
-
 CONFIG = ROOT / "perf" / "sweep_configs" / "cpu_smoke.json"
 PREFIX_CONFIG = ROOT / "perf" / "sweep_configs" / "cpu_prefix_smoke.json"
 
@@ -54,8 +51,11 @@ def test_every_run_present(sweep_dir: Path) -> None:
 
 def test_requests_succeed_with_sane_latencies(sweep_dir: Path) -> None:
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    keys = ("engine", "workload", "request_rate")
+    per_run = {tuple(r[k] for k in keys): r["requests"] for r in json.loads((sweep_dir / "requests.json").read_text())}
+    assert len(per_run) == len(manifest["runs"])
     for run in manifest["runs"]:
-        records = load_records(sweep_dir, run)
+        records = per_run[tuple(run[k] for k in keys)]
         assert len(records) >= run["requests"], run["export"]
         for rec in records:
             assert rec["ok"], rec["finish_reason"]

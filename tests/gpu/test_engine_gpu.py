@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return write_demo_checkpoint(tmp_path_factory.mktemp("demo"))
+    return write_demo_checkpoint(tmp_path_factory.mktemp("demo"), trained=False)
 
 
 def workload() -> dict[int, list]:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def wide_heads(tmp_path_factory):
-    demo = write_demo_checkpoint(tmp_path_factory.mktemp("demo"))
+    demo = write_demo_checkpoint(tmp_path_factory.mktemp("demo"), trained=False)
     out = tmp_path_factory.mktemp("wide")
     for name in FILES:
         if name != "model.safetensors":

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return write_demo_checkpoint(tmp_path_factory.mktemp("demo"))
+    return write_demo_checkpoint(tmp_path_factory.mktemp("demo"), trained=False)
 
 
 def finished(engine) -> dict:

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from triton_server import ROOT, TritonServer, write_variant
 
 from laminar import EngineArgs, LLMEngine
+from laminar.client.triton_server import ROOT, TritonServer, write_variant
 
 MODES = {"layered": "laminar", "chunked": "laminar_chunked"}
 SLO_MODEL = "laminar_slo"  # layered prefill under the SLO policy
@@ -21,7 +21,7 @@ def demo_model(tmp_path_factory) -> Path:
     if (shipped / "config.json").is_file():
         return shipped
     out = tmp_path_factory.mktemp("demo") / "demo_model"
-    subprocess.run([sys.executable, "-m", "laminar.demo", "--out", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "laminar.demo", "--out", str(out), "--random"], check=True)
     return out
 
 

@@ -7,11 +7,11 @@ import subprocess
 
 import numpy as np
 import pytest
-from grpc_stream import generate, text
 from test_serving_server import metric
-from triton_server import ROOT
 
 from laminar import RequestOutput
+from laminar.client.grpc_stream import generate, text
+from laminar.client.triton_server import ROOT
 from laminar.outputs import TokenLogprobs
 from laminar.serving import RequestError, ResponseBuilder, parse_request
 

@@ -14,27 +14,15 @@ import urllib.request
 import openai
 import pytest
 from test_serving_server import metric
-from triton_server import ROOT, free_port
 
 from laminar import SamplingParams
+from laminar.client.openai_stack import wait_http
+from laminar.client.triton_server import ROOT, free_port
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}
 # The demo checkpoint's chat template, written out: the API must render exactly this.
 CHAT_PROMPT = "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n"
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the OpenAI API server exited"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +110,13 @@ def test_seed_makes_sampling_reproducible(client):
 
 
 def test_penalties_and_logprobs_match_the_engine(client, offline_engines):
-    params = {"max_tokens": 10, "temperature": 0.0, "ignore_eos": True, "frequency_penalty": 1.5,
+    params = {"max_tokens": 40, "temperature": 0.0, "ignore_eos": True, "frequency_penalty": 1.5,
               "presence_penalty": 0.5, "repetition_penalty": 1.2}
     want_text, want_ids, want_lps = offline(offline_engines["layered"], CHAT_PROMPT, logprobs=3, **params)
-    plain_text, _, _ = offline(offline_engines["layered"], CHAT_PROMPT, max_tokens=10, temperature=0.0, ignore_eos=True)
+    plain_text, _, _ = offline(offline_engines["layered"], CHAT_PROMPT, max_tokens=40, temperature=0.0, ignore_eos=True)
     assert want_text != plain_text, "the penalties change this greedy output"
     r = client.chat.completions.create(
-        model="laminar", messages=[{"role": "user", "content": "hi there"}], max_tokens=10, temperature=0.0,
+        model="laminar", messages=[{"role": "user", "content": "hi there"}], max_tokens=40, temperature=0.0,
         frequency_penalty=1.5, presence_penalty=0.5, logprobs=True, top_logprobs=3,
         extra_body={"ignore_eos": True, "repetition_penalty": 1.2})
     assert r.choices[0].message.content == want_text

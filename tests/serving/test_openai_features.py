@@ -14,8 +14,9 @@ import urllib.request
 
 import openai
 import pytest
-from test_openai_api import wait_http
 from triton_server import ROOT, free_port
+
+from laminar.client.openai_stack import wait_http
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}

@@ -13,8 +13,9 @@ import time
 import urllib.request
 
 import openai
-from openai_shutdown import openai_traffic, sigterm_exit, start_stack
-from triton_server import wait_for
+
+from laminar.client.openai_stack import openai_traffic, sigterm_exit, start_stack
+from laminar.client.triton_server import wait_for
 
 
 def test_sigterm_after_openai_traffic_does_not_wait_for_the_exit_timeout(demo_model, tmp_path):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from grpc_stream import generate
-from test_serving_server import greedy_tensors, metric, offline
+from test_serving_server import metric, offline
+
+from laminar.client.grpc_stream import generate, greedy_tensors
 
 BLOCK = 16  # config.pbtxt's block_size
 

@@ -13,8 +13,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-from grpc_stream import Stream, generate, text
-from test_serving_server import greedy_tensors, metric, wait_for
+from test_serving_server import metric
+
+from laminar.client.grpc_stream import Stream, generate, greedy_tensors, text
+from laminar.client.triton_server import wait_for
 
 CANCELS = 100
 

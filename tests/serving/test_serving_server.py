@@ -13,10 +13,10 @@ import urllib.request
 import numpy as np
 import pytest
 from conftest import MODES, SLO_MODEL
-from grpc_stream import Stream, generate, text, wait_all
-from triton_server import ROOT, wait_for
 
 from laminar import SamplingParams
+from laminar.client.grpc_stream import Stream, generate, greedy_tensors, text, wait_all
+from laminar.client.triton_server import ROOT, wait_for
 
 PROMPTS = ["The quick brown fox", "In a layered prefill scheduler, the experts"]
 
@@ -31,13 +31,6 @@ def offline(engine, prompts: list, max_tokens: int) -> list[list[int]]:
         for o in engine.step():
             out[o.request_id].extend(o.new_token_ids)
     return [out[f"o{i}"] for i in range(len(prompts))]
-
-
-def greedy_tensors(prompt, max_tokens: int, stream: bool = True) -> dict[str, np.ndarray]:
-    prompt_tensor = {"text_input": text(prompt)} if isinstance(prompt, str) else {
-        "input_ids": np.array(prompt, dtype=np.int32)}
-    return {**prompt_tensor, "stream": np.array([stream]), "max_tokens": np.array([max_tokens], dtype=np.int32),
-            "temperature": np.array([0.0], dtype=np.float32), "ignore_eos": np.array([True])}
 
 
 def metric(metrics: str, name: str, model: str = "laminar", **labels: str) -> float:
@@ -200,7 +193,7 @@ def test_slo_policy_serves_and_reports_its_predictions(server, offline_engines):
 
 def test_perf_analyzer_streaming_export(server, demo_model, tmp_path):
     max_tokens = 6
-    cmd = [sys.executable, str(ROOT / "perf" / "pa" / "run.py"), "--url", server.grpc_url,
+    cmd = [sys.executable, str(ROOT / "perf" / "run_perf_analyzer.py"), "--url", server.grpc_url,
            "--model-dir", str(demo_model), "--lengths", "8,40", "--max-tokens", str(max_tokens),
            "--per-length", "2", "--concurrency", "1,2", "--requests", "8", "--stability", "1000",
            "--out-dir", str(tmp_path)]
@@ -216,7 +209,7 @@ def test_perf_analyzer_streaming_export(server, demo_model, tmp_path):
             assert len(stamps) == max_tokens, "one timestamped response per generated token"
             assert req["timestamp"] < stamps[0] and stamps == sorted(stamps)
     summary = json.loads(run.stdout)
-    assert all(s["ttft_ms_p50"] > 0 and s["itl_ms_p50"] > 0 for s in summary)
+    assert all(s["ttft_ms"]["p50"] > 0 and s["tbt_ms"]["p50"] > 0 for s in summary)
 
 
 def test_plain_perf_analyzer_with_the_shipped_input_data(server):

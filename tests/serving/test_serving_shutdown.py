@@ -11,10 +11,9 @@ import time
 
 import pytest
 from conftest import start_server
-from grpc_stream import Stream
-from test_serving_server import greedy_tensors, wait_for
-from triton_server import write_variant
 
+from laminar.client.grpc_stream import Stream, greedy_tensors
+from laminar.client.triton_server import wait_for, write_variant
 from laminar_supervisor.processes import shm_path
 
 

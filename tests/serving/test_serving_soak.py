@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from triton_server import ROOT
+from laminar.client.triton_server import ROOT
 
 
 def test_short_mixed_soak(tmp_path):

@@ -8,10 +8,9 @@ import signal
 import time
 
 from conftest import start_server
-from grpc_stream import Stream, generate, wait_all
-from test_serving_server import greedy_tensors, wait_for
-from triton_server import write_variant
 
+from laminar.client.grpc_stream import Stream, generate, greedy_tensors, wait_all
+from laminar.client.triton_server import wait_for, write_variant
 from laminar_supervisor.processes import shm_path
 
 

@@ -8,10 +8,10 @@ import urllib.request
 from pathlib import Path
 
 from conftest import start_server
-from grpc_stream import generate
-from test_serving_server import PROMPTS, greedy_tensors, offline, wait_for
-from triton_server import write_variant
+from test_serving_server import PROMPTS, offline
 
+from laminar.client.grpc_stream import generate, greedy_tensors
+from laminar.client.triton_server import wait_for, write_variant
 from laminar.tp_worker import SPEC_ENV
 
 

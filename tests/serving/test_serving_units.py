@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
-from grpc_stream import text
 
 from laminar import EngineArgs, LLMEngine, RequestOutput, SamplingParams
+from laminar.client.grpc_stream import text
 from laminar.serving import (
     KNOWN_INPUTS,
     EngineLoop,

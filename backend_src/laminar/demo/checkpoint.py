@@ -1,21 +1,26 @@
 """Writes the small, deterministic Qwen3-MoE checkpoint the server uses as its default model.
 
-Everything is derived from fixed inputs (the shipped corpus, the config below, one seed),
-so two writes produce identical bytes on any machine: the BPE trainer is deterministic,
-JSON keys are sorted, and weights come from numpy's PCG64 generator, whose normal draws
-do not depend on CPU vector extensions the way torch's CPU kernels can.
+Everything is derived from fixed inputs (the shipped corpus, the config below, one seed). The
+random checkpoint (`trained=False`, what tests build for themselves) is identical bytes on any
+machine: the BPE trainer is deterministic, JSON keys are sorted, and weights come from numpy's
+PCG64 generator, whose normal draws do not depend on CPU vector extensions the way torch's CPU
+kernels can. The served one is then trained on the corpus (train.py), so it speaks corpus-like
+English; that is reproducible on one kind of machine (same CPU, same torch).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from laminar.demo.train import train
 
 # Bump when the recipe changes so existing directories are rewritten.
 WRITER_VERSION = 2
@@ -82,14 +87,16 @@ def model_config(vocab_size: int, bos_id: int, eos_id: int) -> dict:
         "architectures": ["Qwen3MoeForCausalLM"],
         "model_type": "qwen3_moe",
         "vocab_size": vocab_size,
-        "hidden_size": 256,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 8,
+        # Small enough to train on the corpus in a CPU minute or two (train.py), yet every
+        # part a Qwen3-MoE has: GQA with q/k norms, a router, top-k of several experts per layer.
+        "hidden_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 32,
-        "num_experts": 16,
-        "num_experts_per_tok": 4,
-        "moe_intermediate_size": 128,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 256,
         "intermediate_size": 512,
         "decoder_sparse_step": 1,
         "mlp_only_layers": [],
@@ -157,7 +164,7 @@ def _json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def build_files() -> dict[str, bytes]:
+def build_files(trained: bool) -> dict[str, bytes]:
     """All checkpoint files as bytes, keyed by file name."""
     tok = train_tokenizer()
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
@@ -182,24 +189,39 @@ def build_files() -> dict[str, bytes]:
     return {
         "config.json": _json_bytes(cfg),
         "generation_config.json": _json_bytes(generation),
-        "model.safetensors": _safetensors_bytes(make_weights(cfg)),
+        "model.safetensors": _safetensors_bytes(weights(cfg, tok, trained)),
         "tokenizer.json": tok.to_str(pretty=True).encode("utf-8"),
         "tokenizer_config.json": _json_bytes(tok_config),
     }
+
+
+def weights(cfg: dict, tok: Tokenizer, trained: bool) -> dict[str, torch.Tensor]:
+    """The random weights, trained on the corpus unless `trained` is False."""
+    initial = make_weights(cfg)
+    if not trained:
+        return initial
+    return train(initial, cfg, CORPUS.read_text(encoding="utf-8"), lambda text: tok.encode(text).ids, log=_progress)
+
+
+def _progress(line: str) -> None:
+    print(f"[laminar.demo] {line}", file=sys.stderr, flush=True)
 
 
 def _safetensors_bytes(weights: dict[str, torch.Tensor]) -> bytes:
     return save_safetensors(weights, metadata={"format": "pt"})
 
 
-def _recipe_hash() -> str:
-    """Identifies the inputs; a stamp with another recipe means the directory is stale."""
-    h = hashlib.sha256(f"v{WRITER_VERSION}/seed{SEED}/vocab{VOCAB_SIZE}/".encode())
-    h.update(CORPUS.read_bytes())
+def _recipe_hash(trained: bool) -> str:
+    """Identifies the inputs (this package's code and corpus included); a stamp with another
+    recipe means the directory is stale, so a changed recipe or corpus rewrites it."""
+    h = hashlib.sha256(f"v{WRITER_VERSION}/seed{SEED}/vocab{VOCAB_SIZE}/trained{trained}/".encode())
+    for source in sorted(CORPUS.parent.glob("*.py")) + [CORPUS]:
+        h.update(source.name.encode() + b"\0" + source.read_bytes())
     return h.hexdigest()
 
 
-def _is_complete(out_dir: Path) -> bool:
+def is_complete(out_dir: Path, trained: bool) -> bool:
+    """Whether `out_dir` holds this exact checkpoint (recipe and file hashes per the stamp)."""
     stamp_path = out_dir / STAMP
     if not stamp_path.is_file():
         return False
@@ -207,7 +229,7 @@ def _is_complete(out_dir: Path) -> bool:
         stamp = json.loads(stamp_path.read_text())
     except ValueError:
         return False
-    if stamp.get("recipe") != _recipe_hash() or set(stamp.get("files", {})) != set(FILES):
+    if stamp.get("recipe") != _recipe_hash(trained) or set(stamp.get("files", {})) != set(FILES):
         return False
     return all(
         (out_dir / name).is_file()
@@ -216,15 +238,16 @@ def _is_complete(out_dir: Path) -> bool:
     )
 
 
-def write_demo_checkpoint(out_dir: Path, force: bool = False) -> Path:
-    """Writes the demo checkpoint into `out_dir` and returns it.
+def write_demo_checkpoint(out_dir: Path, force: bool = False, trained: bool = True) -> Path:
+    """Writes the demo checkpoint into `out_dir` and returns it: trained on the corpus (a CPU
+    minute or two), or with its random initial weights when `trained` is False (seconds).
 
     Does nothing when `out_dir` already holds this exact checkpoint (checked against the
     stamp file's hashes). Refuses, unless `force`, to write into a directory holding files
     that are not ours, so a real model directory is never clobbered by accident.
     """
     out_dir = Path(out_dir)
-    if not force and _is_complete(out_dir):
+    if not force and is_complete(out_dir, trained):
         return out_dir
     if out_dir.is_dir() and not force:
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (*FILES, STAMP))
@@ -236,10 +259,10 @@ def write_demo_checkpoint(out_dir: Path, force: bool = False) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STAMP).unlink(missing_ok=True)
     digests = {}
-    for name, data in build_files().items():
+    for name, data in build_files(trained).items():
         _atomic_write(out_dir / name, data)
         digests[name] = hashlib.sha256(data).hexdigest()
-    stamp = {"recipe": _recipe_hash(), "files": digests}
+    stamp = {"recipe": _recipe_hash(trained), "trained": trained, "files": digests}
     _atomic_write(out_dir / STAMP, _json_bytes(stamp))
     return out_dir
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
+from laminar.client.grpc_stream import make_inputs, request_tensors
 from laminar.openai_api.errors import APIError, Unavailable
 
 # How long a finished request waits for tritonserver to close its stream before cancelling it.
@@ -42,21 +42,10 @@ class Delta:
     prompt_logprobs: list[dict[str, dict[str, Any]] | None] | None = None  # first response only
 
 
-def _tensor(name: str, value: np.ndarray, dtype: str) -> InferInput:
-    tensor = InferInput(name, list(value.shape), dtype)
-    tensor.set_data_from_numpy(value)
-    return tensor
-
-
 def _inputs(prompt: str | list[int], sampling: dict[str, Any], logprobs: bool) -> list[InferInput]:
-    if isinstance(prompt, str):
-        first = _tensor("text_input", np.array([prompt.encode()], dtype=np.object_), "BYTES")
-    else:
-        first = _tensor("input_ids", np.array(prompt, dtype=np.int32), "INT32")
-    flags = {"stream": True, "exclude_input_in_output": True, "return_num_input_tokens": True,
-             "return_num_output_tokens": True, "return_num_cached_tokens": True, "return_logprobs": logprobs}
-    return [first, _tensor("sampling_parameters", np.array([json.dumps(sampling).encode()], dtype=np.object_), "BYTES"),
-            *(_tensor(name, np.array([value]), "BOOL") for name, value in flags.items())]
+    return make_inputs(request_tensors(
+        prompt, sampling, stream=True, exclude_input_in_output=True, return_num_input_tokens=True,
+        return_num_output_tokens=True, return_num_cached_tokens=True, return_logprobs=logprobs))
 
 
 def _delta(result: grpcclient.InferResult) -> Delta:

@@ -4,8 +4,8 @@ SIGTERM after OpenAI traffic: how long tritonserver takes to exit, and whether i
 give up on the model (Triton finalizes a decoupled model only once no gRPC stream is open on it,
 so a stream the OpenAI layer kept open made it wait out --exit-timeout-secs).
 
-Used by tests/serving/test_openai_shutdown.py (one try) and perf/openai_shutdown.py (many, under
-CPU load)."""
+Used by tests/serving/test_openai_shutdown.py (one try), perf/openai_shutdown.py (many, under
+CPU load) and the OpenAI tests (wait_http)."""
 from __future__ import annotations
 
 import json
@@ -19,11 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openai
-from conftest import start_server
-from test_openai_api import wait_http
-from triton_server import TritonServer, free_port, write_variant
+
+from laminar.client.triton_server import TritonServer, free_port, write_variant
 
 EXIT_TIMEOUT_MARK = "Exit timeout expired"
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Waits until `url` answers 200 (the OpenAI API's /health), failing at once if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the OpenAI API server exited"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(url)
 
 
 @dataclass
@@ -43,7 +56,13 @@ def start_stack(demo_model: Path, work: Path) -> Stack:
     """tritonserver under the supervisor (as `./build.sh serve` runs it) and the OpenAI API."""
     repo = work / "repo"
     write_variant(repo, "laminar", {})
-    server = start_server(repo, demo_model, work / "server.log", supervised=True)
+    server = TritonServer(repo, {"LAMINAR_MODEL": str(demo_model), "LAMINAR_DEVICE": "cpu"}, work / "server.log",
+                          supervised=True)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
     port = free_port()
     api = subprocess.Popen([sys.executable, "-m", "laminar.openai_api", "--triton-url", server.grpc_url,
                            "--checkpoint", str(demo_model), "--host", "127.0.0.1", "--port", str(port),

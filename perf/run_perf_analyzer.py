@@ -1,11 +1,12 @@
 """perf_analyzer against a Laminar server with prompts of exact token lengths.
 
-Writes the input data (perf/pa/input_data.py), runs perf_analyzer over gRPC with streaming and a
-profile export, then prints the per-experiment latency summary (perf/pa/summary.py).
+Writes the input data (workloads.fixed_length_data), runs perf_analyzer over gRPC with streaming
+and a profile export, then prints the per-experiment latency summary (analyze.summarize_experiments:
+TTFT, TBT and E2E statistics with the nearest-rank percentiles of analyze.py).
 --concurrency takes perf_analyzer's start:end:step or a list (1,4): perf_analyzer reads only the
 first number of a list, so a list runs perf_analyzer once per value into one merged export.
 
-    python perf/pa/run.py --model-dir demo_model --lengths 64 --max-tokens 16 --concurrency 1,4 \
+    python perf/run_perf_analyzer.py --model-dir demo_model --lengths 64 --max-tokens 16 --concurrency 1,4 \
         --out-dir perf/results/pa -- --measurement-request-count 32
 Arguments after `--` go to perf_analyzer unchanged.
 """
@@ -18,9 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from input_data import input_data, vocab_size  # noqa: E402
-from summary import summarize  # noqa: E402
+from analyze import summarize_experiments
+from workloads import fixed_length_data, vocab_size
 
 
 def find_perf_analyzer() -> str:
@@ -50,7 +50,7 @@ def main() -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     data, export = args.out_dir / "input_data.json", args.out_dir / "profile_export.json"
     lengths = [int(x) for x in args.lengths.split(",")]
-    data.write_text(json.dumps(input_data(lengths, args.max_tokens, vocab_size(args.model_dir), args.per_length, 0)))
+    data.write_text(json.dumps(fixed_length_data(lengths, args.max_tokens, vocab_size(args.model_dir), args.per_length, 0)))
     experiments = []
     for i, concurrency in enumerate(args.concurrency.split(",")):
         part = args.out_dir / f"profile_export.{i}.json"
@@ -67,7 +67,7 @@ def main() -> int:
         experiments += doc["experiments"]
         part.unlink()
     export.write_text(json.dumps({**doc, "experiments": experiments}))
-    print(json.dumps(summarize(json.loads(export.read_text())), indent=2))
+    print(json.dumps(summarize_experiments(json.loads(export.read_text())), indent=2))
     return 0
 
 

@@ -1,8 +1,10 @@
-"""A real tritonserver process on free ports, serving a copy of model_repository/laminar.
+"""A real tritonserver process on free ports, serving a copy of model_repository/laminar: what
+the serving tests and the perf scripts (sweeps, soak, reliability) run against.
 
-The copy is the shipped model (config.pbtxt and model.py unchanged) plus, optionally, variants
-that differ only in name and config parameters (e.g. schedule_mode), so one server covers both
-schedule modes.
+It works from a checkout (the editable install): the model repository and build.sh's
+tritonserver wrapper are found from this file's place in the tree. The copy is the shipped
+model (config.pbtxt and model.py unchanged) plus, optionally, variants that differ only in name
+and config parameters (e.g. schedule_mode), so one server covers both schedule modes.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from laminar_supervisor.processes import Stub, descendants, stubs_of
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_MODEL = ROOT / "model_repository" / "laminar"
 
 
@@ -54,7 +56,8 @@ def write_variant(repo: Path, name: str, parameters: dict[str, str]) -> None:
     config = re.sub(r'^name: "laminar"', f'name: "{name}"', config, flags=re.M)
     for key, value in parameters.items():
         config, n = re.subn(rf'(key: "{key}", value: {{ string_value: )"[^"]*"', rf'\1"{value}"', config)
-        assert n == 1, f"parameter {key} not in the shipped config"
+        if n != 1:
+            raise ValueError(f"parameter {key} not in the shipped config")
     (repo / name / "config.pbtxt").write_text(config)
 
 
