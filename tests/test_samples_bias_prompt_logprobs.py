@@ -84,7 +84,8 @@ def test_prompt_logprobs_match_transformers(moe_checkpoint, mode):
     prompt again: it would hit the prefix cache, but a prompt_logprobs request skips it."""
     ids = prompt(45)
     expected = hf_logits(moe_checkpoint, ids).float().log_softmax(dim=-1)
-    engine = make_engine(moe_checkpoint, schedule_mode=mode, max_num_batched_tokens=16, group_token_thresholds=())
+    engine = make_engine(moe_checkpoint, schedule_mode=mode, max_num_batched_tokens=16, max_num_seqs=8,
+                         group_token_thresholds=())
     run(engine, {"warm": (ids, greedy(1))})
     out = run(engine, {"p": (ids, greedy(2, prompt_logprobs=3)), "plain": (ids, greedy(2))})
     tokens, _, entries, cached = out[("p", 0)]

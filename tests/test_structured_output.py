@@ -77,7 +77,6 @@ def test_outputs_validate_at_temperature_one(demo_model, mode):
     requests = {f"{case}-{seed}": constrained(case, seed) for case in CASES for seed in range(2)}
     requests["plain"] = SamplingParams(max_tokens=5, seed=1)  # unconstrained rows share the batch
     out = run(engine, requests)
-    print({rid: len(d["text"]) for (rid, _), d in out.items()}, engine.stats.iterations)
     for (rid, _), d in out.items():
         if rid == "plain":
             continue
@@ -89,11 +88,11 @@ def test_outputs_validate_at_temperature_one(demo_model, mode):
 def test_n_samples_and_preemption_keep_matchers_in_step(demo_model):
     """A KV cache too small for the batch preempts (recompute keeps tokens, so each matcher stays
     in step with its sequence); forked samples get fresh matchers."""
-    engine = make_engine(demo_model, block_size=4, num_kv_blocks=40, max_num_seqs=8, max_model_len=160)
-    requests = {f"r{i}": constrained("json", i, n=2) for i in range(4)}
+    engine = make_engine(demo_model, block_size=4, num_kv_blocks=20, max_num_seqs=8, max_model_len=80)
+    requests = {f"r{i}": constrained("json", i, n=2) for i in range(2)}
     out = run(engine, requests)
     assert engine.stats.num_preemptions > 0
-    assert sorted(out) == [(f"r{i}", j) for i in range(4) for j in range(2)]
+    assert sorted(out) == [(f"r{i}", j) for i in range(2) for j in range(2)]
     for d in out.values():
         assert d["reason"] == "stop", d
         check_schema(d["text"])
