@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import MODES, SLO_MODEL
 from grpc_stream import Stream, generate, text
+from triton_server import ROOT
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "code", "open"],
           "properties": {"city": {"type": "string", "maxLength": 10},
@@ -117,3 +120,14 @@ def test_prompt_logprobs_and_logit_bias(server):
         assert 1 <= len(entry) <= 3
     biased = generate(server.grpc_url, request({"logit_bias": {"42": 100}, "max_tokens": 4, "ignore_eos": True}))
     assert biased.error is None and biased.ids == [42] * 4
+
+
+def test_readme_structured_outputs_example_runs(server):
+    """The Python block after README's "Structured outputs" paragraph, against this server."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**Structured outputs.**"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+    code = code.replace("http://localhost:8000", server.http_url)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.rstrip().endswith(" stop") and "'city'" in run.stdout
