@@ -146,9 +146,12 @@ class LLMEngine:
             seq = self.seqs[request_id]
             try:
                 seq.grammar = GrammarState(future.result())
-            except ValueError as e:
+            except Exception as e:  # ValueError: the client's grammar; anything else must not stop the engine
+                logger.log(logging.INFO if isinstance(e, ValueError) else logging.ERROR, "grammar of %s: %s",
+                           request_id, e)
+                message = str(e) if isinstance(e, ValueError) else f"structured_outputs: {type(e).__name__}: {e}"
                 self._drop(request_id)
-                failed.append(_failed(seq, str(e)))
+                failed.append(_failed(seq, message))
                 continue
             self.scheduler.add(seq)
         return failed
