@@ -100,3 +100,24 @@ def test_prompt_logprobs_match_transformers(moe_checkpoint, mode):
         assert [t for t, _ in entry.top] == top.indices.tolist()
         assert torch.allclose(torch.tensor([lp for _, lp in entry.top]), top.values, atol=1e-4)
     assert tokens == out[("plain", 0)][0]
+
+
+def test_tp2_matches_tp1(moe_checkpoint_5):
+    """Rank 0 samples and takes the prompt rows; the workers run the same rows (logits_rows)."""
+    from test_tp import make_engine as tp_engine
+
+    ids = prompt(37)
+    requests = {"p": (ids, greedy(3, prompt_logprobs=2, logit_bias={5: 2.5})), "n": (ids[:21], greedy(3, n=2))}
+    results = []
+    for tp in (1, 2):
+        engine = tp_engine(moe_checkpoint_5, tp)
+        try:
+            results.append(run(engine, requests))
+        finally:
+            engine.shutdown()
+    one, two = results
+    assert sorted(one) == sorted(two) == [("n", 0), ("n", 1), ("p", 0)]
+    for key in one:
+        assert one[key][0] == two[key][0]
+    for a, b in zip(one[("p", 0)][2][1:], two[("p", 0)][2][1:]):
+        assert (a.token_id, a.rank) == (b.token_id, b.rank) and abs(a.logprob - b.logprob) < 1e-4
