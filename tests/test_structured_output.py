@@ -136,3 +136,16 @@ def test_abort_while_compiling_and_structural_tag(demo_model):
     assert engine.abort("gone") and not engine.seqs and not engine.compiling
     out = run(engine, {"tag": SamplingParams(max_tokens=20, structured_outputs={"structural_tag": tag})})
     assert out[("tag", 0)] == {"text": "done", "reason": "stop"}
+
+
+@pytest.mark.parametrize("mode", ["layered", "chunked"])
+def test_slo_policy(demo_model, mode):
+    """The SLO policy's partial layer spans and sized chunks (a fixed profile), n > 1 included."""
+    from test_slo_policy import slo_engine
+
+    engine = slo_engine(demo_model, 18, mode, block_size=16)
+    out = run(engine, {"choice": constrained("choice", 2, n=2), "grammar": constrained("grammar", 3)})
+    assert sorted(out) == [("choice", 0), ("choice", 1), ("grammar", 0)]
+    for (rid, _), d in out.items():
+        assert d["reason"] == "stop"
+        CASES[rid][1](d["text"])
