@@ -19,7 +19,7 @@ from laminar.outputs import TokenLogprobs
 from laminar.prompt_logprobs import collect_prompt_logprobs, prompt_spans
 from laminar.sampler import Sampler
 from laminar.step_inputs import SegmentInputs, StepInputs
-from laminar.structured_output import GrammarMask
+from laminar.structured_output import BitmaskBuffer, GrammarMask
 from laminar.tp_worker import WorkerGroup
 
 PROFILE_DECODE_CONTEXT = (16, 2048)  # short and long context of the profiled decode steps
@@ -51,6 +51,7 @@ class Executor:
             self.shutdown()
             raise
         self.sampler = Sampler()
+        self.bitmasks = BitmaskBuffer(pinned=self.runner.device.type == "cuda")
         self.measured: Profile | None = None
 
     @property
@@ -80,7 +81,7 @@ class Executor:
                 raise
             raise self.workers.explain(e)  # noqa: B904  (explain chains e itself)
         seqs = plan.sample_seqs
-        mask = GrammarMask([s.grammar for s in seqs], self.cfg.vocab_size)  # filled while the device works
+        mask = GrammarMask([s.grammar for s in seqs], self.cfg.vocab_size, self.bitmasks)  # while the device works
         experts = int(self.runner.expert_hits.sum().item()) if self.cfg.num_experts else 0
         if result.logits is None or not seqs:
             if result.logits is not None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -162,6 +163,22 @@ class GrammarState:
         return self.matcher.is_terminated()
 
 
+class BitmaskBuffer:
+    """The host buffer token bitmasks are filled in, kept across steps (pinned for a GPU, so the
+    copy to the device is asynchronous; a step reuses it only after the last step's sampled tokens
+    came back to the host, which is after its copy)."""
+
+    def __init__(self, pinned: bool) -> None:
+        self.pinned = pinned
+        self.buffer: Tensor | None = None
+
+    def take(self, rows: int, vocab_size: int) -> Tensor:
+        shape = _xgrammar().get_bitmask_shape(rows, vocab_size)
+        if self.buffer is None or self.buffer.shape[0] < rows or self.buffer.shape[1] != shape[1]:
+            self.buffer = torch.empty((max(rows, 64), shape[1]), dtype=torch.int32, pin_memory=self.pinned)
+        return self.buffer[:rows]
+
+
 class GrammarMask:
     """The token bitmask of one step's constrained rows.
 
@@ -169,11 +186,11 @@ class GrammarMask:
     forward is launched), then applied to the logits on their device in one op.
     """
 
-    def __init__(self, grammars: list[GrammarState | None], vocab_size: int) -> None:
+    def __init__(self, grammars: list[GrammarState | None], vocab_size: int, buffer: BitmaskBuffer) -> None:
         self.rows = [i for i, g in enumerate(grammars) if g is not None]
         self.bitmask: Tensor | None = None
         if self.rows:
-            self.bitmask = _xgrammar().allocate_token_bitmask(len(grammars), vocab_size)
+            self.bitmask = buffer.take(len(grammars), vocab_size)
             for i in self.rows:
                 grammars[i].matcher.fill_next_token_bitmask(self.bitmask, i)
 
@@ -181,8 +198,6 @@ class GrammarMask:
         """Disallowed tokens of the constrained rows -> -inf, in place."""
         if self.bitmask is None:
             return
-        bitmask = self.bitmask
-        if logits.device.type != "cpu":
-            bitmask = bitmask.pin_memory().to(logits.device, non_blocking=True)
+        bitmask = self.bitmask.to(logits.device, non_blocking=True)
         indices = None if len(self.rows) == logits.shape[0] else self.rows
         _xgrammar().apply_token_bitmask_inplace(logits, bitmask, indices=indices)
