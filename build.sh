@@ -22,7 +22,7 @@ TOOLS=$ROOT/.cache/tools
 PY_PINS=("numpy==1.26.4" "tritonclient[all]==2.73.0" "nvidia-pytriton==0.7.0" "pytest==9.2.*"
          "safetensors==0.8.0" "tokenizers==0.23.3" "transformers==5.23.0" "triton==3.9.0"
          "nvidia-ml-py==13.615.71" "matplotlib==3.11.2"
-         "fastapi==0.163.2" "uvicorn==0.54.0" "openai==3.51.0" "ruff==0.17.6")
+         "fastapi==0.163.2" "uvicorn==0.54.0" "openai==3.51.0" "ruff==0.17.6" "xgrammar==0.2.8")
 TORCH_PIN="torch==2.13.0"
 PA_PIN="perf-analyzer==2.60.0"
 AIPERF_PIN="aiperf==0.13.0"

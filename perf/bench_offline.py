@@ -18,6 +18,9 @@ GPU (GPT-OSS-20B shapes, random MXFP4 experts; perf/gpu_gpt_oss_session.sh):
     chunked:2048 --prompts 8192 --tag gpt-oss-20b
 CPU (the demo model):
   python perf/bench_offline.py --model demo_model --preset cpu
+Structured outputs' cost instead (perf/bench_structured.py: half of a 64-row decode batch under a
+JSON schema, and the inter-token gaps while 20 new schemas compile):
+  python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy --structured
 """
 from __future__ import annotations
 
@@ -262,7 +265,11 @@ def main() -> None:
     ap.add_argument("--dequantize-experts", action="store_true", help="MXFP4 experts dequantized at load (GPT-OSS)")
     ap.add_argument("--out-dir", default="perf/results")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--structured", action="store_true", help="run perf/bench_structured.py's measurements instead")
     args = ap.parse_args()
+    if args.structured:
+        structured_report(args)
+        return
     cfg = dict(PRESETS[args.preset])
     cfg["modes"] = args.modes or cfg["modes"]
     cfg["num_stages"] = args.num_stages or cfg["num_stages"]
@@ -302,6 +309,18 @@ def main() -> None:
     (out / f"offline-{slug}.json").write_text(json.dumps(report, indent=1))
     (out / f"offline-{slug}.md").write_text(markdown(report))
     print(markdown(report))
+
+
+def structured_report(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_structured import run
+
+    report = run(args.model, args.load_format, batch=64, steps=30, device=None)
+    slug = report["device"].replace(" ", "-").lower() + (f"-{args.tag}" if args.tag else "")
+    out = Path(args.out_dir) / f"structured-{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """Shared fixtures: tiny random HF checkpoints written with transformers itself."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_hf_checkpoint(out: Path, moe: bool = True, num_layers: int = 3, seed: int = 0, **overrides) -> Path:
@@ -27,6 +31,17 @@ def write_hf_checkpoint(out: Path, moe: bool = True, num_layers: int = 3, seed: 
         for p in model.parameters():  # larger than HF's init so that routing and logits are decisive
             p.normal_(0.0, 0.15)
     model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    """The demo checkpoint (a real BPE tokenizer): the shipped (trained) one, else random weights written anew."""
+    shipped = ROOT / "demo_model"
+    if (shipped / "config.json").is_file():
+        return shipped
+    out = tmp_path_factory.mktemp("demo") / "demo_model"
+    subprocess.run([sys.executable, "-m", "laminar.demo", "--out", str(out), "--random"], check=True)
     return out
 
 

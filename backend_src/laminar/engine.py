@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 import torch
@@ -22,12 +23,14 @@ from laminar.sampling_params import SamplingParams
 from laminar.scheduler import Scheduler
 from laminar.sequence import Sequence, Status
 from laminar.step_plan import StepPlan, StepShape
+from laminar.structured_output import GrammarCompiler, GrammarState
 from laminar.tokenizer import IncrementalDetokenizer, Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 PREEMPTION_WINDOW = 100      # steps over which repeated preemption is noticed
 PREEMPTION_WARN_COUNT = 8    # preemptions within the window that earn a warning
 PREEMPTION_WARN_EVERY_S = 30.0
+GRAMMAR_WAIT_S = 0.05  # an idle step waits this long at most for a grammar being compiled
 
 
 class LLMEngine:
@@ -68,7 +71,11 @@ class LLMEngine:
             )
         self.scheduler = Scheduler(args, cfg.num_layers, self.blocks, self.cost)
         self.expert_bytes = self.executor.runner.model.expert_bytes()
-        self.seqs: dict[str, Sequence] = {}
+        self.seqs: dict[str, Sequence] = {}       # each request's sample 0, until all its samples finish
+        self.forks: dict[str, list[Sequence]] = {}  # samples 1.. of n > 1 requests
+        self.unfinished: dict[str, int] = {}        # samples of each request still running
+        self.compiling: dict[str, Future] = {}      # requests waiting for their grammar, out of the scheduler
+        self.grammars: GrammarCompiler | None = None  # started by the first structured request
         self.stats = EngineStats(kv_blocks_total=self.executor.runner.num_blocks)
         self.last_step: StepRecord | None = None
         self.energy = EnergyMeter(self.executor.devices)
@@ -88,22 +95,78 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise ValueError("params must be a SamplingParams")
         prompt_ids = self._prompt_ids(prompt)
+        self._check_params(params)
+        seq = self._sequence(request_id, prompt_ids, params, 0,
+                             time.monotonic() if arrival_time is None else arrival_time)
+        self.seqs[request_id] = seq
+        self.unfinished[request_id] = params.n
+        if params.structured_outputs is None:
+            self.scheduler.add(seq)
+            return
+        if self.grammars is None:
+            self.grammars = GrammarCompiler(self.args.model, self.model_config.vocab_size, sorted(self.eos_token_ids))
+        self.compiling[request_id] = self.grammars.submit(params.structured_outputs)
+
+    def _check_params(self, params: SamplingParams) -> None:
+        """What depends on the model: the tokenizer, the vocabulary."""
         if params.stop and self.tokenizer is None:
             raise ValueError("stop: stop strings need a model with a tokenizer.json")
+        if params.structured_outputs is not None and self.tokenizer is None:
+            raise ValueError("structured_outputs: a grammar needs a model with a tokenizer.json")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in params.logit_bias or {} if t >= vocab]
+        if bad:
+            raise ValueError(f"logit_bias: token ids must be in [0, {vocab}), got {bad[:4]}")
+        if params.n > self.args.max_num_seqs:
+            raise ValueError(f"n: {params.n} samples exceed max_num_seqs {self.args.max_num_seqs}")
+
+    def _sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams, index: int,
+                  arrival_time: float) -> Sequence:
+        """Sample `index` of a request: its own detokenizer and random stream."""
         detok = (
             IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop, params.skip_special_tokens)
             if self.tokenizer else None
         )
-        seq = Sequence(
+        return Sequence(
             request_id=request_id,
             prompt_token_ids=prompt_ids,
             params=params,
             generator=make_generator(params.seed, self.executor.runner.device),
             detokenizer=detok,
-            arrival_time=time.monotonic() if arrival_time is None else arrival_time,
+            arrival_time=arrival_time,
+            index=index,
         )
-        self.seqs[request_id] = seq
-        self.scheduler.add(seq)
+
+    def _start_compiled(self) -> list[RequestOutput]:
+        """Requests whose grammar is compiled join the scheduler; an invalid grammar ends its request."""
+        failed = []
+        for request_id, future in list(self.compiling.items()):
+            if not future.done():
+                continue
+            del self.compiling[request_id]
+            seq = self.seqs[request_id]
+            try:
+                seq.grammar = GrammarState(future.result())
+            except Exception as e:  # ValueError: the client's grammar; anything else must not stop the engine
+                logger.log(logging.INFO if isinstance(e, ValueError) else logging.ERROR, "grammar of %s: %s",
+                           request_id, e)
+                message = str(e) if isinstance(e, ValueError) else f"structured_outputs: {type(e).__name__}: {e}"
+                self._drop(request_id)
+                failed.append(_failed(seq, message))
+                continue
+            self.scheduler.add(seq)
+        return failed
+
+    def _fork(self, parent: Sequence) -> None:
+        """Samples 1..n-1 of parent's request, once parent's prompt is computed: they share its KV."""
+        children = []
+        for i in range(1, parent.params.n):
+            child = self._sequence(parent.request_id, parent.prompt_token_ids, parent.params.for_sample(i), i,
+                                   parent.arrival_time)
+            child.grammar = parent.grammar.fork() if parent.grammar else None
+            self.scheduler.fork(parent, child)
+            children.append(child)
+        self.forks[parent.request_id] = children
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -128,14 +191,21 @@ class LLMEngine:
         return ids
 
     def abort(self, request_id: str) -> bool:
-        """Drops a request wherever it is (queued, mid-prefill at any group, decoding) and frees its blocks."""
-        seq = self.seqs.pop(request_id, None)
-        if seq is None:
+        """Drops a request wherever it is (compiling its grammar, queued, mid-prefill at any group,
+        decoding), every sample of it, and frees their blocks."""
+        if request_id not in self.seqs:
             return False
-        self.scheduler.remove(seq)
-        seq.status = Status.FINISHED
-        seq.finish_reason = "abort"
+        for seq in self._drop(request_id):
+            if seq.status != Status.FINISHED:
+                self.scheduler.remove(seq)
+                seq.status, seq.finish_reason = Status.FINISHED, "abort"
         return True
+
+    def _drop(self, request_id: str) -> list[Sequence]:
+        """Forgets a request; returns its samples."""
+        self.compiling.pop(request_id, None)
+        self.unfinished.pop(request_id, None)
+        return [self.seqs.pop(request_id)] + self.forks.pop(request_id, [])
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.seqs)
@@ -146,11 +216,14 @@ class LLMEngine:
         if self.cycle is not None:  # the last step's decodes waited from its start to this one's
             self.cost.observe(self.cycle[0], start - self.cycle[1])
             self.cycle = None
+        failed = self._start_compiled() if self.compiling else []
         plan = self.scheduler.schedule()
         self._note_preemptions(len(plan.preempted))
         if plan.is_empty:
             self.last_step = None
-            return []
+            if self.compiling and not failed:  # nothing to run but grammars being compiled
+                wait(list(self.compiling.values()), GRAMMAR_WAIT_S, FIRST_COMPLETED)
+            return failed
         now = time.monotonic()
         for seq in (chunk.seq for seg in plan.segments for chunk in seg.chunks):
             if seq.admitted_time is None:
@@ -163,7 +236,8 @@ class LLMEngine:
         self.scheduler.advance(plan)
         done = time.monotonic()
         logprobs = result.logprobs or [None] * len(sample_seqs)
-        outputs = [self._append(seq, token, lp, done) for seq, token, lp in zip(sample_seqs, result.tokens, logprobs)]
+        outputs = failed + [self._append(seq, token, lp, done)
+                            for seq, token, lp in zip(sample_seqs, result.tokens, logprobs)]
         total_s = time.perf_counter() - start
         self._learn(plan, start, total_s)
         self._account(plan, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
@@ -200,28 +274,39 @@ class LLMEngine:
                 recent, len(self.recent_preemptions), self.blocks.num_blocks, self.blocks.block_size)
 
     def _append(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None, now: float) -> RequestOutput:
-        """Adds a sampled token, detokenizes it, and finishes the request if a stop condition holds."""
+        """Adds a sampled token, detokenizes it, and finishes the sample if a stop condition holds (a
+        grammar's end included); forks an n > 1 request's other samples at its first token."""
         seq.output_token_ids.append(token)
+        first = seq.first_token_time is None
         seq.first_token_time = seq.first_token_time or now
         params = seq.params
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
+        if first and seq.index == 0 and params.n > 1:
+            self._fork(seq)
         text, stop_hit = seq.detokenizer.step([token]) if seq.detokenizer else ("", False)
         reason = None
         if stop_hit or token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
             reason = "stop"
+        elif seq.grammar is not None and seq.grammar.terminated:
+            reason = "stop"
         elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = "length"
+        request_done = False
         if reason is not None:
             if not stop_hit and seq.detokenizer:
                 text += seq.detokenizer.finish()
             self.scheduler.remove(seq)
-            del self.seqs[seq.request_id]
             seq.status, seq.finish_reason = Status.FINISHED, reason
+            request_done = self._sample_finished(seq.request_id)
         return RequestOutput(
             request_id=seq.request_id,
             new_token_ids=[token],
             new_text=text,
-            finished=reason is not None,
+            finished=request_done,
             finish_reason=reason,
+            index=seq.index,
+            prompt_logprobs=[None] + seq.prompt_logprobs if first and params.prompt_logprobs is not None else None,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=len(seq.output_token_ids),
             num_cached_tokens=seq.num_cached_tokens or 0,
@@ -230,6 +315,14 @@ class LLMEngine:
             first_token_time=seq.first_token_time,
             logprobs=None if logprobs is None else [logprobs],
         )
+
+    def _sample_finished(self, request_id: str) -> bool:
+        """Counts a sample out; True when it was the request's last."""
+        self.unfinished[request_id] -= 1
+        if self.unfinished[request_id]:
+            return False
+        self._drop(request_id)
+        return True
 
     def _account(self, plan: StepPlan, sample_seqs: list[Sequence], experts_touched: int, cpu_s: float,
                  total_s: float) -> None:
@@ -277,8 +370,19 @@ class LLMEngine:
         """Ends the engine: aborts what is left and stops the TP workers it started (the executor
         of another engine it borrowed stays up)."""
         self.abort_all()
+        if self.grammars is not None:
+            self.grammars.shutdown()
         if self.owns_executor:
             self.executor.shutdown()
+
+
+def _failed(seq: Sequence, error: str) -> RequestOutput:
+    """The final output of a request that could not start."""
+    return RequestOutput(
+        request_id=seq.request_id, new_token_ids=[], new_text="", finished=True, finish_reason=None,
+        num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=0, arrival_time=seq.arrival_time,
+        scheduled_time=None, first_token_time=None, error=error,
+    )
 
 
 def _has_tokenizer(model_dir: str) -> bool:

@@ -14,9 +14,11 @@ from laminar.distributed import ShardLayout, TensorParallel
 from laminar.model_runner import ModelRunner
 from laminar.outputs import TokenLogprobs
 from laminar.profiler import Profiler
+from laminar.prompt_logprobs import collect_prompt_logprobs, prompt_spans
 from laminar.sampler import Sampler
 from laminar.step_inputs import SegmentInputs, StepInputs
 from laminar.step_plan import StepPlan, stacked
+from laminar.structured_output import BitmaskBuffer, GrammarMask
 from laminar.tp_worker import WorkerGroup
 
 
@@ -46,6 +48,7 @@ class Executor:
             raise
         self.sampler = Sampler()
         self.profiler = Profiler(self.runner, self.workers, args, max_model_len)
+        self.bitmasks = BitmaskBuffer(pinned=self.runner.device.type == "cuda")
 
     @property
     def devices(self) -> list[torch.device]:
@@ -57,9 +60,12 @@ class Executor:
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
-        """One iteration of the plan, workers included; samples the plan's tokens."""
+        """One iteration of the plan, workers included; samples the plan's tokens (their grammars'
+        masks applied first) and collects the prompt logprobs the plan's prompt rows owe."""
         start = time.perf_counter()
         inputs = plan_inputs(plan)
+        spans = prompt_spans(plan)
+        inputs.logits_rows += [row for span in spans for row in span.rows]  # after the sampled rows
         try:
             if self.workers is not None:
                 self.workers.send(inputs)
@@ -70,12 +76,18 @@ class Executor:
             if self.workers is None:
                 raise
             raise self.workers.explain(e)  # noqa: B904  (explain chains e itself)
-        experts = int(self.runner.expert_hits.sum().item()) if self.cfg.num_experts else 0
         seqs = plan.sample_seqs
-        if result.logits is None:
+        mask = GrammarMask([s.grammar for s in seqs], self.cfg.vocab_size, self.bitmasks)  # while the device works
+        experts = int(self.runner.expert_hits.sum().item()) if self.cfg.num_experts else 0
+        if result.logits is None or not seqs:
+            if result.logits is not None:
+                collect_prompt_logprobs(result.logits, spans)
             self.runner.synchronize()  # the step's time must include its GPU work (the cost model learns from it)
             return StepResult([], experts, prepare_s)
-        sampled = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs],
+        logits = result.logits[:len(seqs)]
+        collect_prompt_logprobs(result.logits[len(seqs):], spans)
+        mask.apply(logits)
+        sampled = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs],
                                [(s.prompt_token_ids, s.output_token_ids) for s in seqs])
         return StepResult(sampled.tokens.tolist(), experts, prepare_s, sampled.logprobs)
 

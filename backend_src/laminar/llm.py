@@ -16,13 +16,16 @@ class LLM:
         prompts: str | list[int] | list[str | list[int]],
         sampling_params: SamplingParams | list[SamplingParams] | None = None,
     ) -> list[CompletionOutput]:
-        """Runs prompts to completion; one output per prompt, in order."""
+        """Runs prompts to completion; one output per prompt, in order (n must be 1: LLMEngine streams
+        the samples of n > 1 requests). A grammar that does not compile raises ValueError."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = sampling_params or SamplingParams()
         params = params if isinstance(params, list) else [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
+        if any(p.n != 1 for p in params):
+            raise ValueError("LLM.generate returns one completion per prompt: n must be 1")
         base = self.engine.stats.iterations
         ids = [f"generate-{base}-{i}" for i in range(len(prompts))]
         results: dict[str, CompletionOutput] = {}
@@ -33,6 +36,8 @@ class LLM:
                 results[rid] = CompletionOutput(rid, list(seq.prompt_token_ids), [], "", None)
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
+                    if out.error is not None:
+                        raise ValueError(out.error)
                     done = results[out.request_id]
                     done.token_ids.extend(out.new_token_ids)
                     done.text += out.new_text

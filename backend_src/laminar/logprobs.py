@@ -20,14 +20,19 @@ def gather_logprobs(processed: Tensor, tokens: Tensor, params: list[SamplingPara
     rows = [i for i, p in enumerate(params) if p.logprobs is not None]
     row_index = torch.tensor(rows, device=processed.device)
     logprobs = processed.index_select(0, row_index).float().log_softmax(dim=-1)
-    chosen = tokens.index_select(0, row_index).unsqueeze(1)
+    entries = token_logprobs(logprobs, tokens.index_select(0, row_index), [params[i].logprobs for i in rows])
+    out: list[TokenLogprobs | None] = [None] * len(params)
+    for i, entry in zip(rows, entries):
+        out[i] = entry
+    return out
+
+
+def token_logprobs(logprobs: Tensor, tokens: Tensor, ks: list[int]) -> list[TokenLogprobs]:
+    """Row i: tokens[i]'s logprob and rank in logprobs[i], and its ks[i] most likely tokens."""
+    chosen = tokens.unsqueeze(1)
     chosen_logprob = logprobs.gather(1, chosen)
     ranks = (logprobs > chosen_logprob).sum(dim=-1) + 1
-    k = max(params[i].logprobs for i in rows)
-    top_logprobs, top_ids = logprobs.topk(k, dim=-1)
+    top_logprobs, top_ids = logprobs.topk(max(ks), dim=-1)
     host = [t.tolist() for t in (chosen.squeeze(1), chosen_logprob.squeeze(1), ranks, top_ids, top_logprobs)]
-    out: list[TokenLogprobs | None] = [None] * len(params)
-    for i, token, logprob, rank, ids, lps in zip(rows, *host):
-        n = params[i].logprobs
-        out[i] = TokenLogprobs(token_id=token, logprob=logprob, rank=rank, top=list(zip(ids[:n], lps[:n])))
-    return out
+    return [TokenLogprobs(token_id=token, logprob=logprob, rank=rank, top=list(zip(ids[:k], lps[:k])))
+            for k, token, logprob, rank, ids, lps in zip(ks, *host)]

@@ -21,8 +21,8 @@ class RequestOutput:
     request_id: str
     new_token_ids: list[int]
     new_text: str
-    finished: bool
-    finish_reason: str | None          # "stop" | "length" once finished
+    finished: bool                     # the request's last output (every sample of it has finished)
+    finish_reason: str | None          # "stop" | "length" once this sample has finished
     num_prompt_tokens: int
     num_output_tokens: int
     arrival_time: float
@@ -30,6 +30,9 @@ class RequestOutput:
     first_token_time: float | None
     logprobs: list[TokenLogprobs] | None = None  # one per new token when the request asked for them
     num_cached_tokens: int = 0         # prompt tokens whose KV came from the prefix cache (first admission)
+    index: int = 0                     # the sample (n > 1) this output belongs to
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # on a sample's first output, when asked
+    error: str | None = None           # the request failed before it ran (an invalid grammar); finished
 
 
 @dataclass

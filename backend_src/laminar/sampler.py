@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from laminar.logit_bias import apply_logit_bias
 from laminar.logprobs import gather_logprobs
 from laminar.outputs import TokenLogprobs
 from laminar.penalties import TokenHistory, apply_penalties
@@ -67,7 +68,8 @@ class SamplerOutput:
 class Sampler:
     """Picks one token per row of a logits batch.
 
-    Penalties (laminar.penalties) change the logits first, for greedy and sampled rows alike.
+    Logit biases (laminar.logit_bias), then penalties (laminar.penalties) change the logits first,
+    for greedy and sampled rows alike (a grammar's mask, laminar.structured_output, comes before).
 
     Sampling uses the exponential race (argmax of p / E with E ~ Exp(1)), which equals a
     categorical draw but needs no cumulative sums or host syncs. Seeded rows draw their
@@ -88,6 +90,7 @@ class Sampler:
             raise ValueError(
                 f"got {batch} logits rows, {len(params)} params, {len(generators)} generators"
             )
+        logits = apply_logit_bias(logits, params)
         if any(p.penalized for p in params):
             if histories is None or len(histories) != batch:
                 raise ValueError("penalties need one token history per logits row")

@@ -1,12 +1,19 @@
 """Per-request sampling parameters, validated up front so the engine never sees bad values."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 # The OpenAI API's top_logprobs limit; a bound keeps one request from making every step's top-k slow.
 MAX_LOGPROBS = 20
 GREEDY_TEMPERATURE = 1e-5
+MAX_N = 64            # samples per request (each is a sequence in the batch)
+MAX_LOGIT_BIAS = 100.0
+# structured_outputs kinds -> the JSON types their value may have (exactly one kind per request).
+STRUCTURED_KINDS: dict[str, tuple[type, ...]] = {
+    "json": (dict, str), "json_object": (bool,), "regex": (str,), "choice": (list,), "grammar": (str,),
+    "structural_tag": (dict, str),
+}
 
 
 def _is_int(value: Any) -> bool:
@@ -43,6 +50,14 @@ class SamplingParams:
         and negative logits multiplied by it; > 0, values above 1 discourage repeats.
       logprobs=None: return each sampled token's log-probability, its rank and the `logprobs`
         most likely alternatives (0 = the sampled token only); in [0, 20].
+      n=1: independent samples of the same prompt; the prompt is computed once and its KV
+        blocks are shared; sample i draws from seed + i when a seed is given.
+      logit_bias=None: {token id: bias in [-100, 100]} added to the logits before sampling.
+      prompt_logprobs=None: the log-probability of every prompt token (after the first) under
+        the model, with its rank and the k most likely alternatives; in [0, 20].
+      structured_outputs=None: constrain the output to exactly one of {"json": schema},
+        {"json_object": true}, {"regex": str}, {"choice": [str, ...]}, {"grammar": EBNF str},
+        {"structural_tag": object}; compiled by laminar.structured_output.
     """
 
     max_tokens: int = 16
@@ -59,6 +74,10 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None
+    n: int = 1
+    logit_bias: dict[int, float] | None = None
+    prompt_logprobs: int | None = None
+    structured_outputs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -76,6 +95,8 @@ class SamplingParams:
         self.repetition_penalty = float(self.repetition_penalty)
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
+        if self.logit_bias is not None:
+            self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
 
     def _validate(self) -> None:
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
@@ -112,6 +133,20 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be a number > 0, got {self.repetition_penalty!r}")
         if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be an int in [0, {MAX_LOGPROBS}] or None, got {self.logprobs!r}")
+        if not _is_int(self.n) or not 1 <= self.n <= MAX_N:
+            raise ValueError(f"n must be an int in [1, {MAX_N}], got {self.n!r}")
+        if self.prompt_logprobs is not None and (
+                not _is_int(self.prompt_logprobs) or not 0 <= self.prompt_logprobs <= MAX_LOGPROBS):
+            raise ValueError(
+                f"prompt_logprobs must be an int in [0, {MAX_LOGPROBS}] or None, got {self.prompt_logprobs!r}")
+        _check_logit_bias(self.logit_bias)
+        _check_structured_outputs(self.structured_outputs)
+
+    def for_sample(self, index: int) -> SamplingParams:
+        """Sample `index` of an n > 1 request: its own seed stream, and the prompt's logprobs
+        reported once (by sample 0)."""
+        seed = None if self.seed is None else self.seed + index
+        return replace(self, n=1, seed=seed, prompt_logprobs=self.prompt_logprobs if index == 0 else None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamplingParams:
@@ -135,3 +170,35 @@ class SamplingParams:
         """Greedy rows skip filtering and random draws entirely. Temperatures below GREEDY_TEMPERATURE
         count as 0: dividing logits by ~0 overflows to inf."""
         return self.temperature < GREEDY_TEMPERATURE
+
+
+def _check_logit_bias(bias: Any) -> None:
+    """Keys may be ints or decimal strings (JSON object keys are strings)."""
+    if bias is None:
+        return
+    if not isinstance(bias, dict):
+        raise ValueError(f"logit_bias must be an object of token id -> bias, got {bias!r}")
+    for key, value in bias.items():
+        if not (_is_int(key) or (isinstance(key, str) and key.strip().isdigit())) or int(key) < 0:
+            raise ValueError(f"logit_bias keys must be token ids >= 0, got {key!r}")
+        if not _is_number(value) or not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias[{key!r}] must be a number in [-100, 100], got {value!r}")
+
+
+def _check_structured_outputs(spec: Any) -> None:
+    """The shape only; whether the schema, regex or grammar itself is valid is found when it compiles."""
+    if spec is None:
+        return
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"structured_outputs must be an object with exactly one of "
+                         f"{', '.join(STRUCTURED_KINDS)}, got {spec!r}"[:300])
+    kind, value = next(iter(spec.items()))
+    if kind not in STRUCTURED_KINDS:
+        raise ValueError(f"structured_outputs: unknown kind {kind!r} (one of {', '.join(STRUCTURED_KINDS)})")
+    if not isinstance(value, STRUCTURED_KINDS[kind]):
+        names = " or ".join(t.__name__ for t in STRUCTURED_KINDS[kind])
+        raise ValueError(f"structured_outputs.{kind} must be a {names}, got {type(value).__name__}")
+    if kind == "json_object" and value is not True:
+        raise ValueError("structured_outputs.json_object must be true")
+    if kind == "choice" and (not value or not all(isinstance(c, str) for c in value)):
+        raise ValueError("structured_outputs.choice must be a non-empty list of strings")

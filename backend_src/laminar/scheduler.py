@@ -121,7 +121,19 @@ class Scheduler:
         self.batches.append(batch)
         return batch
 
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Admits another sample of parent's prompt: it shares parent's prompt blocks (reference
+        counted) but the one holding the last prompt token, whose logits it computes itself, as
+        a prefix-cache hit would. Parent's prompt KV must be complete (it has sampled)."""
+        shared = (parent.num_prompt_tokens - 1) // self.blocks.block_size
+        self.blocks.admit(child, parent.block_table[:shared])
+        child.num_computed = child.num_cached_tokens = shared * self.blocks.block_size
+        child.status = Status.PREFILLING
+        self.prefilling.append(child)
+
     def _cached_prefix(self, seq: Sequence) -> list[int]:
+        if seq.params.prompt_logprobs is not None:
+            return []  # a cached prefix has no logits to take prompt logprobs from
         if seq not in self.lookups:
             self.lookups[seq] = self.blocks.lookup(seq)
         return self.lookups[seq]

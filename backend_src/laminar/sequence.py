@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from laminar.sampling_params import SamplingParams
 from laminar.tokenizer import IncrementalDetokenizer
+
+if TYPE_CHECKING:
+    from laminar.outputs import TokenLogprobs
+    from laminar.structured_output import GrammarState
 
 
 class Status(enum.Enum):
@@ -43,6 +48,9 @@ class Sequence:
     num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache at first admission
     block_hashes: list[bytes] = field(default_factory=list)  # chain hashes of its first full blocks
     num_registered_blocks: int = 0  # blocks of block_table already offered to the prefix cache
+    index: int = 0  # which sample of its request (n > 1 forks samples 1.. from sample 0)
+    grammar: GrammarState | None = None  # structured outputs: the matcher over output_token_ids
+    prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)  # prompt tokens 1.. so far
 
     @property
     def num_prompt_tokens(self) -> int:

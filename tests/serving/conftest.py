@@ -2,27 +2,15 @@
 schedule modes, and one real tritonserver serving it."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from laminar import EngineArgs, LLMEngine
-from laminar.client.triton_server import ROOT, TritonServer, write_variant
+from laminar.client.triton_server import TritonServer, write_variant
 
 MODES = {"layered": "laminar", "chunked": "laminar_chunked"}
 SLO_MODEL = "laminar_slo"  # layered prefill under the SLO policy
-
-
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory) -> Path:
-    shipped = ROOT / "demo_model"
-    if (shipped / "config.json").is_file():
-        return shipped
-    out = tmp_path_factory.mktemp("demo") / "demo_model"
-    subprocess.run([sys.executable, "-m", "laminar.demo", "--out", str(out), "--random"], check=True)
-    return out
 
 
 @pytest.fixture(scope="session")

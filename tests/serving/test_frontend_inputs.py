@@ -48,7 +48,9 @@ def test_vllm_style_json_with_numeric_strings_n_and_return_logprobs():
 
 
 @pytest.mark.parametrize("sp, needle", [
-    ({"n": 2}, "'n' must be 1"),
+    ({"n": 0}, "n must be an int in \\[1, 64\\]"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "exactly one of"),
+    ({"logit_bias": {"5": 101}}, "logit_bias"),
     ({"max_tokens": "many"}, "'max_tokens' must be a number"),
     ({"presence_penalty": 3}, "presence_penalty"),
 ])

@@ -189,6 +189,10 @@ class EngineLoop:
             active = self._active.get(out.request_id)
             if active is None:
                 continue
+            if out.error is not None:  # it never ran (an invalid grammar): the client's mistake
+                del self._active[out.request_id]
+                self.reject(active.sink, active.client_id, out.error)
+                continue
             self._observe_tokens(active, out, now)
             if out.finished:
                 del self._active[out.request_id]

@@ -8,7 +8,9 @@ end_id, ...) and token-level prompts (input_ids). Scalars may be [1] or [1, 1] a
 itself holds requests to config.pbtxt's dims ([1]) before they reach the model.
 
 sampling_parameters follows vLLM's JSON: numbers may be numeric strings (genai-perf sends
-`"max_tokens": "256"`), and `n` is accepted when it is 1 (NVIDIA's OpenAI frontend always sends it).
+`"max_tokens": "256"`). It also carries n (TensorRT-LLM's tensor: num_return_sequences),
+logit_bias, prompt_logprobs and structured_outputs (laminar.sampling_params checks their shape;
+a schema, regex or grammar is checked when it compiles, in the engine).
 """
 from __future__ import annotations
 
@@ -110,6 +112,7 @@ _FIELD_TENSORS: dict[str, tuple[str, Callable[[str, np.ndarray], Any]]] = {
     "ignore_eos": ("ignore_eos", _as_bool),
     "stop_words": ("stop", _as_text_list),
     "end_id": ("stop_token_ids", lambda n, a: [_as_token_id(n, a)]),
+    "num_return_sequences": ("n", _as_int),
 }
 _FLAGS = ("stream", "exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens",
           "return_num_cached_tokens", "return_logprobs")
@@ -158,16 +161,13 @@ def _sampling_dict(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return fields
 
 
-_INT_FIELDS = ("max_tokens", "top_k", "seed", "logprobs")
+_INT_FIELDS = ("max_tokens", "top_k", "seed", "logprobs", "n", "prompt_logprobs")
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
 def _vllm_json_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Numeric strings -> numbers, and `n` (only 1 is supported) dropped."""
+    """Numeric strings -> numbers."""
     fields = dict(fields)
-    n = fields.pop("n", 1)
-    if str(n).strip() != "1":
-        raise RequestError(f"sampling field 'n' must be 1 (one sequence per request), got {n!r}")
     for names, convert in ((_INT_FIELDS, int), (_FLOAT_FIELDS, float)):
         for name in names:
             value = fields.get(name)
