@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from laminar.layered_prefill import StepPlan
+from laminar.step_plan import StepPlan
 from laminar.logprobs import token_logprobs
 from laminar.sequence import Sequence
 

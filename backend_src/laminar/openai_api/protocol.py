@@ -15,14 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from laminar.openai_api.errors import bad_request
 from laminar.openai_api.families import Family, PlainFamily, forced_tool_calls, named_tool_call
-from laminar.sampling_params import SamplingParams
+from laminar.sampling_params import STRUCTURED_KINDS, SamplingParams
 
 # Without max_tokens a chat completion runs until a stop condition or max_model_len.
 UNLIMITED_TOKENS = 2**31 - 1
 # The OpenAI API's default for the legacy completions endpoint.
 COMPLETION_DEFAULT_MAX_TOKENS = 16
-# vLLM's structured_outputs: exactly one of these per request (the Triton contract's keys).
-STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar", "structural_tag")
 
 
 class StreamOptions(BaseModel):
