@@ -13,9 +13,9 @@ import urllib.request
 
 import openai
 import pytest
-from triton_server import ROOT, free_port
 
 from laminar.client.openai_stack import wait_http
+from laminar.client.triton_server import ROOT, free_port
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}

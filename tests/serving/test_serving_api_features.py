@@ -13,8 +13,9 @@ import urllib.request
 import numpy as np
 import pytest
 from conftest import MODES, SLO_MODEL
-from grpc_stream import Stream, generate, text
-from triton_server import ROOT
+
+from laminar.client.grpc_stream import Stream, generate, text
+from laminar.client.triton_server import ROOT
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "code", "open"],
           "properties": {"city": {"type": "string", "maxLength": 10},
