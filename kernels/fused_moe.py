@@ -10,6 +10,7 @@ from .moe_align import max_padded_rows, moe_align
 from .moe_config import get_config
 from .moe_gemm import moe_gemm_kernel
 from .moe_gemm_tma import moe_gemm_tma_kernel
+from .moe_mxfp4 import launch_mxfp4_gemm, mxfp4_config
 from .moe_reduce import topk_sum
 
 
@@ -24,12 +25,17 @@ def _launch_gemm(
     max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool, sorted_act: bool,
     scales: torch.Tensor | None = None, bias: torch.Tensor | None = None, swiglu: tuple[float, float] | None = None,
 ) -> None:
-    """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32].
+    """One projection: b dense [E, N, K], or MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32], or
+    MXFP4 in the kernel form of kernels.mxfp4_layout (b 3-D), which kernels.moe_mxfp4 multiplies.
 
     The gated (up) projection gathers token rows of a; the other (down) scatters c to token*top_k
     rows. sorted_act (dense weights only) takes kernels.moe_gemm_tma: the activation between the
     two in sorted order, written and read through TMA, weights through TMA.
     """
+    if scales is not None and b.dim() == 3:  # MXFP4 in kernels.mxfp4_layout's form
+        launch_mxfp4_gemm(a, b, scales, c, weights, align, n_valid, max_rows, block_m, cfg, a_div, gated, weighted,
+                          bias, swiglu)
+        return
     sorted_ids, expert_ids, total = align
     n_out = b.shape[1] // 2 if gated else b.shape[1]
     k_dim = b.shape[2] if scales is None else scales.shape[2] * 32
@@ -70,7 +76,8 @@ def fused_moe(
     """Mixture of SwiGLU experts. x [T, H], w13 [E, 2I, H] (gate | up), w2 [E, H, I] -> [T, H].
 
     Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales,
-    the clamped SwiGLU). `config` overrides the table lookup (the tuner uses it).
+    the clamped SwiGLU); MXFP4 weights may also come in kernels.mxfp4_layout's form (3-D w13 / w2).
+    `config` overrides the table lookup (the tuner uses it).
     Where the config says "TMA" (tuned prefill rows; dense weights) the activation between the GEMMs
     is kept in expert-sorted order, padding rows included (max_padded_rows x I), so that the down
     GEMM reads it as contiguous tiles (kernels.moe_gemm_tma); otherwise it is in token*top_k order.
@@ -81,6 +88,8 @@ def fused_moe(
     if n_tok == 0:
         return torch.empty_like(x)
     x = x if x.stride(-1) == 1 else x.contiguous()
+    if config is None and w13_scales is not None and w13.dim() == 3:
+        config = mxfp4_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device)
     cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device, w13_scales is not None)
     block_m = cfg["BLOCK_M"]
     n_valid = n_tok * top_k

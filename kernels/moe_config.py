@@ -17,9 +17,11 @@ import torch
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-def config_file_name(n_experts: int, hidden: int, inter: int, device_name: str, mxfp4: bool = False) -> str:
-    """One table per expert shape, weight format and GPU model (tile choices differ across all three)."""
-    return f"E{n_experts}_H{hidden}_I{inter}{'_MXFP4' if mxfp4 else ''}_{device_name.replace(' ', '_')}.json"
+def config_file_name(n_experts: int, hidden: int, inter: int, device_name: str, mxfp4: bool | str = False) -> str:
+    """One table per expert shape, weight format and GPU model (tile choices differ across all three).
+    mxfp4: True for the release-layout MXFP4 GEMM, or a kernel's own tag (kernels.moe_mxfp4.FORM)."""
+    tag = "_MXFP4" if mxfp4 is True else (f"_{mxfp4}" if mxfp4 else "")
+    return f"E{n_experts}_H{hidden}_I{inter}{tag}_{device_name.replace(' ', '_')}.json"
 
 
 def device_name(device: torch.device) -> str:
