@@ -67,6 +67,10 @@ class ModelRunner:
             load_safetensors(model, self.args.model)
         if self.args.dequantize_experts:
             model.dequantize_experts()
+        elif get_ops(self.device) is not torch_ops:  # the Triton MoE reads MXFP4 experts in a layout of its own
+            from laminar_kernels.mxfp4_layout import prepare_mxfp4_for_kernels
+
+            prepare_mxfp4_for_kernels(model)
         return model
 
     @torch.inference_mode()
