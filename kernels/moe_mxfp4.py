@@ -78,16 +78,20 @@ def _load_act(a_rows, k, row_ok, k_dim, stride_ak, SWAP: tl.constexpr):
     """32 columns of the tile's activation rows from column k: [32, M] when SWAP, else [M, 32]."""
     offs = k + tl.arange(0, 32)
     k_ok = offs < k_dim
-    if SWAP:
-        return tl.load(a_rows[None, :] + offs[:, None] * stride_ak, mask=row_ok[None, :] & k_ok[:, None], other=0.0)
-    return tl.load(a_rows[:, None] + offs[None, :] * stride_ak, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+    if SWAP:  # one return: Triton wants every return of a function to have one type
+        act = tl.load(a_rows[None, :] + offs[:, None] * stride_ak, mask=row_ok[None, :] & k_ok[:, None], other=0.0)
+    else:
+        act = tl.load(a_rows[:, None] + offs[None, :] * stride_ak, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+    return act
 
 
 @triton.jit
 def _mma(acc, act, w, SWAP: tl.constexpr, PRECISION: tl.constexpr):
     if SWAP:
-        return tl.dot(w, act, acc, input_precision=PRECISION)
-    return tl.dot(act, tl.trans(w), acc, input_precision=PRECISION)
+        acc = tl.dot(w, act, acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(act, tl.trans(w), acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit

@@ -47,10 +47,9 @@ def _gemm(bn: int, bk: int, group: int, warps: int, stages: int, persistent: int
 def mxfp4_kernel_candidates(block_m: int) -> list[dict]:
     """kernels.moe_mxfp4: weights on the MMA's M side (SWAP) for small token tiles, both sides at 64,
     activations there for tall tiles; BLOCK_K a multiple of the layout's 64-value tile."""
-    swap = [dict(_gemm(bn, bk, 1 if block_m < 64 else 8, w, s), SWAP=True) for bn in (64, 128) for bk in (64, 128, 256)
-            for w, s in ((4, 3), (4, 4), (8, 3)) if not (bk == 256 and s == 4)] if block_m <= 64 else []
-    plain = [dict(_gemm(bn, bk, 8, w, s), SWAP=False) for bn in (64, 128, 256) for bk in (64, 128)
-             for w, s in ((4, 3), (8, 3), (8, 4))] if block_m >= 64 else []
+    tiles = [(bn, bk, w, s) for bn in (64, 128) for bk in (64, 128) for w, s in ((4, 3), (4, 4), (8, 3))]
+    swap = [dict(_gemm(bn, bk, 1 if block_m < 64 else 8, w, s), SWAP=True) for bn, bk, w, s in tiles] if block_m <= 64 else []
+    plain = [dict(_gemm(bn, bk, 8, w, s), SWAP=False) for bn, bk, w, s in tiles] if block_m >= 64 else []
     return swap + plain
 
 
