@@ -48,7 +48,9 @@ def mxfp4_kernel_candidates(block_m: int) -> list[dict]:
     """kernels.moe_mxfp4: weights on the MMA's M side (SWAP) for small token tiles, both sides at 64,
     activations there for tall tiles; BLOCK_K a multiple of the layout's 64-value tile."""
     tiles = [(bn, bk, w, s) for bn in (64, 128) for bk in (64, 128) for w, s in ((4, 3), (4, 4), (8, 3))]
-    swap = [dict(_gemm(bn, bk, 1 if block_m < 64 else 8, w, s), SWAP=True) for bn, bk, w, s in tiles] if block_m <= 64 else []
+    narrow = [(32, 128, 4, 3), (32, 64, 4, 4)]  # more programs for the few experts of a decode step
+    swap = [dict(_gemm(bn, bk, 1 if block_m < 64 else 8, w, s), SWAP=True) for bn, bk, w, s in tiles + narrow
+            ] if block_m <= 64 else []
     plain = [dict(_gemm(bn, bk, 8, w, s), SWAP=False) for bn, bk, w, s in tiles] if block_m >= 64 else []
     return swap + plain
 
