@@ -181,15 +181,17 @@ def _gemm(bn: int, bk: int, group: int, warps: int, stages: int, swap: bool) -> 
 
 
 def default_mxfp4_config(n_tokens: int, top_k: int, n_experts: int, on_gpu: bool) -> dict:
-    """Heuristic tiles: weights on the MMA's M side while an expert has few rows, activations there after."""
+    """Heuristic tiles (the H100 table's picks): weights on the MMA's M side, narrow tiles while a step
+    touches few experts (more programs), activations on the M side of the down GEMM for prefill."""
     if not on_gpu:  # interpreter: fewer, larger programs run fastest
         return {"BLOCK_M": 16, "up": _gemm(64, 64, 1, 4, 1, True), "down": _gemm(64, 64, 1, 4, 1, True)}
     rows_per_expert = n_tokens * top_k / max(n_experts, 1)
+    if rows_per_expert <= 1:
+        return {"BLOCK_M": 16, "up": _gemm(32, 128, 1, 4, 3, True), "down": _gemm(32, 128, 1, 4, 3, True)}
     if rows_per_expert <= 16:
-        return {"BLOCK_M": 16, "up": _gemm(64, 128, 1, 4, 3, True), "down": _gemm(64, 128, 1, 4, 3, True)}
-    if rows_per_expert <= 64:
-        return {"BLOCK_M": 64, "up": _gemm(128, 64, 8, 4, 3, True), "down": _gemm(128, 64, 8, 4, 3, True)}
-    return {"BLOCK_M": 128, "up": _gemm(128, 64, 8, 8, 3, False), "down": _gemm(128, 64, 8, 8, 3, False)}
+        return {"BLOCK_M": 32, "up": _gemm(64, 64, 1, 4, 3, True), "down": _gemm(64, 64, 1, 4, 3, True)}
+    down = _gemm(64, 128, 8, 4, 3, True) if rows_per_expert <= 64 else _gemm(128, 64, 8, 4, 3, False)
+    return {"BLOCK_M": 64, "up": _gemm(64, 64, 8, 4, 3, True), "down": down}
 
 
 def mxfp4_config(n_tokens: int, top_k: int, n_experts: int, hidden: int, inter: int, dtype: torch.dtype,
