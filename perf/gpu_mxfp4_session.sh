@@ -4,7 +4,7 @@
 #   VARIANTS=1  perf/mxfp4_variants.py (inline-PTX vs plain-Triton upcast)
 #   TUNE="shape..." TOKENS="n..."  perf/tune_moe.py --mxfp4-kernel-layout (tables copied to $OUT)
 #   BENCH=1     perf/bench_moe_mxfp4.py: bf16 vs old (release-layout) vs new MXFP4 kernel
-#   GPU_TESTS=1 the GPT-OSS GPU tests (engine GPU == CPU, graphs == eager) and the MoE kernel tests
+#   GPU_TESTS=1 the GPT-OSS GPU tests (engine GPU == CPU, graphs == eager) and kernels.moe_mxfp4's tests
 #   OFFLINE=1   perf/bench_offline.py GPT-OSS-20B (dummy) on this tree and on BASELINE's (main's) tree
 # Step limits: TEST_S, VARIANTS_S, TUNE_S, BENCH_S, GPU_TESTS_S, OFFLINE_S (seconds).
 set -o pipefail
@@ -32,7 +32,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   fi
   if [ -n "$GPU_TESTS" ]; then
     timeout "${GPU_TESTS_S:-150}" python3 -m pytest -q -rf -p no:cacheprovider tests/gpu/test_gpt_oss_gpu.py \
-      tests/kernels/test_moe_gpt_oss.py tests/kernels/test_moe_mxfp4.py -n 4 2>&1 | tail -8
+      tests/kernels/test_moe_mxfp4.py -n 4 2>&1 | tail -8
   fi
   if [ -n "$OFFLINE" ]; then
     for tree in "$PWD" "${BASELINE:-$PWD/../..}"; do
