@@ -4,7 +4,8 @@ Tables live in kernels/configs/ and are written by perf/tune_moe.py. Each maps a
 count to {"BLOCK_M", "up": {...}, "down": {...}}; a lookup takes the nearest token count.
 BLOCK_M is shared by both GEMMs because it fixes the expert padding of one moe_align.
 MXFP4 experts have tables of their own (decoding in registers changes which tiles win); their
-BLOCK_K must be a multiple of 32, one scale group, as every heuristic tile is.
+BLOCK_K must be a multiple of 32, one scale group, as every heuristic tile is. MXFP4 experts in
+kernels.mxfp4_layout's form have theirs too (tag kernels.moe_mxfp4.FORM, read by moe_mxfp4).
 """
 from __future__ import annotations
 
