@@ -8,9 +8,10 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .common import device_sms, dot_precision, to_tl_dtype
 from .fp8 import GROUP, quantize_rows, scale_block
 from .moe_align import max_padded_rows, moe_align
-from .moe_config import get_config, weight_format
+from .moe_config import MXFP4_KERNEL_LAYOUT, get_config, weight_format
 from .moe_gemm import moe_gemm_kernel
 from .moe_gemm_tma import moe_gemm_tma_kernel
+from .moe_mxfp4 import launch_mxfp4_gemm, mxfp4_config
 from .moe_reduce import topk_sum
 
 
@@ -28,12 +29,17 @@ def _launch_gemm(
 ) -> None:
     """One projection: b dense [E, N, K], MXFP4 blocks [E, N, K/32, 16] with scales [E, N, K/32], or
     FP8 [E, N, K] with block or channel scales (kernels.fp8.scale_block).
+    MXFP4 in the kernel form of kernels.mxfp4_layout (b 3-D) goes to kernels.moe_mxfp4.
 
     The gated (up) projection gathers token rows of a; the other (down) scatters c to token*top_k
     rows. sorted_act (dense weights only) takes kernels.moe_gemm_tma: the activation between the
     two in sorted order, written and read through TMA, weights through TMA. FP8 a (W8A8) comes with
     its 128-group scales a_scales; an FP8 c is written quantized with its scales into c_scales.
     """
+    if b.dtype == torch.uint8 and b.dim() == 3:  # MXFP4 in kernels.mxfp4_layout's form
+        launch_mxfp4_gemm(a, b, scales, c, weights, align, n_valid, max_rows, block_m, cfg, a_div, gated, weighted,
+                          bias, swiglu)
+        return
     sorted_ids, expert_ids, total = align
     n_out = b.shape[1] // 2 if gated else b.shape[1]
     fp8 = b.dtype == torch.float8_e4m3fn
@@ -83,12 +89,12 @@ def fused_moe(
 ) -> torch.Tensor:
     """Mixture of SwiGLU experts. x [T, H], w13 [E, 2I, H] (gate | up), w2 [E, H, I] -> [T, H].
 
-    Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales, FP8
-    weights with block or channel scales, the clamped SwiGLU). `config` overrides the table lookup
-    (the tuner uses it). Where the config says "TMA" (tuned prefill rows; dense weights) the
-    activation between the GEMMs is kept in expert-sorted order, padding rows included
-    (max_padded_rows x I), so that the down GEMM reads it as contiguous tiles
-    (kernels.moe_gemm_tma); otherwise it is in token*top_k order. FP8 rows with "A8" run W8A8
+    Same semantics as laminar.ops.torch_ops.fused_moe (biases, MXFP4 blocks with their scales, in
+    the release's form or kernels.mxfp4_layout's (3-D w13 / w2), FP8 weights with block or channel
+    scales, the clamped SwiGLU). `config` overrides the table lookup (the tuner uses it). Where the
+    config says "TMA" (tuned prefill rows; dense weights) the activation between the GEMMs is kept
+    in expert-sorted order, padding rows included (max_padded_rows x I), so that the down GEMM reads
+    it as contiguous tiles (kernels.moe_gemm_tma); otherwise it is in token*top_k order. FP8 rows with "A8" run W8A8
     (kernels.fp8): x is quantized per token and 128-group once, and the up GEMM writes the
     activation already quantized for the down GEMM; without it, W8A16.
     """
@@ -99,6 +105,8 @@ def fused_moe(
         return torch.empty_like(x)
     x = x if x.stride(-1) == 1 else x.contiguous()
     fmt = weight_format(w13)
+    if config is None and fmt == MXFP4_KERNEL_LAYOUT:
+        config = mxfp4_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device)
     cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device, fmt)
     block_m = cfg["BLOCK_M"]
     n_valid = n_tok * top_k

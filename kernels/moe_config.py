@@ -7,6 +7,8 @@ MXFP4 and FP8 experts have tables of their own (decoding in registers changes wh
 MXFP4 BLOCK_K must be a multiple of 32, one scale group, as every heuristic tile is. FP8 rows say
 whether they run W8A8 ("A8", kernels.fp8); FP8 BLOCK_K divides 128 (one weight scale block), and
 a W8A8 up GEMM's BLOCK_N is a multiple of 128 (its epilogue quantizes whole activation groups).
+MXFP4 experts in kernels.mxfp4_layout's form (3-D uint8) have tables of their own too ("MXFP4H",
+read by kernels.moe_mxfp4).
 """
 from __future__ import annotations
 
@@ -19,9 +21,15 @@ import torch
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+MXFP4_KERNEL_LAYOUT = "MXFP4H"  # the table key of MXFP4 experts in kernels.mxfp4_layout's form
+
+
 def weight_format(w13: torch.Tensor) -> str:
-    """The table key of an expert weight: "" (16-bit), "MXFP4" (packed uint8 blocks) or "FP8" (float8_e4m3fn)."""
-    return {torch.uint8: "MXFP4", torch.float8_e4m3fn: "FP8"}.get(w13.dtype, "")
+    """The table key of an expert weight: "" (16-bit), "MXFP4" (the release's packed uint8 blocks, 4-D),
+    MXFP4_KERNEL_LAYOUT (kernels.mxfp4_layout's form, 3-D) or "FP8" (float8_e4m3fn)."""
+    if w13.dtype == torch.uint8:
+        return MXFP4_KERNEL_LAYOUT if w13.dim() == 3 else "MXFP4"
+    return "FP8" if w13.dtype == torch.float8_e4m3fn else ""
 
 
 def config_file_name(n_experts: int, hidden: int, inter: int, device_name: str, fmt: str = "") -> str:

@@ -1,7 +1,8 @@
 """Fused MoE at GPT-OSS-20B's expert shape (E 32, top-4, H = I = 2880), bf16 vs MXFP4 experts, against the floors.
 
-Both paths run GPT-OSS's MoE (biases, clamped SwiGLU) on the same experts: MXFP4 decodes
-the packed weights in registers, bf16 reads them dequantized. Timing and floors are
+All paths run GPT-OSS's MoE (biases, clamped SwiGLU) on the same experts: MXFP4 upcasts the
+packed weights in registers (kernels.moe_mxfp4 over kernels.mxfp4_layout's form; "old MXFP4" is
+the release-layout branch of kernels.moe_gemm), bf16 reads them dequantized. Timing and floors are
 bench_kernels.py's (CUDA-graph replays with L2 flushed; copy bandwidth, bf16 matmul rate).
 HBM floor = distinct experts touched x expert bytes (bf16: 2 bytes a weight; MXFP4: 4.25
 bits) / copy bandwidth; GEMM floor = 2 T k 3 H I / bf16 matmul rate; '% floor' is
@@ -24,6 +25,7 @@ from moe_bench_util import mxfp4_weights
 
 import laminar_kernels as K
 from laminar.ops import torch_ops as R
+from laminar_kernels.mxfp4_layout import to_kernel_layout
 
 TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 SHAPE = dict(experts=32, top_k=4, hidden=2880, inter=2880)
@@ -37,25 +39,31 @@ def experts(shape: dict, device: torch.device, gen: torch.Generator) -> dict:
     e, h, i = shape["experts"], shape["hidden"], shape["inter"]
     up, down = mxfp4_weights(e, 2 * i, h, gen, device), mxfp4_weights(e, h, i, gen, device)
     bias = lambda *s: (torch.randn(*s, generator=gen) * 0.1).to(device, torch.bfloat16)  # noqa: E731
-    return {"up": up, "down": down, "w13": R.dequantize_mxfp4(*up, torch.bfloat16),
-            "w2": R.dequantize_mxfp4(*down, torch.bfloat16), "b13": bias(e, 2 * i), "b2": bias(e, h)}
+    return {"up": up, "down": down, "up_k": to_kernel_layout(*up), "down_k": to_kernel_layout(*down),
+            "w13": R.dequantize_mxfp4(*up, torch.bfloat16), "w2": R.dequantize_mxfp4(*down, torch.bfloat16),
+            "b13": bias(e, 2 * i), "b2": bias(e, h)}
 
 
-def bench(shape: dict, tokens: list[int], timer: Timer | None, floors: dict | None, device: torch.device) -> list[dict]:
+def bench(shape: dict, tokens: list[int], timer: Timer | None, floors: dict | None, device: torch.device,
+          skip_old: bool = False) -> list[dict]:
     """timer / floors None (the CPU dry run): outputs are computed and compared, nothing is timed."""
     gen = torch.Generator().manual_seed(0)
     w = experts(shape, device, gen)
     e, k, h, i = shape["experts"], shape["top_k"], shape["hidden"], shape["inter"]
-    bytes_per_weight = {"bf16": 2.0, "mxfp4": MXFP4_BITS / 8}
+    bytes_per_weight = {"bf16": 2.0, "mxfp4": MXFP4_BITS / 8, "mxfp4_old": MXFP4_BITS / 8}
     rows = []
     for n_tok in tokens:
         x = torch.randn(n_tok, h, generator=gen).to(device, torch.bfloat16)
         weights, ids = R.route_topk(torch.randn(n_tok, e, generator=gen).to(device), k, True)
         runs = {
             "bf16": lambda: K.fused_moe(x, w["w13"], w["w2"], weights, ids, b13=w["b13"], b2=w["b2"], swiglu=SWIGLU),
-            "mxfp4": lambda: K.fused_moe(x, w["up"][0], w["down"][0], weights, ids, b13=w["b13"], b2=w["b2"],
-                                         w13_scales=w["up"][1], w2_scales=w["down"][1], swiglu=SWIGLU),
+            "mxfp4": lambda: K.fused_moe(x, w["up_k"][0], w["down_k"][0], weights, ids, b13=w["b13"], b2=w["b2"],
+                                         w13_scales=w["up_k"][1], w2_scales=w["down_k"][1], swiglu=SWIGLU),
+            "mxfp4_old": lambda: K.fused_moe(x, w["up"][0], w["down"][0], weights, ids, b13=w["b13"], b2=w["b2"],
+                                             w13_scales=w["up"][1], w2_scales=w["down"][1], swiglu=SWIGLU),
         }
+        if skip_old:
+            del runs["mxfp4_old"]
         touched = int(torch.unique(ids).numel())
         row = {"tokens": n_tok, "experts_touched": touched,
                "rel_diff_mxfp4_vs_bf16": rel_diff(runs["mxfp4"](), runs["bf16"]())}
@@ -76,16 +84,16 @@ def markdown(report: dict) -> str:
     f = lambda v, spec="{:.3f}": "-" if v is None else spec.format(v)  # noqa: E731
     lines = [f"# Fused MoE, GPT-OSS-20B experts: bf16 vs MXFP4 ({report['device']})", "",
              f"Command: `{report['command']}`", "", f"Shape: {report['shape']}; floors: {report['floors']}", "",
-             "| tokens | experts | bf16 ms | bf16 HBM floor ms | bf16 % floor | MXFP4 ms | MXFP4 HBM floor ms | "
-             "MXFP4 % floor | bf16 / MXFP4 | GEMM floor ms | rel. diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tokens | experts | bf16 ms | bf16 % floor | old MXFP4 ms | old % floor | MXFP4 ms | MXFP4 HBM floor ms "
+             "| MXFP4 % floor | bf16 / MXFP4 | old / MXFP4 | GEMM floor ms | rel. diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        speedup = r["bf16_ms"] / r["mxfp4_ms"] if "mxfp4_ms" in r else None
+        ratio = lambda a: r[a] / r["mxfp4_ms"] if a in r and "mxfp4_ms" in r else None  # noqa: E731
         lines.append(
-            f"| {r['tokens']} | {r['experts_touched']} | {f(r.get('bf16_ms'))} | {f(r.get('bf16_hbm_floor_ms'))} | "
-            f"{f(r.get('bf16_pct_floor'), '{:.0f}%')} | {f(r.get('mxfp4_ms'))} | {f(r.get('mxfp4_hbm_floor_ms'))} | "
-            f"{f(r.get('mxfp4_pct_floor'), '{:.0f}%')} | {f(speedup, '{:.2f}x')} | {f(r.get('bf16_gemm_floor_ms'))} | "
-            f"{r['rel_diff_mxfp4_vs_bf16']:.1e} |")
+            f"| {r['tokens']} | {r['experts_touched']} | {f(r.get('bf16_ms'))} | {f(r.get('bf16_pct_floor'), '{:.0f}%')} "
+            f"| {f(r.get('mxfp4_old_ms'))} | {f(r.get('mxfp4_old_pct_floor'), '{:.0f}%')} | {f(r.get('mxfp4_ms'))} | "
+            f"{f(r.get('mxfp4_hbm_floor_ms'))} | {f(r.get('mxfp4_pct_floor'), '{:.0f}%')} | {f(ratio('bf16_ms'), '{:.2f}x')} "
+            f"| {f(ratio('mxfp4_old_ms'), '{:.2f}x')} | {f(r.get('bf16_gemm_floor_ms'))} | {r['rel_diff_mxfp4_vs_bf16']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +102,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="*")
     ap.add_argument("--tiny", action="store_true", help="a tiny shape on the CPU (Triton interpreter): a dry run")
     ap.add_argument("--out-dir", default="perf/results")
+    ap.add_argument("--skip-old", action="store_true", help="leave out the release-layout MXFP4 kernel")
+    ap.add_argument("--tag", default="", help="appended to the output file names")
     args = ap.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
     shape = TINY if args.tiny else SHAPE
@@ -102,10 +112,10 @@ def main() -> None:
     floors = measure_floors(timer) if timer else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     report = {"command": "python " + " ".join(sys.argv), "device": name, "shape": shape, "floors": floors,
-              "rows": bench(shape, tokens, timer, floors, device)}
+              "rows": bench(shape, tokens, timer, floors, device, args.skip_old)}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    slug = name.split(" (")[0].replace(" ", "_")
+    slug = name.split(" (")[0].replace(" ", "_") + (f"-{args.tag}" if args.tag else "")
     (out / f"kernels-moe-gpt-oss-{slug}.json").write_text(json.dumps(report, indent=1))
     (out / f"kernels-moe-gpt-oss-{slug}.md").write_text(markdown(report))
     print(markdown(report))

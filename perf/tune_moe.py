@@ -4,7 +4,8 @@ For each token count, every BLOCK_M candidate gets one moe_align, then, for each
 layout (kernels.moe_gemm: by pointer, or sorted through TMA for tall tiles; for FP8 experts W8A8
 or W8A16, kernels.fp8), the up and down GEMMs are tuned independently over a small grid; the
 (BLOCK_M, layout) with the best summed time wins. --mxfp4 / --fp8 tune MXFP4 experts (GPT-OSS) /
-FP8 experts with 128x128 block scales (Qwen3-FP8) into their own tables. Tuning a subset of
+FP8 experts with 128x128 block scales (Qwen3-FP8) into their own tables;
+--mxfp4-kernel-layout tunes MXFP4 experts in kernels.mxfp4_layout's form for kernels.moe_mxfp4. Tuning a subset of
 --tokens updates those rows of an existing table and keeps the rest.
 Every candidate is compiled first by a pool of processes (Triton's on-disk cache then serves
 the timing process), and timed as bench_kernels.py times: CUDA-graph replays, L2 flushed.
@@ -28,11 +29,12 @@ from moe_bench_util import fp8_weights, moe_inputs, mxfp4_weights
 from laminar_kernels.fp8 import GROUP, quantize_rows
 from laminar_kernels.fused_moe import _launch_gemm
 from laminar_kernels.moe_align import max_padded_rows, moe_align
-from laminar_kernels.moe_config import CONFIG_DIR, config_file_name, device_name
+from laminar_kernels.moe_config import CONFIG_DIR, MXFP4_KERNEL_LAYOUT, config_file_name, device_name
+from laminar_kernels.mxfp4_layout import to_kernel_layout
 
 TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 SHAPES = {"qwen3-30b-a3b-tp1": (128, 8, 2048, 768), "qwen3-30b-a3b-tp2": (128, 8, 2048, 384),
-          "gpt-oss-like": (32, 4, 2880, 2880)}
+          "gpt-oss-like": (32, 4, 2880, 2880), "gpt-oss-tp2": (32, 4, 2880, 1440)}
 
 
 def _gemm(bn: int, bk: int, group: int, warps: int, stages: int, persistent: int = 0) -> dict:
@@ -40,9 +42,22 @@ def _gemm(bn: int, bk: int, group: int, warps: int, stages: int, persistent: int
             "PERSISTENT": persistent}
 
 
+def mxfp4_kernel_candidates(block_m: int) -> list[dict]:
+    """kernels.moe_mxfp4: weights on the MMA's M side (SWAP) for small token tiles, both sides at 64,
+    activations there for tall tiles; BLOCK_K a multiple of the layout's 64-value tile."""
+    tiles = [(bn, bk, w, s) for bn in (64, 128) for bk in (64, 128) for w, s in ((4, 3), (4, 4), (8, 3))]
+    narrow = [(32, 128, 4, 3), (32, 64, 4, 4)]  # more programs for the few experts of a decode step
+    swap = [dict(_gemm(bn, bk, 1 if block_m < 64 else 8, w, s), SWAP=True) for bn, bk, w, s in tiles + narrow
+            ] if block_m <= 64 else []
+    plain = [dict(_gemm(bn, bk, 8, w, s), SWAP=False) for bn, bk, w, s in tiles] if block_m >= 64 else []
+    return swap + plain
+
+
 def candidates(block_m: int, layout: dict, fmt: str = "", name: str = "up") -> list[dict]:
     """Small-M tiles stream weights (deep K, many stages); large-M tiles are square-ish for reuse, and in
     the TMA form may loop persistently over the tiles (PERSISTENT programs per SM)."""
+    if fmt == MXFP4_KERNEL_LAYOUT:
+        return mxfp4_kernel_candidates(block_m)
     if fmt == "FP8":
         return fp8_candidates(block_m, layout.get("A8", False), name)
     sorted_act = layout.get("TMA", False)
@@ -86,11 +101,13 @@ def _problem(shape: tuple[int, int, int, int], n_tok: int, fmt: str):
     x, w13, w2, weights, ids = moe_inputs(n_tok, n_experts, top_k, hidden, inter)
     scales = {"up": None, "down": None}
     gen = torch.Generator().manual_seed(0)
-    if fmt == "MXFP4":
+    if fmt in ("MXFP4", MXFP4_KERNEL_LAYOUT):
         (w13, scales["up"]), (w2, scales["down"]) = (mxfp4_weights(n_experts, 2 * inter, hidden, gen),
                                                      mxfp4_weights(n_experts, hidden, inter, gen))
     if fmt == "FP8":
         (w13, scales["up"]), (w2, scales["down"]) = fp8_weights(w13), fp8_weights(w2)
+    if fmt == MXFP4_KERNEL_LAYOUT:
+        (w13, scales["up"]), (w2, scales["down"]) = to_kernel_layout(w13, scales["up"]), to_kernel_layout(w2, scales["down"])
     return x, w13, w2, weights.flatten().float(), ids, scales
 
 
@@ -187,10 +204,12 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=CONFIG_DIR)
     parser.add_argument("--mxfp4", action="store_true", help="MXFP4 experts (their own tables)")
     parser.add_argument("--fp8", action="store_true", help="FP8 experts with 128x128 block scales (their own tables)")
+    parser.add_argument("--mxfp4-kernel-layout", action="store_true",
+                        help="MXFP4 experts in kernels.mxfp4_layout's form (kernels.moe_mxfp4; tables of their own)")
     parser.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1), help="compiling processes")
     args = parser.parse_args()
     dev = device_name(torch.device("cuda"))
-    fmt = "MXFP4" if args.mxfp4 else "FP8" if args.fp8 else ""
+    fmt = MXFP4_KERNEL_LAYOUT if args.mxfp4_kernel_layout else "MXFP4" if args.mxfp4 else "FP8" if args.fp8 else ""
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.shapes:
         shape = SHAPES[name]

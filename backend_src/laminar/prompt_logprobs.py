@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from laminar.step_plan import StepPlan
 from laminar.logprobs import token_logprobs
 from laminar.sequence import Sequence
+from laminar.step_plan import StepPlan
 
 
 @dataclass(frozen=True)

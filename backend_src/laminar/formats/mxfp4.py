@@ -8,6 +8,7 @@ tensors itself (laminar.models.gpt_oss_weights), since they are named after the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -46,6 +47,19 @@ class Mxfp4(WeightFormat):
 
     def dequantize(self, weight: torch.Tensor, scales: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         return torch_ops.dequantize_mxfp4(weight, scales, dtype)
+
+    def post_load(self, ops: ModuleType, weight: nn.Parameter, scales: nn.Parameter | None
+                  ) -> tuple[nn.Parameter, nn.Parameter | None]:
+        """The Triton MoE (kernels.moe_mxfp4) reads the experts in a layout of its own
+        (kernels.mxfp4_layout): re-laid out once here, expert by expert so the transient copy stays
+        small. The torch reference keeps the release's layout."""
+        if ops is torch_ops:
+            return weight, scales
+        from laminar_kernels.mxfp4_layout import to_kernel_layout
+
+        pairs = [to_kernel_layout(b, s) for b, s in zip(weight, scales)]
+        return (nn.Parameter(torch.stack([v for v, _ in pairs]), requires_grad=False),
+                nn.Parameter(torch.stack([s for _, s in pairs]), requires_grad=False))
 
 
 def from_config(qcfg: dict) -> tuple[Mxfp4, list[str]]:
