@@ -10,7 +10,7 @@ import pytest
 from engine_utils import make_engine
 
 from laminar import SamplingParams
-from laminar.structured_output import _LOOSE_STRING_CHAR, json_schema_grammar
+from laminar.structured_output import _LOOSE_STRING_CHAR, json_schema_grammar, structural_tag_grammar
 
 SCHEMA = {
     "type": "object",
@@ -127,6 +127,29 @@ def test_max_length_strings_exclude_control_characters():
         matcher = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_grammar(grammar))
         assert matcher.accept_string('"a')
         assert matcher.accept_string("\t") is accepts
+
+
+def test_structural_tag_json_is_compact_and_json_strings():
+    """JSON inside a structural tag (forced tool calls) gets the schemas' treatment: no free
+    whitespace between tokens, no raw control characters in length-bounded strings."""
+    import xgrammar as xgr
+
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 4}}, "required": ["a"]}
+    tag = json.dumps({"type": "structural_tag", "format": {"type": "tag", "begin": "<c>", "end": "</c>",
+                                                          "content": {"type": "json_schema", "json_schema": schema}}})
+    info = xgr.TokenizerInfo([chr(c) for c in range(32, 127)] + ["\n", "\t"])
+    raw = xgr.Grammar.from_structural_tag(tag)
+    for grammar, accepts in ((raw, True), (structural_tag_grammar(tag), False)):
+        def matcher():
+            return xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_grammar(grammar))
+        m = matcher()
+        assert m.accept_string("<c>{")
+        assert m.accept_string("\n") is accepts  # whitespace inside the object
+        m = matcher()
+        assert m.accept_string('<c>{"a":"x')
+        assert m.accept_string("\t") is accepts  # a raw tab inside the bounded string
+    m = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_grammar(structural_tag_grammar(tag)))
+    assert m.accept_string('<c>{"a":"xy"}</c>') and m.is_completed()
 
 
 def test_abort_while_compiling_and_structural_tag(demo_model):

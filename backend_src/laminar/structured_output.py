@@ -42,6 +42,7 @@ CACHE_ENTRIES = 512
 # xgrammar 0.2.8's character class for strings with length bounds, and JSON's (no control characters).
 _LOOSE_STRING_CHAR = '[^\\"\\\\\\r\\n]'
 _JSON_STRING_CHAR = '[^\\0-\\x1f\\"\\\\\\r\\n]'
+_FREE_WHITESPACE = "[ \\n\\r\\t]*"  # what xgrammar's JSON rules allow between tokens
 _LOG_PREFIX = re.compile(r"^(\[[\d:]+\] \S+:\d+: )?(Check failed: \(.*?\) is false: )?")
 
 
@@ -72,6 +73,14 @@ def json_schema_grammar(schema: str) -> xgr.Grammar:
     return _xgrammar().Grammar.from_ebnf(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR))
 
 
+def structural_tag_grammar(text: str) -> xgr.Grammar:
+    """A structural tag's grammar with its JSON contents made as json_schema_grammar makes them:
+    no free whitespace (a weak model would otherwise fill a forced tool call's arguments with
+    newlines up to max_tokens) and JSON's string characters."""
+    ebnf = str(_xgrammar().Grammar.from_structural_tag(text))
+    return _xgrammar().Grammar.from_ebnf(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR).replace(_FREE_WHITESPACE, ""))
+
+
 def _choice_grammar(choices: list[str]) -> xgr.Grammar:
     alternatives = " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
     return _xgrammar().Grammar.from_ebnf(f"root ::= {alternatives}")
@@ -83,7 +92,7 @@ _BUILDERS: dict[str, Callable[[str], xgr.Grammar]] = {
     "regex": lambda text: _xgrammar().Grammar.from_regex(text),
     "choice": lambda text: _choice_grammar(json.loads(text)),
     "grammar": lambda text: _xgrammar().Grammar.from_ebnf(text),
-    "structural_tag": lambda text: _xgrammar().Grammar.from_structural_tag(text),
+    "structural_tag": structural_tag_grammar,
 }
 
 
