@@ -38,12 +38,10 @@ def wants_prompt_logprobs(seq: Sequence) -> bool:
 
 
 def prompt_spans(plan: StepPlan) -> list[PromptSpan]:
-    """The step's prompt rows whose logprobs are still missing, in the order plan_inputs lays out
-    the last layer's output: decode rows, then the rows of each finishing segment."""
-    spans, offset = [], len(plan.decode)
-    for seg in plan.segments:
-        if not seg.finishes:
-            continue
+    """The step's prompt rows whose logprobs are still missing, where the last layer's output holds
+    them (StepPlan.last_layer_segments)."""
+    spans = []
+    for seg, offset in plan.last_layer_segments():
         starts = itertools.accumulate((c.length for c in seg.chunks), initial=offset)
         for chunk, row0 in zip(seg.chunks, starts):
             seq = chunk.seq
@@ -53,7 +51,6 @@ def prompt_spans(plan: StepPlan) -> list[PromptSpan]:
             stop = min(chunk.start + chunk.length, seq.num_prompt_tokens - 1)
             if first < stop:
                 spans.append(PromptSpan(seq, first, range(row0 + first - chunk.start, row0 + stop - chunk.start)))
-        offset += seg.num_tokens
     return spans
 
 

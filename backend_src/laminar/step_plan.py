@@ -176,14 +176,17 @@ class StepPlan:
         """Decodes always, then the sequences whose prompts complete in a finishing segment, in row order."""
         return _flat(stacked(list(self.decode), [seg.sampled for seg in self.finishing]))
 
-    def logits_rows(self) -> list[int]:
-        """Rows of the last layer's output (stacked: decodes, then the finishing segments) that get
-        logits; one per sample_seqs entry, in the same order."""
+    def last_layer_segments(self) -> list[tuple[Segment, int]]:
+        """The finishing segments, each with the row where it starts in the last layer's output
+        (stacked: the decodes, then these segments)."""
         finishing = self.finishing
-        sizes = stacked(len(self.decode), [seg.num_tokens for seg in finishing])
-        offsets = list(itertools.accumulate(sizes, initial=0))
+        ends = itertools.accumulate(stacked(len(self.decode), [seg.num_tokens for seg in finishing]))
+        return list(zip(finishing, ends))
+
+    def logits_rows(self) -> list[int]:
+        """Rows of the last layer's output that get logits; one per sample_seqs entry, in the same order."""
         return _flat(stacked(list(range(len(self.decode))),
-                             [seg.logits_rows(offset) for seg, offset in zip(finishing, offsets[1:])]))
+                             [seg.logits_rows(offset) for seg, offset in self.last_layer_segments()]))
 
     @property
     def is_empty(self) -> bool:
