@@ -75,9 +75,9 @@ PRESETS = {
                                                     "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None}},
             {"label": "chunked-64", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 64}},
         ],
-        "workloads": [{"name": "sharegpt", "kind": "sharegpt", "requests": 24, "seed": 0, "scale": 0.04,
-                       "max_output_tokens": 16}],
-        "request_rates": {"sharegpt": [8.0]},
+        "workloads": [{"name": "sharegpt", "kind": "sharegpt", "requests": 48, "seed": 0, "scale": 0.1,
+                       "max_output_tokens": 32}],
+        "request_rates": {"sharegpt": [16.0]},
         "slo": {"ttft_ms": 1000, "tbt_ms": 200},
     },
     "gpu": {
