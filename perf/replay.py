@@ -252,10 +252,15 @@ def commit() -> str:
 
 
 class Replay:
-    """Runs every engine over every workload and rate of a config, on one shared executor."""
+    """Runs every engine over every workload and rate of a config, on one shared executor, and
+    rewrites the report after every cell (a run killed at its time limit keeps what it measured)."""
 
-    def __init__(self, config: dict, seed: int, deadline: float) -> None:
-        self.config, self.seed, self.deadline = config, seed, deadline
+    def __init__(self, config: dict, slo: dict, args: argparse.Namespace) -> None:
+        self.config, self.slo, self.out_dir = config, slo, args.out_dir
+        self.seed, self.resamples = args.seed, args.resamples
+        self.deadline = time.monotonic() + (args.deadline_s or math.inf)
+        self.numerator = args.numerator or config["engines"][0]["label"]
+        self.meta = {"command": "python " + " ".join(sys.argv), "commit": args.commit or commit(), "machine": None}
         self.engines = {e["label"]: engine_args(config, e) for e in config["engines"]}
         self.model = Path(next(iter(self.engines.values())).model)
         self.max_model_len = max_model_len(self.model, next(iter(self.engines.values())).max_model_len)
@@ -265,22 +270,23 @@ class Replay:
         self.requests: dict[tuple, list[dict]] = {}
         self.skipped: list[str] = []
 
-    def run(self, slo: dict) -> str:
-        """Serves everything; returns the device's name."""
+    def run(self) -> dict:
+        """Serves everything; returns the report."""
         largest = max(self.engines.values(), key=lambda a: (a.schedule_mode == "layered", a.max_num_batched_tokens))
         executor = Executor(ModelConfig.from_dir(str(self.model)), largest, self.max_model_len)
         try:
+            self.meta["machine"] = device_name(executor)
             profile = executor.profiler.profile() if any(a.prefill_policy == "slo" for a in self.engines.values()) else None
             for label, args in self.engines.items():
                 cost = CostModel(profile) if args.prefill_policy == "slo" else None
                 engine = LLMEngine(args, executor=executor, cost=cost)
                 for name, requests in self.workloads.items():
-                    self.run_workload(engine, label, name, requests, slo)
-            return device_name(executor)
+                    self.run_workload(engine, label, name, requests)
         finally:
             executor.shutdown()
+        return self.save()
 
-    def run_workload(self, engine: LLMEngine, label: str, name: str, requests: list, slo: dict) -> None:
+    def run_workload(self, engine: LLMEngine, label: str, name: str, requests: list) -> None:
         drive(engine, requests[:1], [0.0], f"{label}-{name}-warmup")
         for rate in self.config["request_rates"][name]:
             if self.deadline - time.monotonic() < len(requests) / rate + 10:  # it would be cut off: skip it whole
@@ -288,17 +294,31 @@ class Replay:
                 print(f"[replay] deadline: skipping {self.skipped[-1]}", file=sys.stderr, flush=True)
                 continue
             arrivals = poisson_arrivals(len(requests), rate, f"{self.seed}:{name}:{rate:g}")
-            before, t0 = engine.get_stats(), time.monotonic()
-            before = counters(before, 0)
+            before, t0 = counters(engine.get_stats(), 0), time.monotonic()
             records = drive(engine, requests, arrivals, f"{label}-{name}-r{rate:g}")
             delta = {k: v - before.get(k, 0.0) for k, v in counters(engine.get_stats(), len(records)).items()}
-            summary = summarize_run(records, delta, slo)
+            summary = summarize_run(records, delta, self.slo)
             self.cells.append({"engine": label, "schedule_mode": engine.args.schedule_mode, "workload": name,
                                "request_rate": rate, "wall_s": time.monotonic() - t0, **summary})
             self.requests[(label, name, rate)] = records
             print(f"[replay] {label}/{name}-r{rate:g}: {summary['succeeded']}/{summary['requests']} ok, "
                   f"mean TTFT {fmt(summary['ttft_ms']['mean'], 0)} ms, p99 TBT {fmt(summary['tbt_ms']['p99'])} ms, "
                   f"SLO {fmt(summary['slo_attainment'], 2)} in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+            self.save()
+
+    def save(self) -> dict:
+        """replay.json, replay.md and requests.json of the cells so far."""
+        report = {**self.meta, "config": self.config, "seed": self.seed, "slo": self.slo, "resamples": self.resamples,
+                  "cells": self.cells, "skipped": self.skipped,
+                  "ratios": compare(self.cells, self.requests, self.numerator, self.slo, self.resamples, self.seed)}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "replay.json").write_text(json.dumps(report, indent=1))
+        (self.out_dir / "replay.md").write_text(markdown(report))
+        (self.out_dir / "requests.json").write_text(json.dumps(
+            [{"engine": e, "workload": w, "request_rate": r,
+              "requests": [{k: v for k, v in rec.items() if not k.endswith("_ns")} for rec in recs]}
+             for (e, w, r), recs in self.requests.items()]))
+        return report
 
 
 def ci(r: dict) -> str:
@@ -361,25 +381,11 @@ def main() -> None:
     ap.add_argument("--ttft-slo-ms", type=float)
     ap.add_argument("--tbt-slo-ms", type=float)
     ap.add_argument("--deadline-s", type=float, help="skip cells that would end later than this")
+    ap.add_argument("--commit", help="the commit measured (default: git describe of this checkout)")
     args = ap.parse_args()
     config = load_config(args)
     override = {k: v for k, v in (("ttft_ms", args.ttft_slo_ms), ("tbt_ms", args.tbt_slo_ms)) if v is not None}
-    slo = {**DEFAULT_SLO, **config.get("slo", {}), **override}
-    numerator = args.numerator or config["engines"][0]["label"]
-    replay = Replay(config, args.seed, time.monotonic() + (args.deadline_s or math.inf))
-    machine = replay.run(slo)
-    report = {"command": "python " + " ".join(sys.argv), "commit": commit(), "machine": machine,
-              "config": config, "seed": args.seed, "slo": slo, "resamples": args.resamples,
-              "cells": replay.cells, "skipped": replay.skipped,
-              "ratios": compare(replay.cells, replay.requests, numerator, slo, args.resamples, args.seed)}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "replay.json").write_text(json.dumps(report, indent=1))
-    (args.out_dir / "requests.json").write_text(json.dumps(
-        [{"engine": e, "workload": w, "request_rate": r, "requests": [{k: v for k, v in rec.items() if not k.endswith("_ns")}
-                                                                       for rec in recs]}
-         for (e, w, r), recs in replay.requests.items()]))
-    (args.out_dir / "replay.md").write_text(markdown(report))
-    print(markdown(report))
+    print(markdown(Replay(config, {**DEFAULT_SLO, **config.get("slo", {}), **override}, args).run()))
 
 
 if __name__ == "__main__":
