@@ -22,8 +22,8 @@ Ratios: every other engine against one (--numerator, default the first engine), 
 numerator / other for mean and P99 TTFT, P99 TBT, goodput and SLO attainment, each with a 95%
 paired bootstrap CI: requests are resampled with replacement, the same draw for both engines (they
 served the same requests), which removes the request-to-request variance the two share. The CI
-covers that sampling variance within one run, not run-to-run drift (host jitter, clocks): a
-different --seed measures that.
+covers that sampling variance within one run (goodput's duration is the cell's, held fixed), not
+run-to-run drift (host jitter, clocks): a different --seed measures that.
 
     python perf/replay.py --preset cpu --out-dir /tmp/replay                       # demo model, < 1 min
     python perf/replay.py --preset gpu --workloads sharegpt --out-dir $OUT/replay  # Qwen3-30B-A3B shapes
@@ -359,6 +359,8 @@ def load_config(args: argparse.Namespace) -> dict:
         config["engines"] = [e for e in config["engines"] if e["label"] in args.engines]
     if args.workloads:
         config["workloads"] = [w for w in config["workloads"] if w["name"] in args.workloads]
+    if args.rates:
+        config["request_rates"] = {w["name"]: args.rates for w in config["workloads"]}
     if args.requests:
         config["workloads"] = [{**w, "requests": args.requests} for w in config["workloads"]]
     if not config["engines"] or not config["workloads"]:
@@ -375,6 +377,7 @@ def main() -> None:
     ap.add_argument("--engines", nargs="*", help="engine labels to run (default: all)")
     ap.add_argument("--workloads", nargs="*", help="workload names to run (default: all)")
     ap.add_argument("--requests", type=int, help="requests per cell (default: the config's)")
+    ap.add_argument("--rates", type=float, nargs="*", help="request rates of every workload (default: the config's)")
     ap.add_argument("--numerator", help="the engine every other is compared with (default: the first)")
     ap.add_argument("--seed", type=int, default=0, help="arrival times")
     ap.add_argument("--resamples", type=int, default=2000)
