@@ -56,7 +56,7 @@ from laminar.cost_model import CostModel
 from laminar.executor import Executor
 from laminar.outputs import EngineStats
 from laminar.serving.engine_config import engine_field_types, resolve_engine_config
-from laminar.serving.metrics import _STAT_COUNTERS  # the server's counter names, so analyze reads ours
+from laminar.serving.metrics import STAT_COUNTERS  # the server's counter names, so analyze reads ours
 
 ROOT = Path(__file__).resolve().parents[1]
 # Keys an engine entry may override: the shared executor was built without them.
@@ -169,7 +169,7 @@ def export_record(sent: float, stamps: list[tuple[float, list[int], str | None]]
 
 def counters(stats: EngineStats, finished: int) -> dict[str, float]:
     """The engine's cumulative counters under the names the server publishes."""
-    out = {name: float(getattr(stats, field) or 0.0) for field, (name, labels) in _STAT_COUNTERS.items()
+    out = {name: float(getattr(stats, field) or 0.0) for field, (name, labels) in STAT_COUNTERS.items()
            if not labels}
     if stats.energy_joules is None:
         del out["lp:gpu_energy_joules_total"]

@@ -22,7 +22,7 @@ PREFILL_LAYER_BUCKETS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192]
 PREDICTION_RATIO_BUCKETS = [0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0]
 
 # EngineStats counter field -> (metric name, extra labels); published as deltas.
-_STAT_COUNTERS = {
+STAT_COUNTERS = {
     "prompt_tokens": ("lp:prompt_tokens_total", {}),
     "generated_tokens": ("lp:generation_tokens_total", {}),
     "expert_bytes_total": ("lp:expert_weight_bytes_total", {}),
@@ -90,9 +90,9 @@ class ServingMetrics:
         self._rejected = self._metric("lp:request_rejected_total", counter)
         self._success = {r: self._metric("lp:request_success_total", counter, {"finish_reason": r})
                          for r in FINISH_REASONS}
-        self._stat_counters = {f: self._metric(n, counter, extra) for f, (n, extra) in _STAT_COUNTERS.items()}
+        self._stat_counters = {f: self._metric(n, counter, extra) for f, (n, extra) in STAT_COUNTERS.items()}
         self._stat_gauges = {f: self._metric(n, gauge) for f, n in _STAT_GAUGES.items()}
-        self._last: dict[str, float] = {f: 0 for f in _STAT_COUNTERS}
+        self._last: dict[str, float] = {f: 0 for f in STAT_COUNTERS}
         self._prefill_layers = self._metric("lp:prefill_layers_per_iteration", hist, buckets=PREFILL_LAYER_BUCKETS)
         self._predicted = self._metric("lp:step_time_predicted_seconds", gauge)
         self._measured = self._metric("lp:step_time_measured_seconds", gauge)
