@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def write_hf_checkpoint(out: Path, moe: bool = True, num_layers: int = 3, seed: int = 0, **overrides) -> Path:
     """Saves a random Qwen3-MoE (or dense Qwen3) model with transformers' own save_pretrained."""
