@@ -312,8 +312,7 @@ def main() -> None:
 
 
 def structured_report(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_structured import run
+    from bench_structured import run  # beside this script, on sys.path when it runs
 
     report = run(args.model, args.load_format, batch=64, steps=30, device=None)
     slug = report["device"].replace(" ", "-").lower() + (f"-{args.tag}" if args.tag else "")

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-from pathlib import Path
 
 import torch
+from bench_moe_mxfp4 import SHAPE, SWIGLU, experts
+from kernel_timing import Timer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_moe_mxfp4 import SHAPE, SWIGLU, experts  # noqa: E402
-from kernel_timing import Timer  # noqa: E402
-
-import laminar_kernels as K  # noqa: E402
-from laminar.ops import torch_ops as R  # noqa: E402
-from laminar_kernels.moe_mxfp4 import default_mxfp4_config  # noqa: E402
+import laminar_kernels as K
+from laminar.ops import torch_ops as R
+from laminar_kernels.moe_mxfp4 import default_mxfp4_config
 
 
 def with_asm(cfg: dict, asm: bool) -> dict:
