@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call that proves a merged tree: its GPU tests, then the engine benchmarks the open
+# issues' targets are read from. Each step runs when its variable is set; results land in $OUT:
+#   TESTS=1      pytest tests/gpu and tests/kernels (every GPU test; TP tests skip on one GPU)
+#   OFFLINE="model..."  perf/bench_offline.py on each perf/models/<model> (dummy weights), with
+#                OFFLINE_ARGS (e.g. "--modes layered:8192 chunked:2048 --prompts 8192")
+#   STRUCTURED=1 perf/bench_structured.py on Qwen3-30B-A3B shapes; xgrammar's wheels come from
+#                .devcarry/xgrammar/ (staged by hand: the device machine has no index)
+# Step limits: TEST_S, OFFLINE_S (each model), STRUCTURED_S (seconds). COMMIT names the commit.
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
+export PYTHONPATH="$PWD/tests:$PYTHONPATH"
+{
+  gpu_info
+  echo "commit ${COMMIT:-unknown}"
+  if [ -n "$TESTS" ]; then
+    timeout "${TEST_S:-240}" python3 -m pytest tests/gpu tests/kernels -q -rfs -n 4 -p no:cacheprovider 2>&1 \
+      | grep -v "Warning\|warner" | tail -40
+  fi
+  for model in $OFFLINE; do
+    timeout "${OFFLINE_S:-150}" python3 perf/bench_offline.py --model "perf/models/$model" --load-format dummy \
+      --tag "$model" --out-dir "$OUT" ${OFFLINE_ARGS:-} > "$OUT/offline-$model.log" 2>&1
+    echo "offline $model rc=$?"; grep -v '^ \|^{\|^}' "$OUT/offline-$model.log" | tail -30
+  done
+  if [ -n "$STRUCTURED" ]; then
+    python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps .devcarry/xgrammar/pydantic*.whl \
+      .devcarry/xgrammar/annotated_types*.whl .devcarry/xgrammar/typing_inspection*.whl
+    python3 -m pip install -q --no-index --no-deps .devcarry/xgrammar/xgrammar*.whl .devcarry/xgrammar/apache_tvm_ffi*.whl
+    timeout "${STRUCTURED_S:-150}" python3 perf/bench_structured.py --model perf/models/qwen3-30b-a3b --load-format dummy \
+      --out "$OUT/structured-qwen3-30b-a3b.json" 2>&1 | tail -30
+  fi
+} 2>&1 | tee "$OUT/verify_log"
