@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from laminar.ops.metadata import AttentionMetadata
 
 CACHED_GRAPHS = 64
-Q, K, V, O, LEN_Q, LEN_KV, TABLE_K, TABLE_V, OFFSETS_Q, OFFSETS_O = range(1, 11)  # tensor ids in each graph
+# the ids of each graph's tensors
+ID_Q, ID_K, ID_V, ID_O, ID_LEN_Q, ID_LEN_KV, ID_TABLE_K, ID_TABLE_V, ID_OFFSETS_Q, ID_OFFSETS_O = range(1, 11)
 
 
 @dataclass
@@ -67,8 +68,9 @@ def cudnn_paged_attention(
     entry = _graph(cudnn, q, k_cache, b, s_q, width, scale)
     offsets = (meta.query_start_loc * (q.shape[1] * q.shape[2])).view(b + 1, 1, 1, 1)
     table = meta.block_tables.view(b, 1, width, 1)
-    tensors = {Q: q, K: _pool(k_cache), V: _pool(v_cache), O: out, LEN_Q: _lengths(meta.query_start_loc.diff()),
-               LEN_KV: _lengths(meta.seq_lens), TABLE_K: table, TABLE_V: table, OFFSETS_Q: offsets, OFFSETS_O: offsets}
+    tensors = {ID_Q: q, ID_K: _pool(k_cache), ID_V: _pool(v_cache), ID_O: out,
+               ID_LEN_Q: _lengths(meta.query_start_loc.diff()), ID_LEN_KV: _lengths(meta.seq_lens),
+               ID_TABLE_K: table, ID_TABLE_V: table, ID_OFFSETS_Q: offsets, ID_OFFSETS_O: offsets}
     cudnn.set_stream(_handle(cudnn, q.device), torch.cuda.current_stream(q.device).cuda_stream)
     entry.graph.execute(tensors, entry.workspace, handle=_handle(cudnn, q.device))
     return out
@@ -103,21 +105,21 @@ def _graph(cudnn, q: torch.Tensor, k_cache: torch.Tensor, b: int, s_q: int, widt
     hq = q.shape[1]
     ragged_dims, ragged_strides = (b, hq, s_q, d), (s_q * hq * d, d, hq * d, 1)
     offsets = dict(dim=(b + 1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=cudnn.data_type.INT32)
-    tq = g.tensor(dim=ragged_dims, stride=ragged_strides, data_type=io).set_uid(Q)
-    tq.set_ragged_offset(g.tensor(**offsets).set_uid(OFFSETS_Q))
+    tq = g.tensor(dim=ragged_dims, stride=ragged_strides, data_type=io).set_uid(ID_Q)
+    tq.set_ragged_offset(g.tensor(**offsets).set_uid(ID_OFFSETS_Q))
     pool = _pool(k_cache)
-    tk = g.tensor(dim=tuple(pool.shape), stride=pool.stride(), data_type=io).set_uid(K)
-    tv = g.tensor(dim=tuple(pool.shape), stride=pool.stride(), data_type=io).set_uid(V)
+    tk = g.tensor(dim=tuple(pool.shape), stride=pool.stride(), data_type=io).set_uid(ID_K)
+    tv = g.tensor(dim=tuple(pool.shape), stride=pool.stride(), data_type=io).set_uid(ID_V)
     ints = dict(dim=(b, 1, 1, 1), stride=(1, 1, 1, 1), data_type=cudnn.data_type.INT32)
-    len_q, len_kv = g.tensor(**ints).set_uid(LEN_Q), g.tensor(**ints).set_uid(LEN_KV)
+    len_q, len_kv = g.tensor(**ints).set_uid(ID_LEN_Q), g.tensor(**ints).set_uid(ID_LEN_KV)
     tables = dict(dim=(b, 1, width, 1), stride=(width, width, 1, 1), data_type=cudnn.data_type.INT32)
     o, _ = g.sdpa(name="sdpa", q=tq, k=tk, v=tv, seq_len_q=len_q, seq_len_kv=len_kv, use_padding_mask=True,
                   attn_scale=scale, generate_stats=False, use_causal_mask_bottom_right=True,
-                  paged_attention_k_table=g.tensor(**tables).set_uid(TABLE_K),
-                  paged_attention_v_table=g.tensor(**tables).set_uid(TABLE_V),
+                  paged_attention_k_table=g.tensor(**tables).set_uid(ID_TABLE_K),
+                  paged_attention_v_table=g.tensor(**tables).set_uid(ID_TABLE_V),
                   paged_attention_max_seq_len_kv=width * page, compute_data_type=cudnn.data_type.FLOAT)
-    o.set_uid(O).set_output(True).set_dim(ragged_dims).set_stride(ragged_strides).set_data_type(io)
-    o.set_ragged_offset(g.tensor(**offsets).set_uid(OFFSETS_O))
+    o.set_uid(ID_O).set_output(True).set_dim(ragged_dims).set_stride(ragged_strides).set_data_type(io)
+    o.set_ragged_offset(g.tensor(**offsets).set_uid(ID_OFFSETS_O))
     g.build([cudnn.heur_mode.A])
     workspace = torch.empty(max(g.get_workspace_size(), 1), dtype=torch.uint8, device=q.device)
     _graphs[key] = entry = _Graph(g, workspace)

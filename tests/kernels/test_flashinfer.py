@@ -134,7 +134,8 @@ def test_real_flashinfer_leaves_decode_sinks_and_switched_off_to_ours(monkeypatc
     prompt = paged_batch([(3, 40), (1, 17)], 8, 2, 64, 16, torch.bfloat16)
     assert not fi.flashinfer_can_serve(decode[0].cuda(), decode[1].cuda(), decode[3], None, 0)
     assert not fi.flashinfer_can_serve(prompt[0].cuda(), prompt[1].cuda(), prompt[3], torch.zeros(8, device="cuda"), 0)
-    monkeypatch.setitem(attention.LIBRARIES, "flashinfer", (fi.flashinfer_can_serve, lambda *a: pytest.fail("FlashInfer was called")))
+    never = (fi.flashinfer_can_serve, lambda *a: pytest.fail("FlashInfer was called"))
+    monkeypatch.setitem(attention.LIBRARIES, "flashinfer", never)
     q, k_cache, v_cache = (t.cuda() for t in prompt[:3])
     meta = type(prompt[3])(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(prompt[3]).items()})
     K.paged_attention(q, k_cache, v_cache, meta, 64**-0.5, excluded=frozenset({"flashinfer"}))  # switched off
