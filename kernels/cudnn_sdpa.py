@@ -40,8 +40,9 @@ _handles: dict[torch.device, object] = {}
 
 
 def bucket(n: int) -> int:
-    """Padded maxima: the next power of two (at least 64), so batches of similar lengths share a graph."""
-    return max(64, 1 << (n - 1).bit_length())
+    """Padded query maxima: 1 for decodes, else the next power of two (at least 64), so batches of
+    similar lengths share a graph."""
+    return 1 if n == 1 else max(64, 1 << (n - 1).bit_length())
 
 
 def cudnn_can_serve(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, sinks: torch.Tensor | None,
