@@ -4,6 +4,9 @@
 # library's engine wrapper against the torch reference (mixed, decode-only and prompt-only batches,
 # sinks and windows where it serves them), then times them beside our kernels and SDPA.
 #   COMMIT=$(git rev-parse --short HEAD) bash perf/gpu_attention_session.sh
+# .whl/ for the device tool (64 MiB a call): flashinfer-python 0.6.13, apache-tvm-ffi 0.1.15.post2 and
+# nvidia-cudnn-frontend 1.32.0 (28 MiB) fit; FlashAttention-4 needs nvidia-cutlass-dsl-libs-cu13 (92 MiB)
+# too, so it runs only where build.sh installed it (a machine with a package index).
 # TEST_S / BENCH_S bound the steps; SECTIONS picks bench_kernels sections (default prefill decode sinks).
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 mkdir -p /tmp/site
