@@ -7,8 +7,9 @@ strides (no copy), our block tables the table. The queries and outputs are ragge
 S_q, D] with per-sequence element offsets from our query prefix sums, and per-sequence query
 and key lengths as padding masks. Its causal mask aligned bottom-right puts each sequence's
 queries at the end of its context, as ours. No sinks or windows here (those stay on other
-libraries). A graph is built per batch shape class (sequences, padded maxima, table width) and
-cached: building one costs tens of milliseconds, so the first batch of each class pays it.
+libraries). A graph is built per batch shape class (sequences, padded query length, table width)
+and cached: the first batch of each class pays the build on the host, which is why the table
+lists it for a GPU only where perf/bench_kernels.py measured it ahead.
 Kept out of CUDA-graph capture.
 """
 from __future__ import annotations

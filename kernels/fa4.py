@@ -6,8 +6,10 @@ Hk, D] are its (num_pages, page_size, Hk, D) layout, our block tables its page_t
 lengths its seqused_k, our query prefix sums its cu_seqlens_q. Its causal mask is aligned
 bottom-right (each sequence's queries at the end of its context, as ours); window_size (left,
 right) counts keys besides the query's own, so our window W is (W - 1, 0); learnable_sink is our
-per-head sink logit. So it serves every path, GPT-OSS's included, on sm90 (Hopper) and sm100+.
-Pages that hold whole key tiles load by TMA; our 16-token pages take its gather path.
+per-head sink logit. So it can serve every path, GPT-OSS's included, on sm90 (Hopper) and sm100+.
+Pages that hold whole key tiles load by TMA; our 16-token pages take its gather path. The wiring
+is tested on CPU against its documented semantics (tests/kernels/test_attention_libs.py); the
+table lists it for a GPU only once perf/bench_kernels.py has measured it there.
 Kept out of CUDA-graph capture: its first call per shape class compiles on the host.
 """
 from __future__ import annotations
