@@ -27,6 +27,14 @@ TORCH_PIN="torch==2.13.0"
 PA_PIN="perf-analyzer==2.60.0"
 AIPERF_PIN="aiperf==0.13.0"
 GENAI_PERF_PIN="genai-perf==0.0.16"
+# Attention libraries, installed only where torch has CUDA and sees a GPU (laminar_kernels picks
+# per path from kernels/configs/attention.json, falling back to our Triton kernels). flashinfer-cubin
+# is its prebuilt kernels (0.6.13 is the last release that has them); cudnn-frontend and the CuTe DSL
+# are FlashInfer's own dependencies, pinned here with FlashAttention-4's.
+FLASHINFER_VERSION="0.6.13"
+ATTENTION_PINS=("flashinfer-python==$FLASHINFER_VERSION" "flashinfer-cubin==$FLASHINFER_VERSION"
+                "nvidia-cudnn-frontend==1.32.0" "apache-tvm-ffi==0.1.15.post2")
+CUTE_PINS=("nvidia-cutlass-dsl" "4.8.1" "flash-attn-4" "4.0.0b36")  # name version pairs; [cu13] on CUDA 13
 
 log() { echo "[build.sh] $*" >&2; }
 
@@ -45,6 +53,34 @@ setup_venv() {
     venv_python -m pip install -q "$TORCH_PIN"
   fi
   venv_python -m pip install -q --no-deps -e "$ROOT"
+  echo "$want" > "$stamp"
+}
+
+# On a machine with CUDA (torch built for it and a GPU visible): the attention libraries, with
+# torch and numpy held at their installed versions. FlashInfer's JIT cache of compiled kernels
+# comes from FlashInfer's own package index, named by LAMINAR_FLASHINFER_JIT_INDEX where wanted;
+# without it FlashInfer compiles what it lacks with nvcc during the engine's start-up profile. A
+# failed install leaves our Triton kernels serving, with a warning; CPU machines skip all of this.
+setup_attention_libs() {
+  local cuda stamp=$VENV/.laminar-attention-pins want extra="" pins=() i
+  cuda=$(venv_python -c 'import torch; print(torch.version.cuda if torch.version.cuda and torch.cuda.is_available() else "")' 2>/dev/null) || return 0
+  [ -n "$cuda" ] || return 0
+  [ "${cuda%%.*}" -ge 13 ] && extra="[cu13]"
+  for ((i = 0; i < ${#CUTE_PINS[@]}; i += 2)); do pins+=("${CUTE_PINS[i]}$extra==${CUTE_PINS[i + 1]}"); done
+  pins+=("${ATTENTION_PINS[@]}")
+  want=$(printf '%s\n' "${pins[@]}" "cuda $cuda" "${LAMINAR_FLASHINFER_JIT_INDEX:-}")
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  log "installing attention libraries for CUDA $cuda: ${pins[*]}"
+  local held=$VENV/.laminar-held.txt
+  venv_python -c 'import numpy, torch; print(f"torch=={torch.__version__}\nnumpy=={numpy.__version__}")' > "$held"
+  if ! venv_python -m pip install -q -c "$held" "${pins[@]}"; then
+    log "WARNING: attention libraries failed to install; our Triton kernels serve attention"; return 0
+  fi
+  if [ -n "${LAMINAR_FLASHINFER_JIT_INDEX:-}" ]; then
+    venv_python -m pip install -q -c "$held" --extra-index-url "$LAMINAR_FLASHINFER_JIT_INDEX" \
+      "flashinfer-jit-cache==$FLASHINFER_VERSION+cu$(echo "$cuda" | tr -d .)" \
+      || log "WARNING: no FlashInfer JIT cache for CUDA $cuda; it compiles at the engine's start-up"
+  fi
   echo "$want" > "$stamp"
 }
 
@@ -184,6 +220,7 @@ setup_demo_model() {
 
 setup() {
   setup_venv
+  setup_attention_libs
   setup_package_path
   setup_tritonserver
   setup_perf_analyzer

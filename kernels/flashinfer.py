@@ -8,7 +8,8 @@ lead such a batch, decode-only batches and anything being captured stay on our k
 plan() runs on the host). No attention sinks here (GPT-OSS stays on ours). Our per-layer K and V
 caches [blocks, page, Hk, D] are its "NHD" paged layout given as a (k, v) pair: no copy, only our
 block tables as its page lists. Its kernels JIT-compile with the machine's nvcc on first use
-(cached under ~/.cache/flashinfer), which the engine's start-up profile triggers.
+(cached under ~/.cache/flashinfer; build.sh installs its prebuilt cubins where they exist for
+the installed version), which the engine's start-up profile triggers.
 The engine's flashinfer argument (LAMINAR_FLASHINFER=0) turns it off.
 """
 from __future__ import annotations
@@ -20,12 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-try:
-    import flashinfer
-except ImportError:  # not installed (the default here): our kernels serve every batch
-    flashinfer = None
-
 from .attention_decode import decode_attention
+from .attention_libs import imported
 
 if TYPE_CHECKING:
     from laminar.ops.metadata import AttentionMetadata
@@ -62,21 +59,22 @@ class _Plan:
 _plans: dict[torch.device, _Plan] = {}
 
 
-def flashinfer_can_serve(q: torch.Tensor, meta: AttentionMetadata, sinks: torch.Tensor | None) -> bool:
+def flashinfer_can_serve(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata,
+                         sinks: torch.Tensor | None, window: int) -> bool:
     return (
-        flashinfer is not None
-        and sinks is None
+        sinks is None
         and meta.max_query_len > 1
         and q.is_cuda
         and q.dtype in (torch.float16, torch.bfloat16)
         and q.shape[-1] in HEAD_DIMS
         and not torch.cuda.is_current_stream_capturing()
+        and imported("flashinfer") is not None
     )
 
 
 def flashinfer_paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-    out: torch.Tensor, window: int = 0,
+    out: torch.Tensor, sinks: torch.Tensor | None = None, window: int = 0,
 ) -> torch.Tensor:
     """Causal attention as our kernels compute it: FlashInfer aligns the causal mask bottom-right
     (each sequence's queries at the end of its context, as ours), and its window_left counts the
@@ -97,7 +95,7 @@ def _planned(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata, sc
     plan = _plans.get(q.device)
     if plan is None:
         workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=q.device)
-        plan = _plans[q.device] = _Plan(flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD"))
+        plan = _plans[q.device] = _Plan(imported("flashinfer").BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD"))
     _, page, hk, d = k_cache.shape
     key = (window, scale, q.shape[1], hk, d, page, q.dtype, k_cache.dtype)
     if plan.meta is not None and plan.meta() is meta and plan.key == key:

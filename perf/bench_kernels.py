@@ -6,7 +6,10 @@ MoE: HBM floor = distinct experts touched x expert bytes / bandwidth, compute fl
 torch._grouped_mm and vLLM's tuned fused_moe kernel (perf/vllm_fused_moe.py). Attention:
 KV bytes read / bandwidth (decode) and causal FLOPs / GEMM rate (prefill); the baselines are
 SDPA's fastest backend over the same KV stored contiguously and, where installed, FlashInfer's
-fastest paged kernel over the same paged cache (perf/flashinfer_attention.py). Every time is the median of
+fastest paged kernel over the same paged cache (perf/flashinfer_attention.py), plus a column per
+attention library as the engine calls it (FlashInfer, FlashAttention-4, cuDNN paged SDPA:
+perf/attention_libraries.py, timed eagerly). The sinks section runs GPT-OSS's attention (sinks,
+128-token windows) against those libraries that support it. Every other time is the median of
 CUDA-graph replays with L2 flushed before each (perf/kernel_timing.py).
 Run: PYTHONPATH=backend_src:<dir holding laminar_kernels> python perf/bench_kernels.py --out-dir perf/results
 """
@@ -15,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+import attention_libraries
 import flashinfer_attention
 import torch
 import torch.nn.functional as F
@@ -42,6 +47,12 @@ SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_
 DECODE_SHAPES = [(1, 1024), (1, 4096), (1, 16384), (1, 32768), (4, 32768), (8, 32768), (16, 1024), (16, 4096),
                  (16, 16384), (64, 1024), (64, 2048), (64, 4096), (64, 16384), (256, 1024), (256, 4096)]
 PREFILL_PROMPTS = [[1024], [4096], [8192], [16384], [4096, 2048, 1024, 512, 300, 128, 64]]
+FLASHINFER_VARIANTS = True  # --no-flashinfer-variants: only the engine's FlashInfer path (a library column)
+OURS = {"prefill": "triton", "decode": "triton", "sinks": "triton"}  # our Triton kernels, whatever is installed
+SINK_HQ, SINK_HK, SINK_D, SINK_WINDOW = 64, 8, 64, 128  # GPT-OSS-20B's attention
+SINK_SHAPES = [("prefill", 1, 1024), ("prefill", 1, 4096), ("prefill", 1, 8192), ("prefill", 1, 16384),
+               ("decode", 1, 4096), ("decode", 64, 2048), ("decode", 64, 4096), ("decode", 256, 1024),
+               ("decode", 8, 32768)]
 
 
 def copy_rate(timer: Timer, n: int = 1 << 30) -> float:
@@ -95,11 +106,11 @@ def bench_moe(timer: Timer, floors: dict) -> list[dict]:
     return rows
 
 
-def paged_cache(ctx_lens: list[int], q_lens: list[int], page: int = PAGE):
+def paged_cache(ctx_lens: list[int], q_lens: list[int], page: int = PAGE, hk: int = HK, d: int = D):
     """A paged KV cache whose block tables list randomly placed pages, plus each sequence's
     keys and values gathered into contiguous [Hk, ctx, D] tensors for SDPA (not timed)."""
     pages = [triton.cdiv(c, page) for c in ctx_lens]
-    k_cache = torch.randn(sum(pages), page, HK, D, device="cuda", dtype=torch.bfloat16)
+    k_cache = torch.randn(sum(pages), page, hk, d, device="cuda", dtype=torch.bfloat16)
     v_cache = torch.randn_like(k_cache)
     perm = torch.randperm(sum(pages), device="cuda").to(torch.int32)
     tables = torch.zeros(len(ctx_lens), max(pages), device="cuda", dtype=torch.int32)
@@ -133,7 +144,10 @@ def sdpa_fns(q_views, kv_views, causal: bool) -> dict:
 def flashinfer_columns(timer: Timer, q, k_cache, v_cache, meta, ours_ms: float, ref: torch.Tensor,
                        causal: bool) -> dict:
     """Every FlashInfer variant timed over our paged cache; the fastest one's time and its error
-    against the reference. Empty when FlashInfer is not installed."""
+    against the reference. Empty when FlashInfer is not installed or its variants are not asked for
+    (each JIT-compiles a module of its own)."""
+    if not FLASHINFER_VARIANTS:
+        return {}
     fns = flashinfer_attention.variants(q, k_cache, v_cache, meta.query_start_loc, meta.seq_lens,
                                         meta.block_tables, SCALE, causal)
     if not fns:
@@ -156,8 +170,8 @@ def bench_decode(timer: Timer, floors: dict) -> list[dict]:
     for n_seqs, ctx in DECODE_SHAPES:
         k_cache, v_cache, meta, views = paged_cache([ctx] * n_seqs, [1] * n_seqs)
         q = torch.randn(n_seqs, HQ, D, device="cuda", dtype=torch.bfloat16)
-        # ours: our Triton kernels only (FlashInfer has a column of its own)
-        ours, _ = timer.ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, SCALE, flashinfer=False))
+        # ours: our Triton kernels only (each library has a column of its own)
+        ours, _ = timer.ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, SCALE, chosen=OURS))
         k = torch.stack([kv[0] for kv in views])
         v = torch.stack([kv[1] for kv in views])
         base, backend = timer.best(sdpa_fns([q.view(n_seqs, HQ, 1, D)], [(k, v)], causal=False))
@@ -165,13 +179,15 @@ def bench_decode(timer: Timer, floors: dict) -> list[dict]:
         floor = 2 * n_seqs * ctx * HK * D * 2 / bw * 1e3
         rows.append({"batch": n_seqs, "ctx": ctx, "ms": ours, "sdpa_ms": base, "sdpa_backend": backend,
                      "hbm_floor_ms": floor, "pct_floor": 100 * floor / ours, "speedup_vs_sdpa": base / ours,
-                     "rel_diff_vs_sdpa": rel_diff(K.paged_attention(q, k_cache, v_cache, meta, SCALE, flashinfer=False),
+                     "rel_diff_vs_sdpa": rel_diff(K.paged_attention(q, k_cache, v_cache, meta, SCALE, chosen=OURS),
                                                   ref.view(n_seqs, HQ, D))})
         r = rows[-1]
         r.update(flashinfer_columns(timer, q, k_cache, v_cache, meta, ours, ref.view(n_seqs, HQ, D), causal=False))
+        r.update(attention_libraries.columns(timer, attention_libraries.runs(q, k_cache, v_cache, meta, SCALE), ours,
+                                             ref.view(n_seqs, HQ, D)))
         print(f"decode B={n_seqs:3d} ctx={ctx:5d} {ours * 1e3:8.1f} us {r['pct_floor']:5.1f}% hbm  "
               f"sdpa[{backend}] {base * 1e3:8.1f} us x{r['speedup_vs_sdpa']:.2f}  diff {r['rel_diff_vs_sdpa']:.1e}"
-              + flashinfer_note(r), flush=True)
+              + flashinfer_note(r) + attention_libraries.note(r), flush=True)
     return rows
 
 
@@ -183,7 +199,7 @@ def bench_prefill(timer: Timer, floors: dict) -> list[dict]:
         q = torch.randn(sum(prompts), HQ, D, device="cuda", dtype=torch.bfloat16)
         q_views = [qs.transpose(0, 1).unsqueeze(0) for qs in q.split(prompts)]
         kv_views = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in views]
-        ours, _ = timer.ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, SCALE, flashinfer=False))
+        ours, _ = timer.ms(lambda: K.paged_attention(q, k_cache, v_cache, meta, SCALE, chosen=OURS))
         base, backend = timer.best(sdpa_fns(q_views, kv_views, causal=True))
         ref = torch.cat([F.scaled_dot_product_attention(qv, k, v, is_causal=True, scale=SCALE, enable_gqa=True)
                          [0].transpose(0, 1) for qv, (k, v) in zip(q_views, kv_views)])
@@ -191,14 +207,37 @@ def bench_prefill(timer: Timer, floors: dict) -> list[dict]:
         rows.append({"prompts": prompts, "ms": ours, "sdpa_ms": base, "sdpa_backend": backend,
                      "tflops": flops / ours / 1e9, "sdpa_tflops": flops / base / 1e9,
                      "gemm_floor_ms": flops / rate * 1e3, "speedup_vs_sdpa": base / ours,
-                     "rel_diff_vs_sdpa": rel_diff(K.paged_attention(q, k_cache, v_cache, meta, SCALE, flashinfer=False), ref)})
+                     "rel_diff_vs_sdpa": rel_diff(K.paged_attention(q, k_cache, v_cache, meta, SCALE, chosen=OURS), ref)})
         r = rows[-1]
         r.update(flashinfer_columns(timer, q, k_cache, v_cache, meta, ours, ref, causal=True))
+        r.update(attention_libraries.columns(timer, attention_libraries.runs(q, k_cache, v_cache, meta, SCALE), ours, ref))
         if "flashinfer_ms" in r:
             r["flashinfer_tflops"] = flops / r["flashinfer_ms"] / 1e9
         print(f"prefill {prompts} {ours:8.3f} ms {r['tflops']:5.0f} TFLOP/s  sdpa[{backend}] {base:8.3f} ms "
               f"{r['sdpa_tflops']:5.0f} TFLOP/s  x{r['speedup_vs_sdpa']:.2f}  diff {r['rel_diff_vs_sdpa']:.1e}"
-              + flashinfer_note(r), flush=True)
+              + flashinfer_note(r) + attention_libraries.note(r, 1.0), flush=True)
+    return rows
+
+
+def bench_sinks(timer: Timer, floors: dict) -> list[dict]:
+    """GPT-OSS's attention (sinks on every layer, a 128-token window on every other one): ours
+    against each library that supports it; errors are against ours (tested against the reference)."""
+    rows = []
+    scale = SINK_D**-0.5
+    sinks = torch.randn(SINK_HQ, device="cuda", dtype=torch.float32)
+    for kind, n_seqs, ctx in SINK_SHAPES:
+        q_len = ctx if kind == "prefill" else 1
+        k_cache, v_cache, meta, _ = paged_cache([ctx] * n_seqs, [q_len] * n_seqs, hk=SINK_HK, d=SINK_D)
+        q = torch.randn(n_seqs * q_len, SINK_HQ, SINK_D, device="cuda", dtype=torch.bfloat16)
+        for window in (0, SINK_WINDOW):
+            def ours_fn():
+                return K.paged_attention(q, k_cache, v_cache, meta, scale, sinks, window, chosen=OURS)
+            ours, _ = timer.ms(ours_fn)
+            rows.append({"kind": kind, "batch": n_seqs, "ctx": ctx, "window": window, "ms": ours})
+            rows[-1].update(attention_libraries.columns(
+                timer, attention_libraries.runs(q, k_cache, v_cache, meta, scale, sinks, window), ours, ours_fn()))
+            print(f"sinks {kind} B={n_seqs} ctx={ctx} window={window} ours {ours * 1e3:8.1f} us"
+                  + attention_libraries.note(rows[-1]), flush=True)
     return rows
 
 
@@ -300,10 +339,12 @@ def flashinfer_cells(r: dict, unit: float) -> str:
 
 def attention_table(title: str, head: str, rule: str, cells: Callable[[dict], str], unit: float,
                     rows: list[dict]) -> list[str]:
-    """A markdown table of attention rows, with FlashInfer's columns where any row has them."""
+    """A markdown table of attention rows, with FlashInfer's variant columns and each attention
+    library's column where any row has them."""
     fi = any("flashinfer_ms" in r for r in rows)
-    return [title, "", head + FI_HEAD * fi, rule + FI_RULE * fi] + [cells(r) + flashinfer_cells(r, unit) * fi
-                                                                    for r in rows]
+    lib_head, lib_rule, lib_cells = attention_libraries.head(rows)
+    return [title, "", head + FI_HEAD * fi + lib_head, rule + FI_RULE * fi + lib_rule] + [
+        cells(r) + flashinfer_cells(r, unit) * fi + lib_cells(r, unit) for r in rows]
 
 
 def decode_lines(rows: list[dict]) -> list[str]:
@@ -326,6 +367,14 @@ def prefill_lines(rows: list[dict]) -> list[str]:
                    f"{r['gemm_floor_ms']:.3f} | {r['sdpa_ms']:.3f} | {r['sdpa_backend']} | {r['sdpa_tflops']:.0f} | "
                    f"{r['speedup_vs_sdpa']:.2f} |"),
         1.0, rows)
+
+
+def sinks_lines(rows: list[dict]) -> list[str]:
+    return attention_table(
+        f"## GPT-OSS attention: sinks, window 0 or {SINK_WINDOW} ({SINK_HQ} q heads, {SINK_HK} kv heads, D={SINK_D}; "
+        "library errors against ours)",
+        "| path | batch | context | window | ours (us) |", "|---|---:|---:|---:|---:|",
+        lambda r: f"| {r['kind']} | {r['batch']} | {r['ctx']} | {r['window']} | {r['ms'] * 1e3:.1f} |", 1e3, rows)
 
 
 def prefill_variant_lines(rows: list[dict]) -> list[str]:
@@ -352,12 +401,15 @@ def page_variant_lines(rows: list[dict]) -> list[str]:
 def write_markdown(path: Path, res: dict) -> None:
     f = res["floors"]
     lines = [f"# Kernel benchmark on {res['device']}", "",
-             f"Command: `{res['command']}`  ", f"Machine: {res['machine']}  ",
-             f"torch {res['torch']}, triton {res['triton']}; {res['date']}", "",
+             f"Command: `{res['command']}`  ", f"Commit: {res.get('commit', 'unknown')}  ",
+             f"Machine: {res['machine']}  ",
+             f"torch {res['torch']}, triton {res['triton']}; {res['date']}  ",
+             "Attention libraries: " + (", ".join(f"{k} {v}" for k, v in res.get("libraries", {}).items()) or "none"),
+             "",
              f"Floors measured in this run: copy {f['copy_bw_GBps']:.0f} GB/s (read+write), "
              f"bf16 GEMM {f['bf16_gemm_TFLOPs']:.0f} TFLOP/s (8192^3). Times: medians of CUDA-graph replays, "
              "L2 flushed before each.", ""]
-    for key, fmt in (("moe", moe_lines), ("decode", decode_lines), ("prefill", prefill_lines),
+    for key, fmt in (("moe", moe_lines), ("decode", decode_lines), ("prefill", prefill_lines), ("sinks", sinks_lines),
                      ("prefill_variants", prefill_variant_lines), ("decode_variants", decode_variant_lines),
                      ("page_variants", page_variant_lines)):
         if key in res:
@@ -365,7 +417,7 @@ def write_markdown(path: Path, res: dict) -> None:
     path.write_text("\n".join(lines))
 
 
-SECTIONS = {"moe": bench_moe, "decode": bench_decode, "prefill": bench_prefill}
+SECTIONS = {"moe": bench_moe, "decode": bench_decode, "prefill": bench_prefill, "sinks": bench_sinks}
 VARIANTS = {"prefill_variants": prefill_variants, "decode_variants": decode_variants, "page_variants": page_variants}
 
 
@@ -374,7 +426,11 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS) + list(VARIANTS))
     parser.add_argument("--command", default=" ".join(sys.argv))
+    parser.add_argument("--commit", default="", help="the commit measured (the device copy has no .git)")
+    parser.add_argument("--flashinfer-variants", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
+    global FLASHINFER_VARIANTS
+    FLASHINFER_VARIANTS = args.flashinfer_variants
     dev = torch.cuda.get_device_name()
     props = torch.cuda.get_device_properties(0)
     timer = Timer()
@@ -382,17 +438,26 @@ def main() -> None:
     print(f"{dev}: copy {floors['copy_bw_GBps']:.0f} GB/s, bf16 GEMM {floors['bf16_gemm_TFLOPs']:.0f} TFLOP/s",
           flush=True)
     res = {"device": dev, "machine": f"{dev}, {props.multi_processor_count} SMs, {platform.node()}",
-           "command": args.command, "torch": torch.__version__, "triton": triton.__version__,
+           "command": args.command, "commit": args.commit or git_commit(), "torch": torch.__version__,
+           "triton": triton.__version__, "libraries": attention_libraries.versions(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "floors": floors}
-    for name in args.sections:
-        res[name] = SECTIONS[name](timer, floors) if name in SECTIONS else VARIANTS[name](timer)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "kernels-" + dev.replace(" ", "_")
     if not set(SECTIONS) <= set(args.sections):
         stem += "-" + "-".join(args.sections)
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-    write_markdown(args.out_dir / f"{stem}.md", res)
+    for name in args.sections:  # written after each section, so a run cut short keeps what it measured
+        res[name] = SECTIONS[name](timer, floors) if name in SECTIONS else VARIANTS[name](timer)
+        (args.out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+        write_markdown(args.out_dir / f"{stem}.md", res)
     print((args.out_dir / f"{stem}.md").read_text())
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 
-from laminar_kernels.flashinfer import flashinfer, page_lists
+from laminar_kernels.attention_libs import imported
+from laminar_kernels.flashinfer import page_lists
 
 WORKSPACE_BYTES = 256 << 20
 DECODE_VARIANTS = {"decode": False, "decode-tc": True}
@@ -25,6 +26,7 @@ def variants(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, quer
              ) -> dict[str, Callable[[], torch.Tensor]]:
     """Planned FlashInfer calls for one batch, by variant name; decode variants only when every
     sequence has one query. A variant that fails to build or plan is reported and left out."""
+    flashinfer = imported("flashinfer")
     if flashinfer is None:
         return {}
     _, page, hk, d = k_cache.shape

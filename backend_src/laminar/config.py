@@ -13,6 +13,7 @@ import torch
 
 from laminar.formats import Quantization
 from laminar.ops import OPS_CHOICES
+from laminar.ops.attention_choice import parse_attention
 
 SCHEDULE_MODES = ("layered", "chunked")
 PREFILL_POLICIES = {"static": ("num_stages", "group_token_thresholds"), "slo": ("tbt_slo_ms",)}  # policy -> its options
@@ -191,7 +192,8 @@ class EngineArgs:
     The switches below lived in the environment before they were arguments, and scripts still set
     them there: unset, each takes LAMINAR_<NAME> from the environment, else its default. ops
     picks the torch reference or the Triton kernels (auto: kernels on CUDA); flash_attn and
-    flashinfer let those libraries serve attention where installed; tp_timeout_s is how long a
+    flashinfer let those libraries serve attention where installed; attention names the attention
+    library of each path (auto: the GPU's measured winners; see laminar.ops.attention_choice); tp_timeout_s is how long a
     tensor-parallel collective waits for a silent peer; log_level is the Triton model's.
     """
 
@@ -219,6 +221,7 @@ class EngineArgs:
     ops: str = field(default_factory=lambda: _from_env("ops", "auto"))
     flash_attn: bool = field(default_factory=lambda: _from_env("flash_attn", True))
     flashinfer: bool = field(default_factory=lambda: _from_env("flashinfer", True))
+    attention: str = field(default_factory=lambda: _from_env("attention", "auto"))
     tp_timeout_s: float = field(default_factory=lambda: _from_env("tp_timeout_s", 120.0))
     log_level: str = field(default_factory=lambda: _from_env("log_level", "INFO"))
 
@@ -282,6 +285,9 @@ class EngineArgs:
         for name in ("flash_attn", "flashinfer"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.attention, str):
+            raise ValueError(f"attention must be a string such as auto or prefill=fa4, got {self.attention!r}")
+        parse_attention(self.attention)
         timeout = self.tp_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"tp_timeout_s must be a positive number of seconds, got {timeout!r}")

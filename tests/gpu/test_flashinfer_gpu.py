@@ -36,13 +36,14 @@ def test_flashinfer_engine_agrees_with_ours(wide_heads, mode, monkeypatch):
     """Each request's first logits (its prompt's last row, computed by FlashInfer in one engine and
     our prefill kernel in the other) agree to bf16 rounding; FlashInfer did serve the prompts."""
     import laminar_kernels.attention as attention
-    import laminar_kernels.flashinfer as fi
+    import laminar_kernels.attention_libs as libs
 
-    if fi.flashinfer is None:
+    if libs.imported("flashinfer") is None:
         pytest.skip("needs FlashInfer")
     calls = []
-    real = attention.flashinfer_paged_attention
-    monkeypatch.setattr(attention, "flashinfer_paged_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    can_serve, real = attention.LIBRARIES["flashinfer"]
+    monkeypatch.setitem(attention.LIBRARIES, "flashinfer", (can_serve, lambda *a: calls.append(1) or real(*a)))
+    monkeypatch.setenv("LAMINAR_ATTENTION", "prefill=flashinfer")  # whatever this GPU's table prefers
     workload = random_arrivals(7, 10, range(3, 2048), max_prompt=300, last_step=6, max_tokens=8)
     args = dict(schedule_mode=mode, num_stages=3, group_token_thresholds=(), max_num_batched_tokens=256,
                 block_size=16, num_kv_blocks=256, dtype="bfloat16", device="cuda", load_format="dummy", seed=3)

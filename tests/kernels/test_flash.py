@@ -11,6 +11,7 @@ import laminar_kernels.flash as flash
 from laminar.ops import torch_ops as R
 
 SEQS = [(5, 5), (20, 300), (1, 513), (40, 40)]  # fresh prompts, a cached prefix, a decode
+FLASH = dict.fromkeys(("prefill", "decode", "sinks"), "flash_attn")  # attention="flash_attn"
 
 
 def varlen_as_documented(q, k_cache, v_cache, cu_q, cu_k, max_q, max_k, softmax_scale, causal, window_size,
@@ -42,9 +43,9 @@ def varlen_as_documented(q, k_cache, v_cache, cu_q, cu_k, max_q, max_k, softmax_
 @pytest.mark.parametrize("window", [0, 1, 17])
 def test_flash_wiring_matches_reference(monkeypatch, window):
     calls = []
-    monkeypatch.setattr(flash, "flash_attn_varlen_func", lambda *a, **kw: calls.append(1) or varlen_as_documented(*a, **kw))
+    monkeypatch.setattr(flash, "varlen_func", lambda: lambda *a, **kw: calls.append(1) or varlen_as_documented(*a, **kw))
     q, k_cache, v_cache, meta = paged_batch(SEQS, 4, 2, 32, 256, torch.bfloat16)
-    out = K.paged_attention(q, k_cache, v_cache, meta, 32**-0.5, window=window)
+    out = K.paged_attention(q, k_cache, v_cache, meta, 32**-0.5, window=window, chosen=FLASH)
     assert calls, "a bf16 batch over 256-token pages goes to flash-attn"
     ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 32**-0.5, window=window)
     assert_close(out, ref, torch.bfloat16)
@@ -52,10 +53,10 @@ def test_flash_wiring_matches_reference(monkeypatch, window):
 
 def test_flash_is_skipped_with_sinks(monkeypatch):
     """flash-attn 2 has no attention sinks: our kernel serves those layers."""
-    monkeypatch.setattr(flash, "flash_attn_varlen_func", lambda *a, **kw: pytest.fail("flash-attn was called"))
+    monkeypatch.setattr(flash, "varlen_func", lambda: lambda *a, **kw: pytest.fail("flash-attn was called"))
     q, k_cache, v_cache, meta = paged_batch([(3, 40), (1, 17)], 4, 2, 32, 256, torch.bfloat16)
     sinks = torch.zeros(4, dtype=torch.float32, device=DEVICE)
-    out = K.paged_attention(q, k_cache, v_cache, meta, 32**-0.5, sinks=sinks, window=8)
+    out = K.paged_attention(q, k_cache, v_cache, meta, 32**-0.5, sinks=sinks, window=8, chosen=FLASH)
     ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 32**-0.5, sinks=sinks, window=8)
     assert_close(out, ref, torch.bfloat16)
 
@@ -63,15 +64,15 @@ def test_flash_is_skipped_with_sinks(monkeypatch):
 @pytest.mark.parametrize("page, dtype, on", [(16, torch.bfloat16, True), (256, torch.float32, True),
                                              (256, torch.bfloat16, False)])
 def test_flash_is_skipped_where_it_cannot_serve(monkeypatch, page, dtype, on):
-    monkeypatch.setattr(flash, "flash_attn_varlen_func", lambda *a, **kw: pytest.fail("flash-attn was called"))
+    monkeypatch.setattr(flash, "varlen_func", lambda: lambda *a, **kw: pytest.fail("flash-attn was called"))
     q, k_cache, v_cache, meta = paged_batch([(3, 40), (1, 17)], 4, 2, 32, page, dtype)
-    K.paged_attention(q, k_cache, v_cache, meta, 32**-0.5, flash_attn=on)
+    K.paged_attention(q, k_cache, v_cache, meta, 32**-0.5, chosen=FLASH, excluded=frozenset(() if on else ("flash_attn",)))
 
 
-@pytest.mark.skipif(flash.flash_attn_varlen_func is None or DEVICE != "cuda", reason="needs flash-attn and CUDA")
+@pytest.mark.skipif(DEVICE != "cuda" or flash.varlen_func() is None, reason="needs flash-attn and CUDA")
 def test_real_flash_attn_matches_reference():
     q, k_cache, v_cache, meta = paged_batch(SEQS + [(1, 4096), (777, 1200)], 32, 4, 128, 256, torch.bfloat16)
     for window in (0, 128):
-        out = K.paged_attention(q, k_cache, v_cache, meta, 128**-0.5, window=window)
+        out = K.paged_attention(q, k_cache, v_cache, meta, 128**-0.5, window=window, chosen=FLASH)
         ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 128**-0.5, window=window)
         assert_close(out, ref, torch.bfloat16)

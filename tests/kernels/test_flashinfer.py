@@ -10,6 +10,7 @@ from helpers import DEVICE, assert_close, paged_batch
 
 import laminar_kernels as K
 import laminar_kernels.attention as attention
+import laminar_kernels.attention_libs as libs
 import laminar_kernels.flashinfer as fi
 from laminar.ops import torch_ops as R
 
@@ -67,7 +68,8 @@ class DocumentedPrefill:
 
 @pytest.fixture
 def documented(monkeypatch):
-    monkeypatch.setattr(fi, "flashinfer", type("FlashInfer", (), {"BatchPrefillWithPagedKVCacheWrapper": DocumentedPrefill}))
+    monkeypatch.setitem(libs._modules, "flashinfer",
+                        type("FlashInfer", (), {"BatchPrefillWithPagedKVCacheWrapper": DocumentedPrefill}))
     monkeypatch.setattr(fi, "_plans", {})
     DocumentedPrefill.plans = 0
 
@@ -75,7 +77,7 @@ def documented(monkeypatch):
 @pytest.mark.parametrize("window", [0, 1, 17])
 def test_wiring_matches_reference(documented, window):
     q, k_cache, v_cache, meta = paged_batch(SEQS, 4, 2, 32, 16, torch.bfloat16)
-    out = fi.flashinfer_paged_attention(q, k_cache, v_cache, meta, 32**-0.5, torch.empty_like(q), window)
+    out = fi.flashinfer_paged_attention(q, k_cache, v_cache, meta, 32**-0.5, torch.empty_like(q), window=window)
     ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 32**-0.5, window=window)
     assert_close(out, ref, torch.bfloat16)
 
@@ -84,7 +86,7 @@ def test_leading_decodes_go_to_our_decode_kernel(documented):
     """Batches lead with their decode rows; those run on our decode kernel, the rest on FlashInfer's."""
     seqs = [(1, 513), (1, 40), (20, 300), (1, 7), (5, 5)]
     q, k_cache, v_cache, meta = paged_batch(seqs, 4, 2, 32, 16, torch.bfloat16)
-    out = fi.flashinfer_paged_attention(q, k_cache, v_cache, meta, 32**-0.5, torch.empty_like(q), 8)
+    out = fi.flashinfer_paged_attention(q, k_cache, v_cache, meta, 32**-0.5, torch.empty_like(q), window=8)
     assert DocumentedPrefill.planned_seqs == 3
     ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 32**-0.5, window=8)
     assert_close(out, ref, torch.bfloat16)
@@ -108,7 +110,8 @@ def test_planned_once_per_batch(documented):
     assert_close(out, ref, torch.bfloat16)
 
 
-needs_flashinfer = pytest.mark.skipif(fi.flashinfer is None or DEVICE != "cuda", reason="needs FlashInfer and CUDA")
+needs_flashinfer = pytest.mark.skipif(DEVICE != "cuda" or libs.imported("flashinfer") is None,
+                                      reason="needs FlashInfer and CUDA")
 
 
 @needs_flashinfer
@@ -118,8 +121,9 @@ def test_real_flashinfer_matches_reference(window, seqs):
     q, k_cache, v_cache, meta = paged_batch(seqs, 32, 4, 128, 16, torch.bfloat16)
     q, k_cache, v_cache = q.cuda(), k_cache.cuda(), v_cache.cuda()
     meta = type(meta)(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(meta).items()})
-    assert fi.flashinfer_can_serve(q, meta, None)
-    out = K.paged_attention(q, k_cache, v_cache, meta, 128**-0.5, window=window)
+    assert fi.flashinfer_can_serve(q, k_cache, meta, None, window)
+    out = K.paged_attention(q, k_cache, v_cache, meta, 128**-0.5, window=window, chosen={"prefill": "flashinfer",
+                                                                                          "sinks": "flashinfer"})
     ref = R.paged_attention(q.float(), k_cache.float(), v_cache.float(), meta, 128**-0.5, window=window)
     assert_close(out, ref, torch.bfloat16)
 
@@ -128,9 +132,10 @@ def test_real_flashinfer_matches_reference(window, seqs):
 def test_real_flashinfer_leaves_decode_sinks_and_switched_off_to_ours(monkeypatch):
     decode = paged_batch([(1, 40), (1, 17)], 8, 2, 64, 16, torch.bfloat16)
     prompt = paged_batch([(3, 40), (1, 17)], 8, 2, 64, 16, torch.bfloat16)
-    assert not fi.flashinfer_can_serve(decode[0].cuda(), decode[3], None)
-    assert not fi.flashinfer_can_serve(prompt[0].cuda(), prompt[3], torch.zeros(8, device="cuda"))
-    monkeypatch.setattr(attention, "flashinfer_paged_attention", lambda *a, **kw: pytest.fail("FlashInfer was called"))
+    assert not fi.flashinfer_can_serve(decode[0].cuda(), decode[1].cuda(), decode[3], None, 0)
+    assert not fi.flashinfer_can_serve(prompt[0].cuda(), prompt[1].cuda(), prompt[3], torch.zeros(8, device="cuda"), 0)
+    never = (fi.flashinfer_can_serve, lambda *a: pytest.fail("FlashInfer was called"))
+    monkeypatch.setitem(attention.LIBRARIES, "flashinfer", never)
     q, k_cache, v_cache = (t.cuda() for t in prompt[:3])
     meta = type(prompt[3])(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(prompt[3]).items()})
-    K.paged_attention(q, k_cache, v_cache, meta, 64**-0.5, flashinfer=False)  # switched off: ours serve it
+    K.paged_attention(q, k_cache, v_cache, meta, 64**-0.5, excluded=frozenset({"flashinfer"}))  # switched off

@@ -1,7 +1,8 @@
 """Op dispatch: the torch reference on CPU, the Triton kernels of `kernels/` on CUDA.
 
 The engine's `ops` argument (torch|triton; LAMINAR_OPS) overrides the automatic choice (tests
-use it to run the kernels under Triton's CPU interpreter, or the reference on a GPU), and its
+use it to run the kernels under Triton's CPU interpreter, or the reference on a GPU); its
+`attention` argument names the attention library of each path (attention_choice), and its
 flash_attn / flashinfer arguments keep those libraries off the kernels' attention.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from types import ModuleType, SimpleNamespace
 import torch
 
 from laminar.ops import torch_ops
+from laminar.ops.attention_choice import parse_attention
 from laminar.ops.metadata import AttentionMetadata
 
 OPS_CHOICES = ("auto", "torch", "triton")  # EngineArgs.ops: the reference, the kernels, or by device
@@ -23,9 +25,9 @@ OP_NAMES = (
 
 
 def get_ops(device: torch.device | str, choice: str = "auto", flash_attn: bool = True,
-            flashinfer: bool = True) -> ModuleType | SimpleNamespace:
+            flashinfer: bool = True, attention: str = "auto") -> ModuleType | SimpleNamespace:
     """Every name in OP_NAMES for the given device: the torch reference module, or the kernels
-    with the attention libraries switched as asked."""
+    with the attention libraries chosen and switched as asked."""
     if choice not in OPS_CHOICES:
         raise ValueError(f"ops must be one of {OPS_CHOICES}, got {choice!r}")
     if choice == "torch" or (choice == "auto" and torch.device(device).type != "cuda"):
@@ -33,8 +35,9 @@ def get_ops(device: torch.device | str, choice: str = "auto", flash_attn: bool =
     import laminar_kernels
 
     ops = SimpleNamespace(**{name: value for name, value in vars(laminar_kernels).items() if not name.startswith("_")})
-    ops.paged_attention = functools.partial(laminar_kernels.paged_attention, flash_attn=flash_attn,
-                                            flashinfer=flashinfer)
+    excluded = frozenset(name for name, on in (("flash_attn", flash_attn), ("flashinfer", flashinfer)) if not on)
+    ops.paged_attention = functools.partial(laminar_kernels.paged_attention, chosen=parse_attention(attention),
+                                            excluded=excluded)
     return ops
 
 
