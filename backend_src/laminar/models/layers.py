@@ -75,11 +75,8 @@ class Attention(nn.Module):
         q, k, v = qkv.split(self.split, dim=-1)
         q = q.reshape(t, self.num_heads, self.head_dim)
         k = k.reshape(t, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = ops.rms_norm(q, self.q_norm, self.eps), ops.rms_norm(k, self.k_norm, self.eps)
-        q, k = ops.rope(q, k, positions, self.cos_sin)
-        ops.store_kv(k, v.reshape(t, self.num_kv_heads, self.head_dim), kv_cache[0], kv_cache[1], slot_mapping)
-        return q
+        return ops.rope_store_kv(q, k, v.reshape(t, self.num_kv_heads, self.head_dim), positions, self.cos_sin,
+                                 kv_cache[0], kv_cache[1], slot_mapping, self.q_norm, self.k_norm, self.eps)
 
     def attend(self, q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
         return self.ops.paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, sinks=self.sinks,
