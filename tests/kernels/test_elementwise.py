@@ -81,10 +81,12 @@ ROUTE_SHAPES = [(1, 8, 2), (17, 20, 4), (5, 128, 8)] + ([(8192, 128, 8), (333, 3
 @pytest.mark.parametrize("n_tok,n_experts,top_k", ROUTE_SHAPES)
 def test_route_topk(n_tok: int, n_experts: int, top_k: int, renormalize: bool) -> None:
     logits = randn(n_tok, n_experts, dtype=torch.float32, scale=2.0)
-    w, ids = K.route_topk(logits, top_k, renormalize)
-    ref_w, ref_ids = R.route_topk(logits, top_k, renormalize)
+    hits, ref_hits = (torch.zeros(n_experts, dtype=torch.bool, device=DEVICE) for _ in range(2))
+    hits[0] = ref_hits[0] = True  # marks from earlier calls stay
+    w, ids = K.route_topk(logits, top_k, renormalize, hits)
+    ref_w, ref_ids = R.route_topk(logits, top_k, renormalize, ref_hits)
     assert ids.dtype == torch.int64 and w.dtype == torch.float32
-    assert torch.equal(ids, ref_ids)
+    assert torch.equal(ids, ref_ids) and torch.equal(hits, ref_hits)
     assert_close(w, ref_w, torch.float32)
 
 

@@ -131,8 +131,8 @@ class SparseMoE(nn.Module):
         self.swiglu = (cfg.swiglu_alpha, cfg.swiglu_limit) if cfg.swiglu_limit is not None else None
 
     def forward(self, x: torch.Tensor, expert_hits: torch.Tensor) -> torch.Tensor:
-        weights, ids = self.ops.route_topk(F.linear(x, self.gate, self.gate_bias), self.top_k, self.renormalize)
-        expert_hits[self.moe_index].index_fill_(0, ids.flatten(), True)  # scalar fill: capturable in graphs
+        weights, ids = self.ops.route_topk(F.linear(x, self.gate, self.gate_bias), self.top_k, self.renormalize,
+                                           expert_hits[self.moe_index])
         return self.tp.all_reduce(self.ops.fused_moe(
             x, self.w13, self.w2, weights, ids, b13=self.w13_bias, b2=self.w2_bias,
             w13_scales=self.w13_scales, w2_scales=self.w2_scales, swiglu=self.swiglu))

@@ -217,8 +217,12 @@ def quantize_fp8(weight: torch.Tensor, block: tuple[int, int] | None) -> tuple[t
     return (w / full).to(torch.float8_e4m3fn), scale
 
 
-def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64).
+def route_topk(
+    router_logits: torch.Tensor, top_k: int, renormalize: bool, hits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64), and sets hits[id] (bool
+    [E], where given) for every picked expert: which experts the step reads (one op, so a kernel may
+    mark them as it picks them instead of launching a fill).
 
     With renormalize this is also GPT-OSS's router (a softmax over the top-k logits alone):
     softmax is monotonic, so both pick the same experts, and renormalised probabilities equal
@@ -228,6 +232,8 @@ def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tu
     weights, ids = torch.topk(probs, top_k, dim=-1)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
+    if hits is not None:
+        hits.index_fill_(0, ids.flatten(), True)
     return weights, ids
 
 
