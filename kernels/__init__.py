@@ -10,9 +10,10 @@ from .fused_moe import fused_moe
 from .kv_cache import store_kv
 from .norm import add_rms_norm, rms_norm
 from .rope import rope
+from .rope_kv import rope_store_kv
 from .routing import route_topk
 
 __all__ = [
-    "rms_norm", "add_rms_norm", "rope", "store_kv", "paged_attention", "silu_and_mul", "route_topk", "fused_moe",
+    "rms_norm", "add_rms_norm", "rope", "store_kv", "rope_store_kv", "paged_attention", "silu_and_mul", "route_topk", "fused_moe",
     "fp8_linear",
 ]

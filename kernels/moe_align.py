@@ -1,9 +1,11 @@
 """Sorts (token, slot) pairs by expert and pads each expert's run to the GEMM's BLOCK_M.
 
 Three launches, none of which syncs with the host: per-chunk expert histograms (parallel),
-a single-program prefix pass that also maps every M-block to its expert, and a parallel
-scatter. The GEMM grid is sized from a host-side upper bound and stops at the device-side
-padded total, so routing never forces a device->host copy.
+a single-program prefix pass that also maps every M-block to its expert and marks each
+expert's padding rows, and a parallel scatter. The GEMM grid is sized from a host-side upper
+bound and stops at the device-side padded total, so routing never forces a device->host copy;
+nothing reads past the total, so nothing fills it (a decode step runs this per MoE layer, and
+a fill is one more launch each).
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ def _count_kernel(ids_ptr, counts_ptr, n_valid, n_experts, CHUNK: tl.constexpr, 
     tl.store(counts_ptr + c * BLOCK_E + experts, tl.sum(onehot, axis=0))
 
 
-@jit_sized("n_chunks", "n_blocks")
+@jit_sized("n_chunks", "n_blocks", "n_valid")
 def _prefix_kernel(
-    counts_ptr, offsets_ptr, expert_ids_ptr, total_ptr, n_chunks, n_blocks,
+    counts_ptr, offsets_ptr, expert_ids_ptr, total_ptr, sorted_ptr, n_chunks, n_blocks, n_valid,
     BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, ROWS: tl.constexpr,
 ):
     experts = tl.arange(0, BLOCK_E)
@@ -39,6 +41,9 @@ def _prefix_kernel(
     ends = tl.cumsum(padded, axis=0)
     running = ends - padded
     tl.store(total_ptr, tl.sum(padded, axis=0))
+    # Each expert's padding rows (after its own tokens, up to its padded end) hold the pad value.
+    pad = (ends - padded + totals)[:, None] + tl.arange(0, BLOCK_M)[None, :]
+    tl.store(sorted_ptr + pad, n_valid, mask=pad < ends[:, None])
     # Each chunk's first slot per expert: expert start + counts of earlier chunks.
     for c0 in range(0, n_chunks, ROWS):
         r = c0 + tl.arange(0, ROWS)
@@ -76,7 +81,9 @@ def max_padded_rows(n_valid: int, n_experts: int, block_m: int) -> int:
 def moe_align(
     topk_ids: torch.Tensor, n_experts: int, block_m: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (sorted flat slot ids padded with M, expert id per M-block, padded total [1])."""
+    """Returns (sorted flat slot ids, expert id per M-block, padded total [1]): each expert's run of
+    slot ids is padded to a multiple of block_m with M = topk_ids.numel(); entries from the total on
+    are unset (max_padded_rows of them are allocated)."""
     flat = topk_ids.reshape(-1)
     n_valid = flat.numel()
     dev = flat.device
@@ -85,14 +92,14 @@ def moe_align(
     block_e = next_pow2(n_experts)
     chunk = max(16, min(256, 8192 // block_e, next_pow2(n_valid)))
     n_chunks = triton.cdiv(n_valid, chunk)
-    sorted_ids = torch.full((max_rows,), n_valid, dtype=torch.int32, device=dev)
+    sorted_ids = torch.empty((max_rows,), dtype=torch.int32, device=dev)
     expert_ids = torch.empty((n_blocks,), dtype=torch.int32, device=dev)
     total = torch.empty((1,), dtype=torch.int32, device=dev)
     counts = torch.empty((n_chunks, block_e), dtype=torch.int32, device=dev)
     offsets = torch.empty_like(counts)
     _count_kernel[(n_chunks,)](flat, counts, n_valid, n_experts, CHUNK=chunk, BLOCK_E=block_e)
     _prefix_kernel[(1,)](
-        counts, offsets, expert_ids, total, n_chunks, n_blocks,
+        counts, offsets, expert_ids, total, sorted_ids, n_chunks, n_blocks, n_valid,
         BLOCK_M=block_m, BLOCK_E=block_e, ROWS=max(1, min(64, 8192 // block_e)), num_warps=8,
     )
     _scatter_kernel[(n_chunks,)](flat, offsets, sorted_ids, n_valid, CHUNK=chunk, BLOCK_E=block_e)

@@ -1,4 +1,5 @@
-"""Router softmax + top-k (+ renormalisation) in one kernel: one row of logits per program."""
+"""Router softmax + top-k (+ renormalisation, + marking the picked experts) in one kernel: one row of
+logits per program."""
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,8 @@ from .common import next_pow2
 
 @triton.jit
 def _route_topk_kernel(
-    logits_ptr, w_ptr, ids_ptr, n_experts, stride_t,
-    TOP_K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr, RENORM: tl.constexpr,
+    logits_ptr, w_ptr, ids_ptr, hits_ptr, n_experts, stride_t,
+    TOP_K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr, RENORM: tl.constexpr, HITS: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
@@ -33,17 +34,24 @@ def _route_topk_kernel(
         top_w = top_w / tl.sum(top_w, axis=0)
     tl.store(w_ptr + tok * TOP_K + kk, top_w, mask=kk < TOP_K)
     tl.store(ids_ptr + tok * TOP_K + kk, top_i, mask=kk < TOP_K)
+    if HITS:  # programs race to write the same True: any order is right
+        tl.store(hits_ptr + top_i, tl.full([BLOCK_K], 1, tl.uint8), mask=kk < TOP_K)
 
 
-def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64), highest first."""
+def route_topk(
+    router_logits: torch.Tensor, top_k: int, renormalize: bool, hits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64), highest first; sets
+    hits[id] (bool [E], where given) for every picked expert."""
+    assert hits is None or (hits.dtype == torch.bool and hits.is_contiguous())
     logits = router_logits if router_logits.stride(-1) == 1 else router_logits.contiguous()
     n_tok, n_experts = logits.shape
     weights = torch.empty((n_tok, top_k), dtype=torch.float32, device=logits.device)
     ids = torch.empty((n_tok, top_k), dtype=torch.int64, device=logits.device)
     if n_tok:
         _route_topk_kernel[(n_tok,)](
-            logits, weights, ids, n_experts, logits.stride(0),
+            logits, weights, ids, ids if hits is None else hits.view(torch.uint8), n_experts, logits.stride(0),
             TOP_K=top_k, BLOCK_K=next_pow2(top_k), BLOCK_E=next_pow2(n_experts), RENORM=renormalize,
+            HITS=hits is not None,
         )
     return weights, ids

@@ -7,12 +7,20 @@ per token, and expert bytes; plus one long prompt prefilled alone (TTFT against 
 full pass of it, expert bytes). Every engine carries the cost model (profiled once on
 the shared executor), so each mode also reports the model's step-time prediction error.
 
-A mode is schedule_mode:budget[:gN][:sloMS]: gN sets num_stages (the static policy's largest
-group count), sloMS sets prefill_policy slo with tbt_slo_ms, e.g. layered:8192:g4, layered:8192:slo100.
+A mode is schedule_mode:budget[:gN][:sloMS][:unfused]: gN sets num_stages (the static policy's largest
+group count), sloMS sets prefill_policy slo with tbt_slo_ms, e.g. layered:8192:g4, layered:8192:slo100;
+unfused runs the fused kernels' steps as separate kernels instead (laminar.ops.set_fused; graphs are
+recaptured), so that one call measures what the fusion buys on the same weights.
 The decode batch shrinks to what the KV cache holds (the report says so).
+
+On CUDA each mode also profiles a few decode steps (perf/step_breakdown.py) and reports per step the
+time in MoE kernels, attention, dense GEMMs and all other kernels, and the device's idle time (host).
 
 GPU (Qwen3-30B-A3B shapes, random weights):
   python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy
+GPU, the fused small ops on and off (decode-step breakdown of each; this order recaptures the graphs once):
+  python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy \
+    --modes layered:8192 layered:8192:unfused --prompts 2048 --tag fused
 GPU (GPT-OSS-20B shapes, random MXFP4 experts; perf/gpu_gpt_oss_session.sh):
   python perf/bench_offline.py --model perf/models/gpt-oss-20b --load-format dummy --modes layered:8192 chunked:512 \
     chunked:2048 --prompts 8192 --tag gpt-oss-20b
@@ -35,6 +43,7 @@ from pathlib import Path
 
 import torch
 from analyze import percentile
+from step_breakdown import COLUMNS, breakdown
 
 from laminar import EngineArgs, LLMEngine, SamplingParams
 from laminar.config import ModelConfig
@@ -156,6 +165,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
         "decode_host_overhead_frac": statistics.median(cpu) / decode_step,
         "decode_tokens_per_s": cfg["decode_batch"] / decode_step,
         "decode_energy_j_per_token": (s1.energy_joules - e0) / (s1.tokens - tok0) if e0 is not None else None,
+        "decode_breakdown": breakdown(run.step, BREAKDOWN_STEPS, 1e3 * decode_step, runner.device),
     }
 
     # Long prompts arrive one at a time while the decodes continue.
@@ -202,6 +212,25 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     return result
 
 
+BREAKDOWN_STEPS = 5  # profiled decode steps per mode
+
+
+def breakdown_lines(report: dict) -> list[str]:
+    """The decode-step breakdown table (CUDA runs only)."""
+    rows = [(mode, r["decode_breakdown"]) for mode, r in report["modes"].items() if r.get("decode_breakdown")]
+    if not rows:
+        return []
+    lines = ["", "Decode step, where the time goes (ms per step; kernels from torch.profiler over "
+             f"{BREAKDOWN_STEPS} steps, idle = step - device busy: host time on the critical path):", "",
+             "| mode | step | " + " | ".join(COLUMNS) + " | device busy | idle (host) | kernels |",
+             "|---|---|" + "---|" * len(COLUMNS) + "---|---|---|"]
+    for mode, b in rows:
+        cells = " | ".join(f"{b[f'{c}_ms']:.2f}" for c in COLUMNS)
+        lines.append(f"| {mode} | {b['step_ms']:.2f} | {cells} | {b['busy_ms']:.2f} | {b['idle_ms']:.2f} | "
+                     f"{b['kernels_per_step']:.0f} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Offline engine benchmark ({report['device']})", "", f"Command: `{report['command']}`", "",
              f"Decode batch: {report['decode_batch']}", "",
@@ -216,6 +245,7 @@ def markdown(report: dict) -> str:
                      f"{fmt(r['decode_energy_j_per_token'], '{:.3f}')} | {fmt(r['alone_expert_gb'])} | "
                      f"{fmt(r['alone_ttft_ms'], '{:.0f}')} ({r['alone_iterations']}) | {fmt(r['alone_one_pass_ms'], '{:.0f}')} | "
                      f"{fmt(err['median_abs_err'], '{:.1%}')} / {fmt(err['p90_abs_err'], '{:.1%}')} ({err['steps']}) |")
+    lines += breakdown_lines(report)
     lines += ["", "Prompts arriving while the decode batch runs:", "",
               "| mode | prompt | TTFT ms | iterations | TBT mean ms | TBT p99 ms | TBT max ms | expert GB | J/token |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -227,18 +257,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mode_args(entry: str, base: dict) -> EngineArgs:
-    """schedule_mode:budget[:gN][:sloMS] -> EngineArgs."""
+def mode_args(entry: str, base: dict) -> tuple[EngineArgs, bool]:
+    """schedule_mode:budget[:gN][:sloMS][:unfused] -> (EngineArgs, whether the fused kernels run)."""
     mode, budget, *options = entry.split(":")
     values = dict(base, schedule_mode=mode, max_num_batched_tokens=int(budget), max_num_seqs=min(256, int(budget)))
+    fused = "unfused" not in options
     for option in options:
+        if option == "unfused":
+            continue
         if option.startswith("g"):
             values["num_stages"] = int(option[1:])
         elif option.startswith("slo"):
             values.update(prefill_policy="slo", tbt_slo_ms=float(option[3:]), num_stages=None)
         else:
-            raise SystemExit(f"mode {entry!r}: unknown option {option!r} (gN or sloMS)")
-    return EngineArgs(**values)
+            raise SystemExit(f"mode {entry!r}: unknown option {option!r} (gN, sloMS or unfused)")
+    return EngineArgs(**values), fused
 
 
 def fit_decode_batch(cfg: dict, runner: ModelRunner) -> int:
@@ -283,7 +316,9 @@ def main() -> None:
     modes = {entry: mode_args(entry, base) for entry in cfg["modes"]}
     # One set of weights (and TP workers) for every mode; the engines borrow it. The executor is
     # built with the largest step any mode takes, so its graphs and profile cover them all.
-    first = max(modes.values(), key=lambda a: (a.schedule_mode == "layered", a.max_num_batched_tokens))
+    if args.tensor_parallel_size > 1 and not all(fused for _, fused in modes.values()):
+        raise SystemExit("unfused modes switch rank 0's kernels only: run them with --tensor-parallel-size 1")
+    first = max((a for a, _ in modes.values()), key=lambda a: (a.schedule_mode == "layered", a.max_num_batched_tokens))
     executor = Executor(ModelConfig.from_dir(args.model), first, max_len)
     runner = executor.runner
     try:
@@ -294,8 +329,12 @@ def main() -> None:
         bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
         profile = executor.profiler.profile()
         report["profile"] = json.loads(profile.to_json())
-        for entry, engine_args in modes.items():
+        fused_now = True
+        for entry, (engine_args, fused) in modes.items():
             print(f"== {entry}", flush=True)
+            if fused != fused_now:
+                runner.set_fused_ops(fused)
+                fused_now = fused
             engine = LLMEngine(engine_args, executor=executor, cost=CostModel(profile))
             report["modes"][entry] = bench_mode(engine, cfg, bandwidth, seed=0)
             print(json.dumps(report["modes"][entry], indent=1), flush=True)

@@ -17,7 +17,7 @@ from laminar.forward import EagerLayers, ForwardResult, LayerRunners, forward
 from laminar.forward_batch import Carry, ForwardBatch, build_batch
 from laminar.kv_sizing import allocate_kv_caches, num_kv_blocks
 from laminar.model_loader import load_model
-from laminar.ops import AttentionMetadata, torch_ops
+from laminar.ops import AttentionMetadata, set_fused, torch_ops
 from laminar.step_inputs import StepInputs
 
 
@@ -37,15 +37,31 @@ class ModelRunner:
             (max(self.model.num_moe_layers, 1), max(cfg.num_experts, 1)), dtype=torch.bool, device=self.device
         )
         self.carry: Carry = {}
+        self.max_model_len = max_model_len
         self.layers = LayerRunners(EagerLayers(self.model, self.kv_caches, self.expert_hits))
-        mixed_rows = max_step_rows(args)
-        # The torch reference ops read metadata on the host (ops=torch): not capturable.
+        self._capture_graphs()
+        if self.device.type == "cuda":
+            self._compile_eager_kernels(self.layers.mixed.max_rows if self.layers.mixed else 0, max_step_rows(args))
+
+    def _capture_graphs(self) -> None:
+        """Decode and mixed-batch CUDA graphs on CUDA (the torch reference ops read metadata on the
+        host, ops=torch, so they are not capturable); none otherwise."""
+        args = self.args
         if self.device.type == "cuda" and not args.enforce_eager and self.model.ops is not torch_ops:
             self.layers.decode = DecodeGraphs(self.model, self.kv_caches, self.expert_hits, args.max_num_seqs,
-                                              max_model_len, args.block_size)
-            self.layers.mixed = MixedGraphs(self.model, self.kv_caches, self.expert_hits, mixed_rows)
+                                              self.max_model_len, args.block_size)
+            self.layers.mixed = MixedGraphs(self.model, self.kv_caches, self.expert_hits, max_step_rows(args))
+
+    def set_fused_ops(self, on: bool) -> None:
+        """Runs the fused kernels (on, the default) or their steps as separate kernels (off) from the
+        next step, graphs recaptured: perf/bench_offline.py's before/after on one set of weights.
+        Call it with no request running: capturing writes the static buffers' KV slot 0, as at
+        start-up (a prefix-cached block 0 would then hold junk)."""
+        set_fused(self.model.ops, on)
+        self.layers.decode = self.layers.mixed = None  # release the old graphs' pools before capturing anew
         if self.device.type == "cuda":
-            self._compile_eager_kernels(self.layers.mixed.max_rows if self.layers.mixed else 0, mixed_rows)
+            torch.cuda.empty_cache()
+        self._capture_graphs()
 
     @torch.inference_mode()
     def _compile_eager_kernels(self, graphed_rows: int, max_rows: int) -> None:

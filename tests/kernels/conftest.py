@@ -36,11 +36,14 @@ _real_empty, _real_empty_like = torch.empty, torch.empty_like
 
 
 def _poisoned(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype in (torch.int32, torch.int64):
+        return t.fill_(-7)  # an index no kernel writes
     return t.fill_(float("nan")) if t.is_floating_point() else t
 
 
 @pytest.fixture(autouse=True)
 def poison_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
-    """NaN-fills every float buffer the kernels allocate, so an element they fail to write fails the test."""
+    """NaN-fills every float buffer the kernels allocate (and -7-fills int32/int64 ones), so an element
+    they fail to write fails the test."""
     monkeypatch.setattr(torch, "empty", lambda *a, **k: _poisoned(_real_empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _poisoned(_real_empty_like(*a, **k)))

@@ -84,6 +84,6 @@ class CausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """fp32 logits over the whole vocabulary from the last layer's rows."""
-        final = self.ops.rms_norm(hidden + residual, self.norm, self.cfg.rms_norm_eps)
+        final = self.ops.add_rms_norm(hidden, residual, self.norm, self.cfg.rms_norm_eps)[0]
         head = self.embed_tokens if self.lm_head is None else self.lm_head
         return self.tp.gather_columns(F.linear(final, head))[:, : self.cfg.vocab_size].float()

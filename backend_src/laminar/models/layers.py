@@ -75,11 +75,8 @@ class Attention(nn.Module):
         q, k, v = qkv.split(self.split, dim=-1)
         q = q.reshape(t, self.num_heads, self.head_dim)
         k = k.reshape(t, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = ops.rms_norm(q, self.q_norm, self.eps), ops.rms_norm(k, self.k_norm, self.eps)
-        q, k = ops.rope(q, k, positions, self.cos_sin)
-        ops.store_kv(k, v.reshape(t, self.num_kv_heads, self.head_dim), kv_cache[0], kv_cache[1], slot_mapping)
-        return q
+        return ops.rope_store_kv(q, k, v.reshape(t, self.num_kv_heads, self.head_dim), positions, self.cos_sin,
+                                 kv_cache[0], kv_cache[1], slot_mapping, self.q_norm, self.k_norm, self.eps)
 
     def attend(self, q: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
         return self.ops.paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, sinks=self.sinks,
@@ -134,8 +131,8 @@ class SparseMoE(nn.Module):
         self.swiglu = (cfg.swiglu_alpha, cfg.swiglu_limit) if cfg.swiglu_limit is not None else None
 
     def forward(self, x: torch.Tensor, expert_hits: torch.Tensor) -> torch.Tensor:
-        weights, ids = self.ops.route_topk(F.linear(x, self.gate, self.gate_bias), self.top_k, self.renormalize)
-        expert_hits[self.moe_index].index_fill_(0, ids.flatten(), True)  # scalar fill: capturable in graphs
+        weights, ids = self.ops.route_topk(F.linear(x, self.gate, self.gate_bias), self.top_k, self.renormalize,
+                                           expert_hits[self.moe_index])
         return self.tp.all_reduce(self.ops.fused_moe(
             x, self.w13, self.w2, weights, ids, b13=self.w13_bias, b2=self.w2_bias,
             w13_scales=self.w13_scales, w2_scales=self.w2_scales, swiglu=self.swiglu))

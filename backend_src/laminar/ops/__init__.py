@@ -3,7 +3,9 @@
 The engine's `ops` argument (torch|triton; LAMINAR_OPS) overrides the automatic choice (tests
 use it to run the kernels under Triton's CPU interpreter, or the reference on a GPU); its
 `attention` argument names the attention library of each path (attention_choice), and its
-flash_attn / flashinfer arguments keep those libraries off the kernels' attention.
+flash_attn / flashinfer arguments keep those libraries off the kernels' attention. Ops that fuse
+what the reference does in steps (FUSED) can be switched back to their steps run by the separate
+kernels (set_fused), which is how perf/bench_offline.py measures what the fusion buys.
 """
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ from laminar.ops.metadata import AttentionMetadata
 OPS_CHOICES = ("auto", "torch", "triton")  # EngineArgs.ops: the reference, the kernels, or by device
 
 OP_NAMES = (
-    "rms_norm", "add_rms_norm", "rope", "store_kv", "paged_attention",
+    "rms_norm", "add_rms_norm", "rope", "store_kv", "rope_store_kv", "paged_attention",
     "silu_and_mul", "route_topk", "fused_moe",
 )
+
+# Fused kernels and the reference that says how to run them as separate ops instead.
+FUSED = {"rope_store_kv": torch_ops.rope_store_kv_from}
 
 
 def get_ops(device: torch.device | str, choice: str = "auto", flash_attn: bool = True,
@@ -41,4 +46,16 @@ def get_ops(device: torch.device | str, choice: str = "auto", flash_attn: bool =
     return ops
 
 
-__all__ = ["AttentionMetadata", "OP_NAMES", "get_ops", "torch_ops"]
+def set_fused(ops: ModuleType | SimpleNamespace, on: bool) -> None:
+    """Kernel ops: each FUSED op as its fused kernel (on) or as its steps run by the separate kernels
+    (off). Takes effect at the next call (CUDA graphs captured before keep what they captured). The
+    torch reference does each op one way and is left as it is."""
+    if ops is torch_ops:
+        return
+    import laminar_kernels
+
+    for name, steps in FUSED.items():
+        setattr(ops, name, getattr(laminar_kernels, name) if on else functools.partial(steps, ops))
+
+
+__all__ = ["AttentionMetadata", "FUSED", "OP_NAMES", "get_ops", "set_fused", "torch_ops"]

@@ -5,6 +5,9 @@ These run on any device and define the semantics that the Triton kernels in
 """
 from __future__ import annotations
 
+import sys
+from types import ModuleType, SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 
@@ -48,6 +51,32 @@ def store_kv(
     """Writes new keys/values into the paged cache ([num_blocks, block_size, Hk, D]) at flat slots."""
     k_cache.view(-1, *k_cache.shape[2:])[slot_mapping] = k.to(k_cache.dtype)
     v_cache.view(-1, *v_cache.shape[2:])[slot_mapping] = v.to(v_cache.dtype)
+
+
+def rope_store_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    q_norm: torch.Tensor | None = None, k_norm: torch.Tensor | None = None, eps: float = 0.0,
+) -> torch.Tensor:
+    """Attention's steps between the qkv projection and attention: per-head RMSNorm of q and k with
+    q_norm / k_norm (Qwen3's qk_norm; none without weights), rope, and k, v into the paged cache at
+    slot_mapping (store_kv). Returns the rotated queries. One op, so that a kernel may do it in one pass."""
+    return rope_store_kv_from(sys.modules[__name__], q, k, v, positions, cos_sin, k_cache, v_cache, slot_mapping,
+                              q_norm, k_norm, eps)
+
+
+def rope_store_kv_from(
+    parts: ModuleType | SimpleNamespace, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+    cos_sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    q_norm: torch.Tensor | None = None, k_norm: torch.Tensor | None = None, eps: float = 0.0,
+) -> torch.Tensor:
+    """rope_store_kv as its separate steps, each taken from `parts` (these references, or the separate
+    kernels: the unfused path that the fused kernel is measured against)."""
+    if q_norm is not None:
+        q, k = parts.rms_norm(q, q_norm, eps), parts.rms_norm(k, k_norm, eps)
+    q, k = parts.rope(q, k, positions, cos_sin)
+    parts.store_kv(k, v, k_cache, v_cache, slot_mapping)
+    return q
 
 
 def paged_attention(
@@ -188,8 +217,12 @@ def quantize_fp8(weight: torch.Tensor, block: tuple[int, int] | None) -> tuple[t
     return (w / full).to(torch.float8_e4m3fn), scale
 
 
-def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64).
+def route_topk(
+    router_logits: torch.Tensor, top_k: int, renormalize: bool, hits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax router: returns (weights [T, k] fp32, expert ids [T, k] int64), and sets hits[id] (bool
+    [E], where given) for every picked expert: which experts the step reads (one op, so a kernel may
+    mark them as it picks them instead of launching a fill).
 
     With renormalize this is also GPT-OSS's router (a softmax over the top-k logits alone):
     softmax is monotonic, so both pick the same experts, and renormalised probabilities equal
@@ -199,6 +232,8 @@ def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tu
     weights, ids = torch.topk(probs, top_k, dim=-1)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
+    if hits is not None:
+        hits.index_fill_(0, ids.flatten(), True)
     return weights, ids
 
 
