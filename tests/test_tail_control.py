@@ -71,8 +71,9 @@ def test_controller_backs_off_fast_and_claims_room_slowly():
 
 
 def test_policy_learns_only_from_steps_planned_to_the_budget(tmp_path):
-    """Decode-only steps and prefill steps far under the budget leave the scale alone (no wind-up
-    while the server idles); loaded prefill steps that run long make it back off."""
+    """Decode-only steps, prefill steps far under the budget (no wind-up while the server idles)
+    and steps far over it (the progress floor's: no wind-down during an overload) leave the
+    scale alone; prefill steps planned up to the budget that run long make it back off."""
     loaded = StepShape(8, 800, (SegmentShape(64, 64 * 65 // 2, 0, range(0, 5)),))
     cost = CostModel(PROFILE, learn=False)
     predicted_ms = cost.predict(loaded) * 1e3
@@ -82,12 +83,12 @@ def test_policy_learns_only_from_steps_planned_to_the_budget(tmp_path):
         args = EngineArgs(model=str(tmp_path), prefill_policy="slo", tbt_slo_ms=slo_ms)
         return SloPolicy(args, 5, cost)
 
-    tight, loose = policy(predicted_ms / 0.9), policy(100 * predicted_ms)
-    for p in (tight, loose):
+    tight, loose, floor = policy(predicted_ms / 0.9), policy(100 * predicted_ms), policy(predicted_ms / 1.8)
+    for p in (tight, loose, floor):
         for _ in range(EPOCH):
             p.observe(loaded, 2 * p.control.slo_s)
             p.observe(StepShape(8, 800, ()), 2 * p.control.slo_s)
-    assert tight.control.scale < 0.9 and loose.control.scale == 0.9
+    assert tight.control.scale < 0.9 and loose.control.scale == 0.9 and floor.control.scale == 0.9
     fixed = SloPolicy(EngineArgs(model=str(tmp_path), prefill_policy="slo", tbt_slo_ms=50, slo_control="fixed"),
                       5, cost)
     assert fixed.control is None and fixed.target_s == pytest.approx(0.045)

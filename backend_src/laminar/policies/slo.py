@@ -27,7 +27,7 @@ from laminar.sequence import Sequence
 from laminar.step_plan import PrefillBatch, Segment, SegmentShape, StepShape, segment
 
 MIN_CHUNK_TOKENS = 16  # chunked progress floor when the decodes alone exceed the target
-LOADED_SHARE = 0.8     # a prefill step predicted to fill this share of the budget tells the controller about it
+INFORMATIVE = (0.8, 1.2)  # predicted / budget of the prefill steps the controller learns from
 
 
 class SloPolicy:
@@ -49,10 +49,15 @@ class SloPolicy:
 
     def observe(self, shape: StepShape, seconds: float) -> None:
         """One decode cycle as measured (start to start): the controller learns from the prefill
-        steps that were planned up to the budget, the others say nothing about it."""
+        steps that were planned up to the budget. The others say nothing about it: decode-only
+        steps and steps far under it (the prompts fitted easily: counting them would wind the
+        scale up while the server idles), and steps far over it, where the decodes alone exceed
+        the target and the progress floor set the work (counting them would wind it down to its
+        floor during an overload and starve prompts after it). The upper bound leaves room for
+        the margin moving between the plan and now."""
         if self.control is None or not shape.segments:
             return
-        if self.cost.predict(shape) * self.cost.margin() >= LOADED_SHARE * self.target_s:
+        if INFORMATIVE[0] <= self.cost.predict(shape) * self.cost.margin() / self.target_s <= INFORMATIVE[1]:
             observe(self.control, seconds)
 
     def plan(self, decode: list[Sequence], batches: list[PrefillBatch], source: BatchSource) -> Decision:

@@ -18,10 +18,11 @@ no lag from a sliding window that still holds the old ones. The step limits are 
 backing off (x0.8) is fast, claiming room (x1.1) slow, because a crossing of the SLO costs
 requests and unused room only costs TTFT.
 
-Only informative gaps count (the caller decides: steps whose planned work nearly filled the
-budget). Decode-only steps and prefill steps far under the budget say nothing about whether
-the budget is right; counting them would wind the scale up to its upper clamp while idle and
-overshoot at the next burst.
+Only informative gaps count, and the caller (SloPolicy.observe) decides which: the steps whose
+planned work filled about the budget. Decode-only steps, prefill steps far under the budget and
+the progress floor's steps far over it say nothing about whether the budget is right; counting
+them would wind the scale to a clamp while the server idles or is overloaded, and overshoot (or
+starve prompts) when the load changes.
 """
 from __future__ import annotations
 
