@@ -35,7 +35,7 @@ class Scheduler:
         self.cost = cost
         self.policy = make_policy(args, num_layers, cost)
         self.waiting: deque[Sequence] = deque()   # arrival order; preempted sequences go back to the front
-        self.queue: list[Sequence] = []           # this step's waiting sequences in prefill_order
+        self.queue: list[Sequence] | None = None  # this step's waiting sequences in prefill_order, once asked
         self.prefilling: list[Sequence] = []      # admitted, prompt not fully computed
         self.decoding: list[Sequence] = []        # one uncomputed token each, in admission order
         self.batches: list[PrefillBatch] = []     # prefill batches in flight, oldest first
@@ -47,9 +47,9 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         self.lookups = {}  # the policies propose several times per step: look each prompt up once
+        self.queue = None  # and order the queue once
         preempted: list[Sequence] = []
         decode = self._schedule_decodes(preempted)
-        self.queue = waiting_order(self.args, self.waiting, time.monotonic())
         segments = self._apply(self.policy.plan(decode, self.batches, self))
         running = {seg.batch_id for seg in segments if seg.finishes}
         carried = tuple(b.id for b in self.batches if b.id not in running)
@@ -90,6 +90,8 @@ class Scheduler:
         in_flight = {id(c.seq) for b in self.batches for c in b.chunks}
         seats = self.args.max_num_seqs - len(self.decoding) - len(self.prefilling)
         free_blocks = self.blocks.num_free
+        if self.queue is None:
+            self.queue = waiting_order(self.args, self.waiting, time.monotonic())
         for seq in itertools.chain(self.prefilling, self.queue):
             admitting = seq.status == Status.WAITING
             if budget <= 0 or (admitting and seats <= 0):
