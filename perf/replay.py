@@ -92,12 +92,15 @@ PRESETS = {
     "gpu": {
         "name": "replay_gpu",
         "description": "Qwen3-30B-A3B shapes, dummy weights, bf16, CUDA graphs; the issue-23 engines at a 100 ms "
-                       "TBT SLO (-tail: closed-loop control, -sf: short-first order; layered-slo100 and "
-                       "chunked-slo100 are the open-loop policy the sweeps measured); 300 requests per cell.",
+                       "TBT SLO (-tail: closed-loop control, tail85: its setpoint at 85%, -sf: short-first order; "
+                       "layered-slo100 and chunked-slo100 are the open-loop policy the sweeps measured); 300 requests "
+                       "per cell.",
         "parameters": {"model": "perf/models/qwen3-30b-a3b", "load_format": "dummy", "device": "cuda",
                        "dtype": "bfloat16", "max_num_seqs": 256, "seed": 0, "enable_prefix_caching": False},
         "engines": [
             {"label": "layered-slo100-tail-sf", "parameters": {**LAYERED_SLO100, "prefill_order": "short-first"}},
+            {"label": "layered-slo100-tail85-sf", "parameters": {**LAYERED_SLO100, "prefill_order": "short-first",
+                                                                 "slo_tail_share": 0.85}},
             {"label": "layered-slo100-tail", "parameters": LAYERED_SLO100},
             {"label": "layered-slo100", "parameters": {**LAYERED_SLO100, "slo_control": "fixed"}},
             {"label": "chunked-2048", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 2048}},
