@@ -139,18 +139,20 @@ def test_short_first_never_starves_a_long_prompt(moe_checkpoint_5):
                          prefill_order="short-first", max_queue_wait_ms=bound_ms)
     t0 = time.monotonic()
     engine.add_request("long", list(range(1, 41)), greedy(1), arrival_time=t0)
-    overtaken, step = 0, 0
+    overtaken, step, young_steps = 0, 0, 0
     while engine.seqs["long"].admitted_time is None:
         for j in range(2):
             engine.add_request(f"s{step}-{j}", [3 + j] * 4, greedy(1))
         started = time.monotonic()
+        young_steps += started - t0 < bound_ms * 1e-3
         engine.step()
         step += 1
         admitted = engine.seqs["long"].admitted_time is not None
         if started - t0 >= bound_ms * 1e-3:
             assert admitted, "an overdue prompt goes ahead of every younger one"
         overtaken += not admitted
-    assert overtaken > 0 or time.monotonic() - t0 > bound_ms * 1e-3 + 0.5, "young, it lets short prompts pass"
+    # A step that began young and was followed by another young one planned while the prompt was young.
+    assert young_steps < 2 or overtaken > 0, "young, it lets short prompts pass"
     while engine.has_unfinished_requests():
         engine.step()
     assert engine.blocks.num_free == engine.blocks.num_blocks
