@@ -21,6 +21,8 @@ GPU (Qwen3-30B-A3B shapes, random weights):
 GPU, the fused small ops on and off (decode-step breakdown of each; this order recaptures the graphs once):
   python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy \
     --modes layered:8192 layered:8192:unfused --prompts 2048 --tag fused
+GPU (dense Qwen3-8B / Qwen3-32B shapes: no experts, so layered prefill saves no expert reloads):
+  python perf/bench_offline.py --model perf/models/qwen3-8b --load-format dummy --tag qwen3-8b
 GPU (GPT-OSS-20B shapes, random MXFP4 experts; perf/gpu_gpt_oss_session.sh):
   python perf/bench_offline.py --model perf/models/gpt-oss-20b --load-format dummy --modes layered:8192 chunked:512 \
     chunked:2048 --prompts 8192 --tag gpt-oss-20b

@@ -6,6 +6,9 @@
 # a call takes one workload and a few engines or rates, e.g.
 #   REPLAY_ARGS="--workloads sharegpt --engines layered-slo100 chunked-2048" COMMIT=<sha> bash perf/gpu_replay_session.sh
 #   REPLAY_ARGS="--workloads arxiv --rates 2 --engines layered-slo100 chunked-2048" ...
+#   REPLAY_ARGS="--workloads sharegpt --rates 8 16 --engines layered-slo100-tail-sf layered-slo100-tail
+#     layered-slo100 chunked-2048 --numerator layered-slo100-tail-sf" ...   (issue 23's variants)
+#   REPLAY_ARGS="--param model=perf/models/qwen3-8b --workloads sharegpt --engines layered-slo100-tail chunked-2048" ...
 # Cells that would end after REPLAY_DEADLINE_S (default 480 s) are skipped and the replay is killed
 # 60 s after it; the report is rewritten after every cell. $OUT gets replay.json, replay.md,
 # requests.json and replay_log.

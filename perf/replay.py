@@ -28,6 +28,7 @@ run-to-run drift (host jitter, clocks): a different --seed measures that.
     python perf/replay.py --preset cpu --out-dir /tmp/replay                       # demo model, < 1 min
     python perf/replay.py --preset gpu --workloads sharegpt --out-dir $OUT/replay  # Qwen3-30B-A3B shapes
     python perf/replay.py --config perf/sweep_configs/gpu_slo_part_b.json --requests 300 --out-dir ...
+    python perf/replay.py --preset gpu --param model=perf/models/qwen3-8b --engines layered-slo100-tail chunked-2048 ...
 
 Outputs under --out-dir: replay.json (command, commit, machine, config, per-cell summaries,
 ratios), replay.md (the tables) and requests.json (every request's latencies).
@@ -55,15 +56,19 @@ from laminar.config import ModelConfig
 from laminar.cost_model import CostModel
 from laminar.executor import Executor
 from laminar.outputs import EngineStats
+from laminar.policies import SloPolicy
 from laminar.serving.engine_config import engine_field_types, resolve_engine_config
 from laminar.serving.metrics import STAT_COUNTERS  # the server's counter names, so analyze reads ours
 
 ROOT = Path(__file__).resolve().parents[1]
 # Keys an engine entry may override: the shared executor was built without them.
-SCHEDULER_KEYS = ("schedule_mode", "max_num_batched_tokens", "prefill_policy", "tbt_slo_ms", "num_stages",
-                  "group_token_thresholds", "enable_prefix_caching")
+SCHEDULER_KEYS = ("schedule_mode", "max_num_batched_tokens", "prefill_policy", "tbt_slo_ms", "slo_control",
+                  "slo_tail_share", "prefill_order", "max_queue_wait_ms", "num_stages", "group_token_thresholds",
+                  "enable_prefix_caching")
 RATIO_METRICS = ("mean_ttft", "p99_ttft", "p99_tbt", "goodput", "slo_attainment")
 
+LAYERED_SLO100 = {"schedule_mode": "layered", "max_num_batched_tokens": 8192, "prefill_policy": "slo", "tbt_slo_ms": 100}
+CHUNKED_SLO100 = {**LAYERED_SLO100, "schedule_mode": "chunked"}
 PRESETS = {
     "cpu": {
         "name": "replay_cpu",
@@ -71,8 +76,12 @@ PRESETS = {
         "parameters": {"model": "demo_model", "device": "cpu", "num_stages": 4, "max_num_seqs": 16,
                        "max_model_len": 1024, "enable_prefix_caching": False},
         "engines": [
+            {"label": "layered-slo-tail-sf", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 256,
+                                                            "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None,
+                                                            "prefill_order": "short-first"}},
             {"label": "layered-slo", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 256,
-                                                    "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None}},
+                                                    "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None,
+                                                    "slo_control": "fixed"}},
             {"label": "chunked-64", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 64}},
         ],
         "workloads": [{"name": "sharegpt", "kind": "sharegpt", "requests": 48, "seed": 0, "scale": 0.1,
@@ -83,15 +92,22 @@ PRESETS = {
     "gpu": {
         "name": "replay_gpu",
         "description": "Qwen3-30B-A3B shapes, dummy weights, bf16, CUDA graphs; the issue-23 engines at a 100 ms "
-                       "TBT SLO; 300 requests per cell.",
+                       "TBT SLO (-tail: closed-loop control, tail85: its setpoint at 85%, -sf: short-first order; "
+                       "layered-slo100 and chunked-slo100 are the open-loop policy the sweeps measured); 300 requests "
+                       "per cell.",
         "parameters": {"model": "perf/models/qwen3-30b-a3b", "load_format": "dummy", "device": "cuda",
                        "dtype": "bfloat16", "max_num_seqs": 256, "seed": 0, "enable_prefix_caching": False},
         "engines": [
-            {"label": "layered-slo100", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 8192,
-                                                       "prefill_policy": "slo", "tbt_slo_ms": 100}},
+            {"label": "layered-slo100-tail-sf", "parameters": {**LAYERED_SLO100, "prefill_order": "short-first"}},
+            {"label": "layered-slo100-tail85-sf", "parameters": {**LAYERED_SLO100, "prefill_order": "short-first",
+                                                                 "slo_tail_share": 0.85}},
+            {"label": "layered-slo100-tail", "parameters": LAYERED_SLO100},
+            {"label": "layered-slo100", "parameters": {**LAYERED_SLO100, "slo_control": "fixed"}},
             {"label": "chunked-2048", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 2048}},
-            {"label": "chunked-slo100", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 8192,
-                                                       "prefill_policy": "slo", "tbt_slo_ms": 100}},
+            {"label": "chunked-2048-sf", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 2048,
+                                                        "prefill_order": "short-first"}},
+            {"label": "chunked-slo100-tail", "parameters": CHUNKED_SLO100},
+            {"label": "chunked-slo100", "parameters": {**CHUNKED_SLO100, "slo_control": "fixed"}},
             {"label": "chunked-512", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 512}},
         ],
         "workloads": [{"name": "sharegpt", "kind": "sharegpt", "requests": 300, "seed": 0, "max_output_tokens": 128},
@@ -299,7 +315,8 @@ class Replay:
             delta = {k: v - before.get(k, 0.0) for k, v in counters(engine.get_stats(), len(records)).items()}
             summary = summarize_run(records, delta, self.slo)
             self.cells.append({"engine": label, "schedule_mode": engine.args.schedule_mode, "workload": name,
-                               "request_rate": rate, "wall_s": time.monotonic() - t0, **summary})
+                               "request_rate": rate, "wall_s": time.monotonic() - t0,
+                               "tail_scale": tail_scale(engine), **summary})
             self.requests[(label, name, rate)] = records
             print(f"[replay] {label}/{name}-r{rate:g}: {summary['succeeded']}/{summary['requests']} ok, "
                   f"mean TTFT {fmt(summary['ttft_ms']['mean'], 0)} ms, p99 TBT {fmt(summary['tbt_ms']['p99'])} ms, "
@@ -319,6 +336,12 @@ class Replay:
               "requests": [compact(rec) for rec in recs]}
              for (e, w, r), recs in self.requests.items()]))
         return report
+
+
+def tail_scale(engine: LLMEngine) -> float | None:
+    """Where the SLO policy's closed-loop control left its planning target (share of tbt_slo_ms)."""
+    policy = engine.scheduler.policy
+    return policy.control.scale if isinstance(policy, SloPolicy) and policy.control else None
 
 
 def compact(rec: dict) -> dict:
@@ -371,6 +394,11 @@ def load_config(args: argparse.Namespace) -> dict:
         config["request_rates"] = {w["name"]: args.rates for w in config["workloads"]}
     if args.requests:
         config["workloads"] = [{**w, "requests": args.requests} for w in config["workloads"]]
+    for entry in args.param or []:
+        key, sep, value = entry.partition("=")
+        if not sep:
+            raise SystemExit(f"--param {entry!r}: expected KEY=VALUE")
+        config["parameters"] = {**config["parameters"], key: value}
     if not config["engines"] or not config["workloads"]:
         raise SystemExit("no engine or no workload left to run")
     return config
@@ -386,6 +414,8 @@ def main() -> None:
     ap.add_argument("--workloads", nargs="*", help="workload names to run (default: all)")
     ap.add_argument("--requests", type=int, help="requests per cell (default: the config's)")
     ap.add_argument("--rates", type=float, nargs="*", help="request rates of every workload (default: the config's)")
+    ap.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="a shared engine parameter, as config.pbtxt spells it (e.g. model=perf/models/qwen3-8b)")
     ap.add_argument("--numerator", help="the engine every other is compared with (default: the first)")
     ap.add_argument("--seed", type=int, default=0, help="arrival times")
     ap.add_argument("--resamples", type=int, default=2000)

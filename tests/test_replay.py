@@ -19,8 +19,9 @@ REQUESTS = 6
 def report(tmp_path_factory) -> tuple[dict, list, str]:
     out = tmp_path_factory.mktemp("replay")
     proc = subprocess.run([sys.executable, str(ROOT / "perf" / "replay.py"), "--preset", "cpu", "--requests",
-                           str(REQUESTS), "--resamples", "300", "--out-dir", str(out)],
-                          capture_output=True, text=True, timeout=120)
+                           str(REQUESTS), "--resamples", "300", "--engines", "layered-slo-tail-sf", "chunked-64",
+                           "--out-dir", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return (json.loads((out / "replay.json").read_text()), json.loads((out / "requests.json").read_text()),
             (out / "replay.md").read_text())
@@ -45,6 +46,7 @@ def test_report_structure(report) -> None:
         assert 0 < cell["ttft_ms"]["p50"] <= cell["ttft_ms"]["p99"] and cell["tbt_ms"]["p99"] > 0
         assert 0 <= cell["slo_attainment"] <= 1 and cell["goodput"] <= cell["request_throughput"]
         assert cell["expert_gb_per_request"] > 0 and cell["energy_j_per_token"] is None  # no energy counter on CPU
+        assert (cell["tail_scale"] is None) == (cell["engine"] == "chunked-64")  # the closed loop's planning target
     assert len(rep["ratios"]) == (len(engines) - 1) * len(rates)
     assert f"| {engines[0]} / {engines[1]} | sharegpt |" in table and "| engine | workload |" in table
 

@@ -1,6 +1,7 @@
 """The SLO policy (tbt_slo_ms): greedy parity, its invariants, and the cost model it plans with.
 
-The engines here plan with a fixed profile (no online learning), so the spans they choose do not
+The engines here plan with a fixed profile (no online learning) and the open-loop control
+(slo_control "fixed": test_tail_control.py covers the feedback), so the spans they choose do not
 depend on this machine's timings; the profile's numbers are chosen so that the targets below give
 partial spans, several batches in one step, and whole-stack steps.
 """
@@ -30,7 +31,7 @@ PROFILE = Profile(num_layers=NUM_LAYERS, decode_rows=(1, 32), decode_s=(1e-3, 2e
 def slo_engine(model_dir, target_ms: float, mode: str = "layered", **overrides) -> LLMEngine:
     args = dict(model=str(model_dir), device="cpu", dtype="float32", block_size=4, num_kv_blocks=512,
                 max_num_batched_tokens=64, max_num_seqs=32, schedule_mode=mode, prefill_policy="slo",
-                tbt_slo_ms=target_ms)
+                tbt_slo_ms=target_ms, slo_control="fixed")
     args.update(overrides)
     return LLMEngine(EngineArgs(**args), cost=CostModel(PROFILE, learn=False))
 

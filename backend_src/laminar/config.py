@@ -16,7 +16,10 @@ from laminar.ops import OPS_CHOICES
 from laminar.ops.attention_choice import parse_attention
 
 SCHEDULE_MODES = ("layered", "chunked")
-PREFILL_POLICIES = {"static": ("num_stages", "group_token_thresholds"), "slo": ("tbt_slo_ms",)}  # policy -> its options
+PREFILL_POLICIES = {"static": ("num_stages", "group_token_thresholds"),  # policy -> its options
+                    "slo": ("tbt_slo_ms", "slo_control", "slo_tail_share")}
+SLO_CONTROLS = ("tail", "fixed")             # slo_control's values, the default first
+PREFILL_ORDERS = ("fcfs", "short-first")     # prefill_order's values
 LOAD_FORMATS = ("safetensors", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM", "GptOssForCausalLM")
@@ -180,7 +183,16 @@ class EngineArgs:
     (default [512, 1024, 2048, 4096]) by its token count (<=512: 1, <=1024: 2, <=2048: 4,
     <=4096: 8, more: num_stages), clamped to the layer count. "slo" needs tbt_slo_ms, the
     time-between-tokens target that chooses how far prompts advance (layered: how many layers;
-    chunked: how many tokens) from a cost model measured on the device.
+    chunked: how many tokens) from a cost model measured on the device. slo_control "tail" (the
+    default) steers the step time planned to on the measured gaps between decode steps, so their
+    tail sits at slo_tail_share (default 0.9) of tbt_slo_ms; "fixed" plans to 90% of it, open loop
+    (laminar.policies.tail_control says why the loop).
+
+    prefill_order is the order in which waiting prompts are admitted, under any policy: "fcfs"
+    (the default, arrival order) or "short-first" (the shortest first, so more prompts finish
+    within a step and get their first token early; a prompt that has waited max_queue_wait_ms
+    (default 1000) goes ahead of every younger one, so none starves). laminar.policies.order
+    says why FCFS stays the default.
 
     enable_prefix_caching keeps the KV blocks of computed prompts (and of full decode blocks)
     for later requests that start with the same tokens; see block_manager.
@@ -216,6 +228,10 @@ class EngineArgs:
     enforce_eager: bool = False
     group_token_thresholds: tuple[int, ...] | None = None
     tbt_slo_ms: float | None = None
+    slo_control: str | None = None
+    slo_tail_share: float | None = None
+    prefill_order: str = "fcfs"
+    max_queue_wait_ms: float | None = None
     enable_prefix_caching: bool = True
     dequantize_experts: bool = False
     ops: str = field(default_factory=lambda: _from_env("ops", "auto"))
@@ -276,8 +292,26 @@ class EngineArgs:
         slo = self.tbt_slo_ms
         if self.prefill_policy == "slo" and slo is None:
             raise ValueError("prefill_policy 'slo' needs tbt_slo_ms (the time-between-tokens target in ms)")
-        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float)) or not 0 < slo < 1e6):
+        if slo is not None and not _is_number(slo, 0, 1e6):
             raise ValueError(f"tbt_slo_ms must be a positive number of milliseconds, got {slo!r}")
+        if self.slo_control is not None and self.slo_control not in SLO_CONTROLS:
+            raise ValueError(f"slo_control must be one of {SLO_CONTROLS}, got {self.slo_control!r}")
+        share = self.slo_tail_share
+        if share is not None and not (_is_number(share, 0, 1e6) and share <= 1):
+            raise ValueError(f"slo_tail_share must be a share of tbt_slo_ms in (0, 1], got {share!r}")
+        if share is not None and self.slo_control == "fixed":
+            raise ValueError("slo_tail_share applies to slo_control 'tail' only: unset it or the 'fixed' control")
+        self._check_prefill_order()
+
+    def _check_prefill_order(self) -> None:
+        if self.prefill_order not in PREFILL_ORDERS:
+            raise ValueError(f"prefill_order must be one of {PREFILL_ORDERS}, got {self.prefill_order!r}")
+        wait = self.max_queue_wait_ms
+        if wait is not None and not _is_number(wait, 0, 1e9):
+            raise ValueError(f"max_queue_wait_ms must be a positive number of milliseconds, got {wait!r}")
+        if wait is not None and self.prefill_order != "short-first":
+            raise ValueError("max_queue_wait_ms applies to prefill_order 'short-first' only: unset it or set "
+                             "prefill_order='short-first'")
 
     def _check_switches(self) -> None:
         if self.ops not in OPS_CHOICES:
@@ -315,6 +349,11 @@ class EngineArgs:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _is_number(value: object, low: float, high: float) -> bool:
+    """A real number (not a bool) in the open interval (low, high)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and low < value < high
 
 
 def _from_env(name: str, default: T) -> T:

@@ -215,6 +215,7 @@ class LLMEngine:
         start = time.perf_counter()
         if self.cycle is not None:  # the last step's decodes waited from its start to this one's
             self.cost.observe(self.cycle[0], start - self.cycle[1])
+            self.scheduler.observe(self.cycle[0], start - self.cycle[1])
             self.cycle = None
         failed = self._start_compiled() if self.compiling else []
         plan = self.scheduler.schedule()

@@ -15,12 +15,13 @@ the last layer, or a decode fills a block: never while a batch is still between 
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 
 from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs
 from laminar.cost_model import CostModel
-from laminar.policies import Decision, NewBatch, make_policy
+from laminar.policies import Decision, NewBatch, SloPolicy, make_policy, waiting_order
 from laminar.sequence import Sequence, Status
 from laminar.step_plan import Chunk, PrefillBatch, Segment, StepPlan, StepShape, segment
 
@@ -33,7 +34,8 @@ class Scheduler:
         self.blocks = block_manager
         self.cost = cost
         self.policy = make_policy(args, num_layers, cost)
-        self.waiting: deque[Sequence] = deque()   # FCFS; preempted sequences go back to the front
+        self.waiting: deque[Sequence] = deque()   # arrival order; preempted sequences go back to the front
+        self.queue: list[Sequence] | None = None  # this step's waiting sequences in prefill_order, once asked
         self.prefilling: list[Sequence] = []      # admitted, prompt not fully computed
         self.decoding: list[Sequence] = []        # one uncomputed token each, in admission order
         self.batches: list[PrefillBatch] = []     # prefill batches in flight, oldest first
@@ -45,6 +47,7 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         self.lookups = {}  # the policies propose several times per step: look each prompt up once
+        self.queue = None  # and order the queue once
         preempted: list[Sequence] = []
         decode = self._schedule_decodes(preempted)
         segments = self._apply(self.policy.plan(decode, self.batches, self))
@@ -74,14 +77,22 @@ class Scheduler:
                     self.decoding.append(chunk.seq)
             self.batches.remove(batch)
 
+    def observe(self, shape: StepShape, seconds: float) -> None:
+        """A decode cycle as its decodes waited (one step's start to the next one's): the SLO
+        policy's tail controller steers on these."""
+        if isinstance(self.policy, SloPolicy):
+            self.policy.observe(shape, seconds)
+
     def propose(self, budget: int) -> list[Chunk]:
         """The chunks a new batch of at most budget tokens would hold: unfinished prompts not in
-        flight first, then newly admitted ones (FCFS), as far as KV blocks and seats allow."""
+        flight first, then newly admitted ones (in prefill_order), as far as KV blocks and seats allow."""
         chunks: list[Chunk] = []
         in_flight = {id(c.seq) for b in self.batches for c in b.chunks}
         seats = self.args.max_num_seqs - len(self.decoding) - len(self.prefilling)
         free_blocks = self.blocks.num_free
-        for seq in itertools.chain(self.prefilling, self.waiting):
+        if self.queue is None:
+            self.queue = waiting_order(self.args, self.waiting, time.monotonic())
+        for seq in itertools.chain(self.prefilling, self.queue):
             admitting = seq.status == Status.WAITING
             if budget <= 0 or (admitting and seats <= 0):
                 break

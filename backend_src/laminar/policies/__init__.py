@@ -4,13 +4,16 @@ and returns a Decision; the scheduler applies it (admission, KV blocks). Only th
 imports this package: the step's data model below it (laminar.step_plan) is what the rest reads.
 
 * static: the paper's fixed token budget and group table (static.py).
-* slo: the largest prefill work whose predicted step time meets tbt_slo_ms (slo.py).
+* slo: the largest prefill work whose predicted step time meets tbt_slo_ms (slo.py), the step
+  time planned to steered by the measured gaps (tail_control.py).
+The order in which waiting prompts are offered is prefill_order's (order.py), under any policy.
 """
 from __future__ import annotations
 
 from laminar.config import EngineArgs
 from laminar.cost_model import CostModel
 from laminar.policies.base import BatchSource, Decision, NewBatch
+from laminar.policies.order import waiting_order
 from laminar.policies.slo import SloPolicy
 from laminar.policies.static import StaticPolicy
 
@@ -26,4 +29,5 @@ def make_policy(args: EngineArgs, num_layers: int, cost: CostModel | None) -> Po
     return SloPolicy(args, num_layers, cost)
 
 
-__all__ = ["BatchSource", "Decision", "NewBatch", "Policy", "SloPolicy", "StaticPolicy", "make_policy"]
+__all__ = ["BatchSource", "Decision", "NewBatch", "Policy", "SloPolicy", "StaticPolicy", "make_policy",
+           "waiting_order"]

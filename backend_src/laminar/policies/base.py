@@ -11,7 +11,7 @@ class BatchSource(Protocol):
     """The scheduler's prompt queue as the policies see it: they look, the scheduler acts."""
 
     def propose(self, budget: int) -> list[Chunk]:
-        """The chunks a new batch of at most budget tokens would hold (FCFS); changes nothing."""
+        """The chunks a new batch of at most budget tokens would hold (in prefill_order); changes nothing."""
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,16 @@
 
 Layered mode gives the batches in flight, oldest first, as many layers as the slack allows (all
 of them on an idle server). Once every batch in flight finishes its last layer in this step, a
-new batch starts with the slack left: the longest run of whole waiting prompts (FCFS) that
+new batch starts with the slack left: the longest run of whole waiting prompts (in prefill_order) that
 crosses every layer in this step, so short prompts get their first token at once as in chunked
 prefill; or, when the first waiting prompt alone cannot, a batch of up to
 max_num_batched_tokens that starts its first layers, so a long prompt crosses each layer once
 instead of being re-run chunk by chunk. Chunked mode picks the chunk's token count from the
 same model (as SGLang does from its latency model). Either way prompts always make progress: at
 least one layer, or one minimum chunk, per iteration.
+
+The step time planned to is slo_control's: "tail" (the default) steers it on the measured gaps
+between decode steps (tail_control.py), "fixed" plans to OPEN_LOOP_SCALE of the target.
 """
 from __future__ import annotations
 
@@ -16,14 +19,15 @@ import itertools
 import math
 from typing import Callable
 
-from laminar.config import EngineArgs
+from laminar.config import SLO_CONTROLS, EngineArgs
 from laminar.cost_model import CostModel
 from laminar.policies.base import BatchSource, Decision, NewBatch
+from laminar.policies.tail_control import DEFAULT_TAIL_SHARE, OPEN_LOOP_SCALE, TailControl, observe
 from laminar.sequence import Sequence
 from laminar.step_plan import PrefillBatch, Segment, SegmentShape, StepShape, segment
 
 MIN_CHUNK_TOKENS = 16  # chunked progress floor when the decodes alone exceed the target
-SLO_HEADROOM = 0.9     # share of the target the prediction may fill: sampling and host jitter take the rest
+INFORMATIVE = (0.8, 1.2)  # predicted / budget of the prefill steps the controller learns from
 
 
 class SloPolicy:
@@ -32,7 +36,29 @@ class SloPolicy:
     def __init__(self, args: EngineArgs, num_layers: int, cost: CostModel) -> None:
         self.args, self.num_layers, self.cost = args, num_layers, cost
         self.layered = args.schedule_mode == "layered"
-        self.target_s = args.tbt_slo_ms * 1e-3 * SLO_HEADROOM
+        slo_s = args.tbt_slo_ms * 1e-3
+        closed = (args.slo_control or SLO_CONTROLS[0]) == "tail"
+        share = DEFAULT_TAIL_SHARE if args.slo_tail_share is None else args.slo_tail_share
+        self.control = TailControl(slo_s, share * slo_s) if closed else None
+        self.fixed_target_s = slo_s * OPEN_LOOP_SCALE
+
+    @property
+    def target_s(self) -> float:
+        """The step time planned to, before the cost model's margin."""
+        return self.control.target_s if self.control else self.fixed_target_s
+
+    def observe(self, shape: StepShape, seconds: float) -> None:
+        """One decode cycle as measured (start to start): the controller learns from the prefill
+        steps that were planned up to the budget. The others say nothing about it: decode-only
+        steps and steps far under it (the prompts fitted easily: counting them would wind the
+        scale up while the server idles), and steps far over it, where the decodes alone exceed
+        the target and the progress floor set the work (counting them would wind it down to its
+        floor during an overload and starve prompts after it). The upper bound leaves room for
+        the margin moving between the plan and now."""
+        if self.control is None or not shape.segments:
+            return
+        if INFORMATIVE[0] <= self.cost.predict(shape) * self.cost.margin() / self.target_s <= INFORMATIVE[1]:
+            observe(self.control, seconds)
 
     def plan(self, decode: list[Sequence], batches: list[PrefillBatch], source: BatchSource) -> Decision:
         # Without decodes no one waits between tokens: prompts take the whole step.
