@@ -18,6 +18,9 @@ GPU (GPT-OSS-20B shapes, random MXFP4 experts; perf/gpu_gpt_oss_session.sh):
     chunked:2048 --prompts 8192 --tag gpt-oss-20b
 CPU (the demo model):
   python perf/bench_offline.py --model demo_model --preset cpu
+Asynchronous scheduling against synchronous stepping, every mode both ways in one process:
+  python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy --modes layered:8192 \
+    chunked:2048 --async-compare
 Structured outputs' cost instead (perf/bench_structured.py: half of a 64-row decode batch under a
 JSON schema, and the inter-token gaps while 20 new schemas compile):
   python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy --structured
@@ -25,6 +28,7 @@ JSON schema, and the inter-token gaps while 20 new schemas compile):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import random
@@ -50,6 +54,7 @@ PRESETS = {
                 decode_steps=40, modes=["layered:1024", "layered:1024:slo30", "chunked:1024:slo30", "chunked:128",
                                         "chunked:256"], num_stages=4),
 }
+ASYNC = "+async"  # --async-compare: the suffix of a mode's row run with async_scheduling
 
 
 def measure_bandwidth(device: torch.device) -> float | None:
@@ -81,15 +86,20 @@ class Run:
         self.predictions: list[tuple[float, float]] = []  # (predicted, measured) seconds, once recording
 
     def step(self) -> float:
+        """Wall time of one step() call: with async scheduling the device runs the next step while
+        the call reads the previous one's tokens, so this (not the step record) is the time between
+        tokens in both cases."""
+        start = time.perf_counter()
         for out in self.engine.step():
             if out.num_output_tokens == 1:
                 self.first_token[out.request_id] = time.perf_counter()
+        wall = time.perf_counter() - start
         last = self.engine.last_step
         if last is None:
             return 0.0
         if last.predicted_s is not None:
             self.predictions.append((last.predicted_s, last.total_s))
-        return last.total_s
+        return wall
 
     def prediction_error(self) -> dict:
         """Median and p90 of |predicted - measured| / measured over the recorded steps."""
@@ -216,6 +226,17 @@ def markdown(report: dict) -> str:
                      f"{fmt(r['decode_energy_j_per_token'], '{:.3f}')} | {fmt(r['alone_expert_gb'])} | "
                      f"{fmt(r['alone_ttft_ms'], '{:.0f}')} ({r['alone_iterations']}) | {fmt(r['alone_one_pass_ms'], '{:.0f}')} | "
                      f"{fmt(err['median_abs_err'], '{:.1%}')} / {fmt(err['p90_abs_err'], '{:.1%}')} ({err['steps']}) |")
+    pairs = [(mode, mode + ASYNC) for mode in report["modes"] if mode + ASYNC in report["modes"]]
+    if pairs:
+        lines += ["", "Asynchronous scheduling (the host plans step N+1 while the device runs step N; host overhead "
+                  "of an async row is host time hidden behind the device):", "",
+                  "| mode | decode step ms sync | async | saved per step | alone TTFT ms sync | async |",
+                  "|---|---|---|---|---|---|"]
+        for sync, overlapped in pairs:
+            a, b = report["modes"][sync], report["modes"][overlapped]
+            saved = 1 - b["decode_step_ms"] / a["decode_step_ms"]
+            lines.append(f"| {sync} | {a['decode_step_ms']:.2f} | {b['decode_step_ms']:.2f} | {saved:.1%} | "
+                         f"{a['alone_ttft_ms']:.0f} | {b['alone_ttft_ms']:.0f} |")
     lines += ["", "Prompts arriving while the decode batch runs:", "",
               "| mode | prompt | TTFT ms | iterations | TBT mean ms | TBT p99 ms | TBT max ms | expert GB | J/token |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -266,6 +287,8 @@ def main() -> None:
     ap.add_argument("--out-dir", default="perf/results")
     ap.add_argument("--tag", default="")
     ap.add_argument("--structured", action="store_true", help="run perf/bench_structured.py's measurements instead")
+    ap.add_argument("--async-compare", action="store_true",
+                    help="run every mode with async_scheduling off and on (rows MODE and MODE+async), one after the other")
     args = ap.parse_args()
     if args.structured:
         structured_report(args)
@@ -281,6 +304,9 @@ def main() -> None:
                 num_stages=cfg["num_stages"])
     report: dict = {"command": "python " + " ".join(sys.argv), "preset": cfg, "modes": {}}
     modes = {entry: mode_args(entry, base) for entry in cfg["modes"]}
+    if args.async_compare:
+        modes = {entry + suffix: dataclasses.replace(values, async_scheduling=bool(suffix))
+                 for entry, values in modes.items() for suffix in ("", ASYNC)}
     # One set of weights (and TP workers) for every mode; the engines borrow it. The executor is
     # built with the largest step any mode takes, so its graphs and profile cover them all.
     first = max(modes.values(), key=lambda a: (a.schedule_mode == "layered", a.max_num_batched_tokens))

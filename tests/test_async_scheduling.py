@@ -4,7 +4,6 @@ policies, with aborts, preemption, stops, grammars, penalties, n > 1, logprobs, 
 and tensor parallelism; every KV block is back in the pool afterwards."""
 from __future__ import annotations
 
-
 import pytest
 from engine_utils import greedy, make_engine, random_arrivals, run_to_completion
 from test_slo_policy import slo_engine

@@ -410,6 +410,7 @@ class LLMEngine:
         """Aborts every request, so every KV block is back in the pool; the engine goes on serving."""
         for request_id in list(self.seqs):
             self.abort(request_id)
+        self.in_flight = None  # every row of it is dropped: nothing to read (its device work ends by itself)
 
     def shutdown(self) -> None:
         """Ends the engine: aborts what is left and stops the TP workers it started (the executor
