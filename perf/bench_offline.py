@@ -149,10 +149,11 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     # Decode-only window.
     s0 = engine.get_stats()
     e0, tok0, exp0 = s0.energy_joules, s0.tokens, s0.expert_bytes_total
-    steps, cpu = [], []
+    steps, cpu, idle = [], [], []
     for _ in range(cfg["decode_steps"]):
         steps.append(run.step())
         cpu.append(engine.last_step.cpu_s)
+        idle.append(engine.last_step.device_idle_s)
     s1 = engine.get_stats()
     decode_step = statistics.median(steps)  # robust to a stray slow step on a shared CPU
     experts_per_step = (s1.expert_bytes_total - exp0) / len(steps)
@@ -164,6 +165,8 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
         "decode_step_ms": 1e3 * decode_step,
         "decode_step_floor_ms": 1e3 * floor_bytes / bandwidth if bandwidth else None,
         "decode_host_overhead_frac": statistics.median(cpu) / decode_step,
+        # The device waiting for the host (CUDA): host time on the critical path, whatever overlaps.
+        "decode_device_idle_frac": statistics.median(idle) / decode_step if None not in idle else None,
         "decode_tokens_per_s": cfg["decode_batch"] / decode_step,
         "decode_energy_j_per_token": (s1.energy_joules - e0) / (s1.tokens - tok0) if e0 is not None else None,
     }
@@ -229,13 +232,16 @@ def markdown(report: dict) -> str:
     pairs = [(mode, mode + ASYNC) for mode in report["modes"] if mode + ASYNC in report["modes"]]
     if pairs:
         lines += ["", "Asynchronous scheduling (the host plans step N+1 while the device runs step N; host overhead "
-                  "of an async row is host time hidden behind the device):", "",
-                  "| mode | decode step ms sync | async | saved per step | alone TTFT ms sync | async |",
-                  "|---|---|---|---|---|---|"]
+                  "of an async row is host time hidden behind the device; device idle: the share of a decode step the "
+                  "device waits for the host, CUDA):", "",
+                  "| mode | decode step ms sync | async | saved per step | device idle sync | async | "
+                  "alone TTFT ms sync | async |",
+                  "|---|---|---|---|---|---|---|---|"]
         for sync, overlapped in pairs:
             a, b = report["modes"][sync], report["modes"][overlapped]
             saved = 1 - b["decode_step_ms"] / a["decode_step_ms"]
             lines.append(f"| {sync} | {a['decode_step_ms']:.2f} | {b['decode_step_ms']:.2f} | {saved:.1%} | "
+                         f"{fmt(a['decode_device_idle_frac'], '{:.1%}')} | {fmt(b['decode_device_idle_frac'], '{:.1%}')} | "
                          f"{a['alone_ttft_ms']:.0f} | {b['alone_ttft_ms']:.0f} |")
     lines += ["", "Prompts arriving while the decode batch runs:", "",
               "| mode | prompt | TTFT ms | iterations | TBT mean ms | TBT p99 ms | TBT max ms | expert GB | J/token |",

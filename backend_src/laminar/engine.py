@@ -17,7 +17,7 @@ from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, ModelConfig
 from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
-from laminar.executor import Executor, PendingResult
+from laminar.executor import Executor, PendingResult, StepResult
 from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord, TokenLogprobs
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
@@ -281,7 +281,7 @@ class LLMEngine:
         outputs = [self._append(seq, token, lp, done) for seq, token, lp in rows]
         total_s = time.perf_counter() - start
         self._learn(step.plan, start, time.perf_counter() - step.start)
-        self._account(step.plan, [seq for seq, _, _ in rows], result.experts_touched, total_s - device_s, total_s)
+        self._account(step.plan, [seq for seq, _, _ in rows], result, total_s - device_s, total_s)
         return outputs
 
     def _count_lookup(self, seq: Sequence) -> None:
@@ -369,7 +369,7 @@ class LLMEngine:
         self._drop(request_id)
         return True
 
-    def _account(self, plan: StepPlan, sample_seqs: list[Sequence], experts_touched: int, cpu_s: float,
+    def _account(self, plan: StepPlan, sample_seqs: list[Sequence], result: StepResult, cpu_s: float,
                  total_s: float) -> None:
         """Counters and the step record."""
         stats, segments = self.stats, [seg for seg in plan.segments if seg.chunks]
@@ -383,6 +383,7 @@ class LLMEngine:
         stats.last_prefill_layers = sum(len(seg.layers) for seg in segments)
         stats.prompt_tokens += sum(seg.num_tokens for seg in segments if seg.finishes)
         stats.generated_tokens += len(sample_seqs)
+        experts_touched = result.experts_touched
         stats.expert_bytes_last_step = experts_touched * self.expert_bytes
         stats.expert_bytes_total += stats.expert_bytes_last_step
         stats.predicted_step_s, stats.measured_step_s = plan.predicted_s, total_s
@@ -395,6 +396,7 @@ class LLMEngine:
             cpu_s=cpu_s,
             total_s=total_s,
             predicted_s=plan.predicted_s,
+            device_idle_s=result.device_idle_s,
         )
 
     def get_stats(self) -> EngineStats:

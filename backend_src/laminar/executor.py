@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from laminar.config import EngineArgs, ModelConfig
+from laminar.device_idle import IdleClock, idle_seconds
 from laminar.distributed import ShardLayout, TensorParallel
 from laminar.model_runner import ModelRunner
 from laminar.outputs import TokenLogprobs
@@ -34,6 +35,7 @@ class StepResult:
     experts_touched: int       # sum over the MoE layers run of distinct experts their tokens hit
     prepare_s: float           # host time spent building and sending the inputs
     logprobs: list[TokenLogprobs | None] | None = None  # per sampled token, when any request asked
+    device_idle_s: float | None = None  # the device waiting for the host within the step (device_idle; CUDA)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Forward:
     experts: torch.Tensor      # distinct experts hit, summed over the MoE layers run (device scalar)
     prepare_s: float
     share: bool                # the sampled tokens stay on every rank's device for the next step
+    marks: list                # device_idle marks: the previous step's end, the forward's start and end
 
 
 class PendingResult:
@@ -53,24 +56,23 @@ class PendingResult:
     and an event, so that the host waits only when it reads them (result)."""
 
     def __init__(self, tokens: torch.Tensor | None, experts: torch.Tensor, prepare_s: float,
-                 logprobs: list[TokenLogprobs | None] | None) -> None:
+                 logprobs: list[TokenLogprobs | None] | None, marks: list, clock: IdleClock) -> None:
         values = experts.view(1) if tokens is None else torch.cat([tokens, experts.view(1)])
-        self.event: torch.cuda.Event | None = None
         if values.device.type == "cuda":
             self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             self.host.copy_(values, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
         else:
             self.host = values
-        self.prepare_s, self.logprobs = prepare_s, logprobs
+        self.event = clock.mark()  # the step's end
+        clock.last_end = self.event
+        self.prepare_s, self.logprobs, self.marks = prepare_s, logprobs, marks
 
     def result(self) -> StepResult:
         """Waits for the copy (the step's device work is done then) and reads it."""
         if self.event is not None:
             self.event.synchronize()
         *tokens, experts = self.host.tolist()
-        return StepResult(tokens, experts, self.prepare_s, self.logprobs)
+        return StepResult(tokens, experts, self.prepare_s, self.logprobs, idle_seconds(self.marks))
 
 
 class Executor:
@@ -92,6 +94,7 @@ class Executor:
         self.sampler = Sampler()
         self.profiler = Profiler(self.runner, self.workers, args, max_model_len)
         self.bitmasks = BitmaskBuffer(pinned=self.runner.device.type == "cuda")
+        self.clock = IdleClock(self.runner.device)
 
     @property
     def devices(self) -> list[torch.device]:
@@ -117,13 +120,15 @@ class Executor:
                 self.workers.send(inputs)
             batch = self.runner.build_batch(inputs)
             prepare_s = time.perf_counter() - start
+            marks = [self.clock.last_end, self.clock.mark()]
             result = self.runner.run(batch, inputs.carried)
         except Exception as e:
             if self.workers is None:
                 raise
             raise self.workers.explain(e)  # noqa: B904  (explain chains e itself)
         experts = self.runner.expert_hits.sum()  # queued before the next step clears the hits
-        return Forward(seqs, result.logits, spans, experts, prepare_s, inputs.num_sampled > 0)
+        marks.append(self.clock.mark())
+        return Forward(seqs, result.logits, spans, experts, prepare_s, inputs.num_sampled > 0, marks)
 
     @torch.inference_mode()
     def sample(self, forward: Forward) -> PendingResult:
@@ -135,6 +140,7 @@ class Executor:
         logprobs are read back at once: a step that owes them waits for its device work here.
         """
         seqs, tokens, logprobs = forward.seqs, None, None
+        marks = [*forward.marks, self.clock.mark()]
         if seqs:
             mask = GrammarMask([s.grammar if s.status != Status.FINISHED else None for s in seqs],
                                self.cfg.vocab_size, self.bitmasks)
@@ -145,7 +151,7 @@ class Executor:
             tokens, logprobs = sampled.tokens, sampled.logprobs
         if forward.share:
             self.runner.share_sampled(tokens, len(seqs))
-        pending = PendingResult(tokens, forward.experts, forward.prepare_s, logprobs)
+        pending = PendingResult(tokens, forward.experts, forward.prepare_s, logprobs, marks, self.clock)
         if forward.logits is not None:
             collect_prompt_logprobs(forward.logits[len(seqs):], forward.spans)
         return pending
