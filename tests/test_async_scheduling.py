@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 from engine_utils import greedy, make_engine, random_arrivals, run_to_completion
+from test_lifecycle import OTHER, reference
+from test_lifecycle import PROMPT as LONG_PROMPT
 from test_slo_policy import slo_engine
 from test_structured_output import PROMPT, check_schema, constrained
 from test_tp import make_engine as make_tp_engine
@@ -81,6 +83,30 @@ def test_abort_mid_overlap(moe_checkpoint_5, mode):
     assert_idle(engine)
 
 
+@pytest.mark.parametrize("abort_at", range(5))
+def test_abort_mid_layered_prefill(moe_checkpoint_5, abort_at):
+    """A 40-token prompt layered over 4 groups with another, aborted after 0..4 steps: between groups
+    (its rows carried on the device), or once its first token is pending. The other's tokens stay."""
+    expected = reference(moe_checkpoint_5, {"other": OTHER}, 8)
+    engine = make_engine(moe_checkpoint_5, num_stages=4, group_token_thresholds=(), async_scheduling=True)
+    engine.add_request("victim", LONG_PROMPT, greedy(8))
+    engine.add_request("other", OTHER, greedy(8))
+    got: list[int] = []
+    for _ in range(abort_at):
+        got += [t for out in engine.step() if out.request_id == "other" for t in out.new_token_ids]
+    victim = engine.seqs["victim"]
+    if 1 <= abort_at <= 3:
+        (batch,) = engine.scheduler.batches
+        assert victim in [c.seq for c in batch.chunks] and 0 < batch.layers_done < 5
+    if abort_at == 4:
+        assert victim.num_pending and victim in engine.in_flight.seqs
+    assert engine.abort("victim")
+    while engine.has_unfinished_requests():
+        got += [t for out in engine.step() if out.request_id == "other" for t in out.new_token_ids]
+    assert got == expected["other"]
+    assert_idle(engine)
+
+
 @pytest.mark.parametrize("mode", ["layered", "chunked"])
 def test_preemption_mid_overlap(moe_checkpoint_5, mode):
     """A KV cache too small for the batch: sequences are preempted with their last token still on
@@ -125,23 +151,29 @@ def test_grammars_penalties_forks_and_logprobs(demo_model):
         "n": SamplingParams(max_tokens=10, temperature=1.0, seed=9, n=3, logit_bias={"5": 4.0}),
         "plp": SamplingParams(max_tokens=4, temperature=0.0, prompt_logprobs=1),
     }
-    runs = []
+    runs, values = [], []  # values: the logprobs themselves, per sample
     for a in (False, True):
         engine = make_engine(demo_model, block_size=16, async_scheduling=a)
         for rid, params in requests.items():
             engine.add_request(rid, PROMPT, params)
+        for future in engine.compiling.values():  # both runs admit the grammar's request at the same step
+            future.result()
         out: dict = {}
+        values.append({})
         while engine.has_unfinished_requests():
             for o in engine.step():
                 d = out.setdefault((o.request_id, o.index), {"ids": [], "text": "", "lp": [], "plp": None})
                 d["ids"] += o.new_token_ids
                 d["text"] += o.new_text
-                d["lp"] += [(x.token_id, round(x.logprob, 4), x.rank) for x in o.logprobs or []]
-                d["plp"] = d["plp"] or o.prompt_logprobs
+                d["lp"] += [(x.token_id, x.rank, [t for t, _ in x.top]) for x in o.logprobs or []]
+                values[-1].setdefault((o.request_id, o.index), []).extend(x.logprob for x in o.logprobs or [])
+                d["plp"] = d["plp"] or [e and (e.token_id, e.rank) for e in o.prompt_logprobs or []]
                 d["reason"] = o.finish_reason
         assert_idle(engine)
         runs.append(out)
     assert runs[0] == runs[1]
+    for key, sync_values in values[0].items():  # batches differ a little (rows planned past a stop)
+        assert sync_values == pytest.approx(values[1][key], abs=1e-4), key
     check_schema(runs[1][("json", 0)]["text"])
     assert runs[1][("json", 0)]["reason"] == "stop" and len(runs[1][("pen", 0)]["lp"]) == 24
     assert sorted(k for k in runs[1] if k[0] == "n") == [("n", 0), ("n", 1), ("n", 2)]
