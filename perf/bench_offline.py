@@ -28,6 +28,9 @@ GPU (GPT-OSS-20B shapes, random MXFP4 experts; perf/gpu_gpt_oss_session.sh):
     chunked:2048 --prompts 8192 --tag gpt-oss-20b
 CPU (the demo model):
   python perf/bench_offline.py --model demo_model --preset cpu
+Asynchronous scheduling against synchronous stepping, every mode both ways in one process:
+  python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy --modes layered:8192 \
+    chunked:2048 --async-compare
 Structured outputs' cost instead (perf/bench_structured.py: half of a 64-row decode batch under a
 JSON schema, and the inter-token gaps while 20 new schemas compile):
   python perf/bench_offline.py --model perf/models/qwen3-30b-a3b --load-format dummy --structured
@@ -35,6 +38,7 @@ JSON schema, and the inter-token gaps while 20 new schemas compile):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import random
@@ -61,6 +65,7 @@ PRESETS = {
                 decode_steps=40, modes=["layered:1024", "layered:1024:slo30", "chunked:1024:slo30", "chunked:128",
                                         "chunked:256"], num_stages=4),
 }
+ASYNC = "+async"  # --async-compare: the suffix of a mode's row run with async_scheduling
 
 
 def measure_bandwidth(device: torch.device) -> float | None:
@@ -92,15 +97,20 @@ class Run:
         self.predictions: list[tuple[float, float]] = []  # (predicted, measured) seconds, once recording
 
     def step(self) -> float:
+        """Wall time of one step() call: with async scheduling the device runs the next step while
+        the call reads the previous one's tokens, so this (not the step record) is the time between
+        tokens in both cases."""
+        start = time.perf_counter()
         for out in self.engine.step():
             if out.num_output_tokens == 1:
                 self.first_token[out.request_id] = time.perf_counter()
+        wall = time.perf_counter() - start
         last = self.engine.last_step
         if last is None:
             return 0.0
         if last.predicted_s is not None:
             self.predictions.append((last.predicted_s, last.total_s))
-        return last.total_s
+        return wall
 
     def prediction_error(self) -> dict:
         """Median and p90 of |predicted - measured| / measured over the recorded steps."""
@@ -150,10 +160,11 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     # Decode-only window.
     s0 = engine.get_stats()
     e0, tok0, exp0 = s0.energy_joules, s0.tokens, s0.expert_bytes_total
-    steps, cpu = [], []
+    steps, cpu, idle = [], [], []
     for _ in range(cfg["decode_steps"]):
         steps.append(run.step())
         cpu.append(engine.last_step.cpu_s)
+        idle.append(engine.last_step.device_idle_s)
     s1 = engine.get_stats()
     decode_step = statistics.median(steps)  # robust to a stray slow step on a shared CPU
     experts_per_step = (s1.expert_bytes_total - exp0) / len(steps)
@@ -165,6 +176,8 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
         "decode_step_ms": 1e3 * decode_step,
         "decode_step_floor_ms": 1e3 * floor_bytes / bandwidth if bandwidth else None,
         "decode_host_overhead_frac": statistics.median(cpu) / decode_step,
+        # The device waiting for the host (CUDA): host time on the critical path, whatever overlaps.
+        "decode_device_idle_frac": statistics.median(idle) / decode_step if None not in idle else None,
         "decode_tokens_per_s": cfg["decode_batch"] / decode_step,
         "decode_energy_j_per_token": (s1.energy_joules - e0) / (s1.tokens - tok0) if e0 is not None else None,
         "decode_breakdown": breakdown(run.step, BREAKDOWN_STEPS, 1e3 * decode_step, runner.device),
@@ -248,6 +261,20 @@ def markdown(report: dict) -> str:
                      f"{fmt(r['alone_ttft_ms'], '{:.0f}')} ({r['alone_iterations']}) | {fmt(r['alone_one_pass_ms'], '{:.0f}')} | "
                      f"{fmt(err['median_abs_err'], '{:.1%}')} / {fmt(err['p90_abs_err'], '{:.1%}')} ({err['steps']}) |")
     lines += breakdown_lines(report)
+    pairs = [(mode, mode + ASYNC) for mode in report["modes"] if mode + ASYNC in report["modes"]]
+    if pairs:
+        lines += ["", "Asynchronous scheduling (the host plans step N+1 while the device runs step N; host overhead "
+                  "of an async row is host time hidden behind the device; device idle: the share of a decode step the "
+                  "device waits for the host, CUDA):", "",
+                  "| mode | decode step ms sync | async | saved per step | device idle sync | async | "
+                  "alone TTFT ms sync | async |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for sync, overlapped in pairs:
+            a, b = report["modes"][sync], report["modes"][overlapped]
+            saved = 1 - b["decode_step_ms"] / a["decode_step_ms"]
+            lines.append(f"| {sync} | {a['decode_step_ms']:.2f} | {b['decode_step_ms']:.2f} | {saved:.1%} | "
+                         f"{fmt(a['decode_device_idle_frac'], '{:.1%}')} | {fmt(b['decode_device_idle_frac'], '{:.1%}')} | "
+                         f"{a['alone_ttft_ms']:.0f} | {b['alone_ttft_ms']:.0f} |")
     lines += ["", "Prompts arriving while the decode batch runs:", "",
               "| mode | prompt | TTFT ms | iterations | TBT mean ms | TBT p99 ms | TBT max ms | expert GB | J/token |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -301,6 +328,8 @@ def main() -> None:
     ap.add_argument("--out-dir", default="perf/results")
     ap.add_argument("--tag", default="")
     ap.add_argument("--structured", action="store_true", help="run perf/bench_structured.py's measurements instead")
+    ap.add_argument("--async-compare", action="store_true",
+                    help="run every mode with async_scheduling off and on (rows MODE and MODE+async), one after the other")
     args = ap.parse_args()
     if args.structured:
         structured_report(args)
@@ -316,6 +345,9 @@ def main() -> None:
                 num_stages=cfg["num_stages"])
     report: dict = {"command": "python " + " ".join(sys.argv), "preset": cfg, "modes": {}}
     modes = {entry: mode_args(entry, base) for entry in cfg["modes"]}
+    if args.async_compare:
+        modes = {entry + suffix: (dataclasses.replace(values, async_scheduling=bool(suffix)), fused)
+                 for entry, (values, fused) in modes.items() for suffix in ("", ASYNC)}
     # One set of weights (and TP workers) for every mode; the engines borrow it. The executor is
     # built with the largest step any mode takes, so its graphs and profile cover them all.
     if args.tensor_parallel_size > 1 and not all(fused for _, fused in modes.values()):

@@ -106,10 +106,12 @@ class BlockManager:
     def register(self, seq: Sequence) -> None:
         """Caches seq's full blocks among its first num_computed tokens: callers call it only once
         those tokens' KV is complete in every layer, so no request can hit a block still being
-        written. A prefix already cached under another block keeps that block."""
+        written (with asynchronous scheduling: once it is queued ahead of any step that reads it).
+        A pending token (still on the device) is not hashed: its block waits until it is known.
+        A prefix already cached under another block keeps that block."""
         if not self.enable_caching:
             return
-        full = seq.num_computed // self.block_size
+        full = min(seq.num_computed, seq.num_tokens - seq.num_pending) // self.block_size
         if full <= seq.num_registered_blocks:
             return
         hashes = self._hashes(seq, full)

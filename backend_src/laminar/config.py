@@ -207,6 +207,11 @@ class EngineArgs:
     flashinfer let those libraries serve attention where installed; attention names the attention
     library of each path (auto: the GPU's measured winners; see laminar.ops.attention_choice); tp_timeout_s is how long a
     tensor-parallel collective waits for a silent peer; log_level is the Triton model's.
+
+    async_scheduling plans and launches step N+1 while the device still runs step N, and reads
+    step N's tokens meanwhile (laminar.engine.LLMEngine.step): the host's scheduling, input
+    building, detokenizing and stop checks leave the device's critical path; outputs are the
+    same. Off by default until a GPU run confirms greedy parity there (tests/gpu).
     """
 
     model: str
@@ -239,6 +244,7 @@ class EngineArgs:
     flashinfer: bool = field(default_factory=lambda: _from_env("flashinfer", True))
     attention: str = field(default_factory=lambda: _from_env("attention", "auto"))
     tp_timeout_s: float = field(default_factory=lambda: _from_env("tp_timeout_s", 120.0))
+    async_scheduling: bool = field(default_factory=lambda: _from_env("async_scheduling", False))
     log_level: str = field(default_factory=lambda: _from_env("log_level", "INFO"))
 
     def __post_init__(self) -> None:
@@ -316,7 +322,7 @@ class EngineArgs:
     def _check_switches(self) -> None:
         if self.ops not in OPS_CHOICES:
             raise ValueError(f"ops must be one of {OPS_CHOICES}, got {self.ops!r}")
-        for name in ("flash_attn", "flashinfer"):
+        for name in ("flash_attn", "flashinfer", "async_scheduling"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.attention, str):

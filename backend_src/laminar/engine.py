@@ -8,6 +8,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,12 +17,12 @@ from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs, ModelConfig
 from laminar.cost_model import CostModel
 from laminar.energy import EnergyMeter
-from laminar.executor import Executor
+from laminar.executor import Executor, PendingResult, StepResult
 from laminar.outputs import EngineStats, RequestOutput, SegmentRecord, StepRecord, TokenLogprobs
 from laminar.sampler import make_generator
 from laminar.sampling_params import SamplingParams
 from laminar.scheduler import Scheduler
-from laminar.sequence import Sequence, Status
+from laminar.sequence import Sequence, Status, pending_token
 from laminar.step_plan import StepPlan, StepShape
 from laminar.structured_output import GrammarCompiler, GrammarState
 from laminar.tokenizer import IncrementalDetokenizer, Tokenizer, load_tokenizer
@@ -31,6 +32,16 @@ PREEMPTION_WINDOW = 100      # steps over which repeated preemption is noticed
 PREEMPTION_WARN_COUNT = 8    # preemptions within the window that earn a warning
 PREEMPTION_WARN_EVERY_S = 30.0
 GRAMMAR_WAIT_S = 0.05  # an idle step waits this long at most for a grammar being compiled
+
+
+@dataclass
+class InFlight:
+    """A launched step whose sampled tokens have not been read: its sequences hold placeholders."""
+
+    plan: StepPlan
+    seqs: list[Sequence]       # one per sampled row, in row order
+    result: PendingResult
+    start: float               # perf_counter at the start of the step() that launched it
 
 
 class LLMEngine:
@@ -81,6 +92,7 @@ class LLMEngine:
         self.energy = EnergyMeter(self.executor.devices)
         self.energy_start = self.energy.read_joules()
         self.cycle: tuple[StepShape, float] | None = None  # the last step's shape and start, until the next starts
+        self.in_flight: InFlight | None = None  # the step launched, its tokens not read yet
         self.recent_preemptions: deque[int] = deque(maxlen=PREEMPTION_WINDOW)
         self.last_preemption_warning = -PREEMPTION_WARN_EVERY_S
 
@@ -208,10 +220,16 @@ class LLMEngine:
         return [self.seqs.pop(request_id)] + self.forks.pop(request_id, [])
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.seqs)
+        """Requests not finished, or a step whose tokens are still to be read (async_scheduling)."""
+        return bool(self.seqs) or self.in_flight is not None
 
     def step(self) -> list[RequestOutput]:
-        """Runs one iteration and returns the requests that got a token in it."""
+        """Runs one iteration and returns the requests that got a token in it.
+
+        With async_scheduling the tokens returned are the previous iteration's: this one is
+        planned and launched first, so the device runs it while the host reads, detokenizes and
+        checks the previous one's tokens (which this one's pending token ids read on the device).
+        """
         start = time.perf_counter()
         if self.cycle is not None:  # the last step's decodes waited from its start to this one's
             self.cost.observe(self.cycle[0], start - self.cycle[1])
@@ -221,27 +239,50 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         self._note_preemptions(len(plan.preempted))
         if plan.is_empty:
-            self.last_step = None
-            if self.compiling and not failed:  # nothing to run but grammars being compiled
+            outputs = failed + self._resolve(start, 0.0)
+            if self.compiling and not outputs:  # nothing to run but grammars being compiled
                 wait(list(self.compiling.values()), GRAMMAR_WAIT_S, FIRST_COMPLETED)
-            return failed
+            return outputs
         now = time.monotonic()
         for seq in (chunk.seq for seg in plan.segments for chunk in seg.chunks):
             if seq.admitted_time is None:
                 seq.admitted_time = now
                 self._count_lookup(seq)
-        sample_seqs = plan.sample_seqs
-        forward_start = time.perf_counter()
-        result = self.executor.execute(plan)
-        forward_s = time.perf_counter() - forward_start - result.prepare_s
+        launch_start = time.perf_counter()
+        forward = self.executor.launch(plan, share=self.args.async_scheduling)
+        device_s = time.perf_counter() - launch_start - forward.prepare_s
         self.scheduler.advance(plan)
+        outputs = failed + self._resolve(start, device_s)  # async: the previous step, while this one runs
+        sample_start = time.perf_counter()
+        self.in_flight = InFlight(plan, forward.seqs, self.executor.sample(forward), start)
+        device_s += time.perf_counter() - sample_start
+        for row, seq in enumerate(forward.seqs):
+            if seq.status != Status.FINISHED:  # finished while this step was planned: its row is dropped
+                seq.output_token_ids.append(pending_token(row))
+        if not self.args.async_scheduling or not self.seqs:  # nothing left to overlap with: read it now
+            outputs += self._resolve(start, device_s)
+        return outputs
+
+    def _resolve(self, start: float, device_s: float) -> list[RequestOutput]:
+        """Reads the tokens of the step in flight (waiting for the device if it still runs it) in
+        place of their placeholders, and accounts the step. Rows of sequences that finished or
+        were aborted since the step was planned are dropped. device_s: this call's time in the
+        executor so far (launching and sampling), which is not host overhead."""
+        step, self.in_flight = self.in_flight, None
+        if step is None:
+            self.last_step = None
+            return []
+        wait_start = time.perf_counter()
+        result = step.result.result()
+        device_s += time.perf_counter() - wait_start
         done = time.monotonic()
-        logprobs = result.logprobs or [None] * len(sample_seqs)
-        outputs = failed + [self._append(seq, token, lp, done)
-                            for seq, token, lp in zip(sample_seqs, result.tokens, logprobs)]
+        logprobs = result.logprobs or [None] * len(step.seqs)
+        rows = [(seq, token, lp) for seq, token, lp in zip(step.seqs, result.tokens, logprobs)
+                if seq.status != Status.FINISHED]
+        outputs = [self._append(seq, token, lp, done) for seq, token, lp in rows]
         total_s = time.perf_counter() - start
-        self._learn(plan, start, total_s)
-        self._account(plan, sample_seqs, result.experts_touched, total_s - forward_s, total_s)
+        self._learn(step.plan, start, time.perf_counter() - step.start)
+        self._account(step.plan, [seq for seq, _, _ in rows], result, total_s - device_s, total_s)
         return outputs
 
     def _count_lookup(self, seq: Sequence) -> None:
@@ -253,7 +294,9 @@ class LLMEngine:
     def _learn(self, plan: StepPlan, start: float, total_s: float) -> None:
         """Feeds the cost model. A step with decodes is measured start to start, as its decodes see
         it (the caller's work between steps, such as admitting requests and sending tokens,
-        included); a step after which the engine may idle is measured by itself."""
+        included); a step after which the engine may idle is measured by itself. With
+        async_scheduling, `start` is that of the call that read the step's tokens (its decodes
+        see their token then), and `total_s` runs from the step's launch to then."""
         if self.cost is None:
             return
         if plan.decode and self.has_unfinished_requests():
@@ -277,7 +320,7 @@ class LLMEngine:
     def _append(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None, now: float) -> RequestOutput:
         """Adds a sampled token, detokenizes it, and finishes the sample if a stop condition holds (a
         grammar's end included); forks an n > 1 request's other samples at its first token."""
-        seq.output_token_ids.append(token)
+        seq.output_token_ids[-1] = token  # in place of its placeholder
         first = seq.first_token_time is None
         seq.first_token_time = seq.first_token_time or now
         params = seq.params
@@ -294,7 +337,9 @@ class LLMEngine:
         elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = "length"
         request_done = False
-        if reason is not None:
+        if reason is None:
+            self.blocks.register(seq)  # blocks that waited for this token to be known
+        else:
             if not stop_hit and seq.detokenizer:
                 text += seq.detokenizer.finish()
             self.scheduler.remove(seq)
@@ -325,7 +370,7 @@ class LLMEngine:
         self._drop(request_id)
         return True
 
-    def _account(self, plan: StepPlan, sample_seqs: list[Sequence], experts_touched: int, cpu_s: float,
+    def _account(self, plan: StepPlan, sample_seqs: list[Sequence], result: StepResult, cpu_s: float,
                  total_s: float) -> None:
         """Counters and the step record."""
         stats, segments = self.stats, [seg for seg in plan.segments if seg.chunks]
@@ -339,6 +384,7 @@ class LLMEngine:
         stats.last_prefill_layers = sum(len(seg.layers) for seg in segments)
         stats.prompt_tokens += sum(seg.num_tokens for seg in segments if seg.finishes)
         stats.generated_tokens += len(sample_seqs)
+        experts_touched = result.experts_touched
         stats.expert_bytes_last_step = experts_touched * self.expert_bytes
         stats.expert_bytes_total += stats.expert_bytes_last_step
         stats.predicted_step_s, stats.measured_step_s = plan.predicted_s, total_s
@@ -351,6 +397,7 @@ class LLMEngine:
             cpu_s=cpu_s,
             total_s=total_s,
             predicted_s=plan.predicted_s,
+            device_idle_s=result.device_idle_s,
         )
 
     def get_stats(self) -> EngineStats:
@@ -366,6 +413,7 @@ class LLMEngine:
         """Aborts every request, so every KV block is back in the pool; the engine goes on serving."""
         for request_id in list(self.seqs):
             self.abort(request_id)
+        self.in_flight = None  # every row of it is dropped: nothing to read (its device work ends by itself)
 
     def shutdown(self) -> None:
         """Ends the engine: aborts what is left and stops the TP workers it started (the executor

@@ -1,6 +1,11 @@
 """Rank 0's side of a step: the plan flattened to StepInputs, sent to the tensor-parallel workers,
 run on this rank's ModelRunner, and sampled. The start-up profile the cost model learns from is
 the profiler's (executor.profiler).
+
+A step is three calls, none of which waits for the device until the last: launch (the forward is
+queued), sample (the sampling is queued, the tokens' copy to the host started), and
+PendingResult.result (the host reads them). Asynchronous scheduling (laminar.engine) plans and
+launches the next step between the second and the third.
 """
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ from dataclasses import dataclass
 import torch
 
 from laminar.config import EngineArgs, ModelConfig
+from laminar.device_idle import IdleClock, idle_seconds
 from laminar.distributed import ShardLayout, TensorParallel
 from laminar.model_runner import ModelRunner
 from laminar.outputs import TokenLogprobs
 from laminar.profiler import Profiler
-from laminar.prompt_logprobs import collect_prompt_logprobs, prompt_spans
+from laminar.prompt_logprobs import PromptSpan, collect_prompt_logprobs, prompt_spans
 from laminar.sampler import Sampler
+from laminar.sequence import Sequence, Status
 from laminar.step_inputs import SegmentInputs, StepInputs
 from laminar.step_plan import StepPlan, stacked
 from laminar.structured_output import BitmaskBuffer, GrammarMask
@@ -24,10 +31,48 @@ from laminar.tp_worker import WorkerGroup
 
 @dataclass
 class StepResult:
-    tokens: list[int]          # one per plan.sample_seqs
+    tokens: list[int]          # one per sampled row (Forward.seqs)
     experts_touched: int       # sum over the MoE layers run of distinct experts their tokens hit
     prepare_s: float           # host time spent building and sending the inputs
     logprobs: list[TokenLogprobs | None] | None = None  # per sampled token, when any request asked
+    device_idle_s: float | None = None  # the device waiting for the host within the step (device_idle; CUDA)
+
+
+@dataclass
+class Forward:
+    """A step's forward, queued on the device; nothing of it has been read back yet."""
+
+    seqs: list[Sequence]       # plan.sample_seqs: their logits rows come first
+    logits: torch.Tensor | None
+    spans: list[PromptSpan]    # prompt rows owed prompt logprobs, after the sampled rows
+    experts: torch.Tensor      # distinct experts hit, summed over the MoE layers run (device scalar)
+    prepare_s: float
+    share: bool                # the sampled tokens stay on every rank's device for the next step
+    marks: list                # device_idle marks: the previous step's end, the forward's start and end
+
+
+class PendingResult:
+    """A step's sampled tokens and expert count on their way to the host: one non-blocking copy
+    and an event, so that the host waits only when it reads them (result)."""
+
+    def __init__(self, tokens: torch.Tensor | None, experts: torch.Tensor, prepare_s: float,
+                 logprobs: list[TokenLogprobs | None] | None, marks: list, clock: IdleClock) -> None:
+        values = experts.view(1) if tokens is None else torch.cat([tokens, experts.view(1)])
+        if values.device.type == "cuda":
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+        else:
+            self.host = values
+        self.event = clock.mark()  # the step's end
+        clock.last_end = self.event
+        self.prepare_s, self.logprobs, self.marks = prepare_s, logprobs, marks
+
+    def result(self) -> StepResult:
+        """Waits for the copy (the step's device work is done then) and reads it."""
+        if self.event is not None:
+            self.event.synchronize()
+        *tokens, experts = self.host.tolist()
+        return StepResult(tokens, experts, self.prepare_s, self.logprobs, idle_seconds(self.marks))
 
 
 class Executor:
@@ -49,6 +94,7 @@ class Executor:
         self.sampler = Sampler()
         self.profiler = Profiler(self.runner, self.workers, args, max_model_len)
         self.bitmasks = BitmaskBuffer(pinned=self.runner.device.type == "cuda")
+        self.clock = IdleClock(self.runner.device)
 
     @property
     def devices(self) -> list[torch.device]:
@@ -59,37 +105,56 @@ class Executor:
         return [torch.device("cuda", r) for r in range(self.runner.tp.size)]
 
     @torch.inference_mode()
-    def execute(self, plan: StepPlan) -> StepResult:
-        """One iteration of the plan, workers included; samples the plan's tokens (their grammars'
-        masks applied first) and collects the prompt logprobs the plan's prompt rows owe."""
+    def launch(self, plan: StepPlan, share: bool) -> Forward:
+        """Queues the plan's forward on every rank and returns without waiting for the device.
+        share: the step's sampled tokens are kept on every rank's device, where the next step's
+        pending token ids read them (asynchronous scheduling)."""
         start = time.perf_counter()
         inputs = plan_inputs(plan)
         spans = prompt_spans(plan)
         inputs.logits_rows += [row for span in spans for row in span.rows]  # after the sampled rows
+        seqs = plan.sample_seqs
+        inputs.num_sampled = len(seqs) if share else 0
         try:
             if self.workers is not None:
                 self.workers.send(inputs)
             batch = self.runner.build_batch(inputs)
             prepare_s = time.perf_counter() - start
+            marks = [self.clock.last_end, self.clock.mark()]
             result = self.runner.run(batch, inputs.carried)
         except Exception as e:
             if self.workers is None:
                 raise
             raise self.workers.explain(e)  # noqa: B904  (explain chains e itself)
-        seqs = plan.sample_seqs
-        mask = GrammarMask([s.grammar for s in seqs], self.cfg.vocab_size, self.bitmasks)  # while the device works
-        experts = int(self.runner.expert_hits.sum().item()) if self.cfg.num_experts else 0
-        if result.logits is None or not seqs:
-            if result.logits is not None:
-                collect_prompt_logprobs(result.logits, spans)
-            self.runner.synchronize()  # the step's time must include its GPU work (the cost model learns from it)
-            return StepResult([], experts, prepare_s)
-        logits = result.logits[:len(seqs)]
-        collect_prompt_logprobs(result.logits[len(seqs):], spans)
-        mask.apply(logits)
-        sampled = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs],
-                               [(s.prompt_token_ids, s.output_token_ids) for s in seqs])
-        return StepResult(sampled.tokens.tolist(), experts, prepare_s, sampled.logprobs)
+        experts = self.runner.expert_hits.sum()  # queued before the next step clears the hits
+        marks.append(self.clock.mark())
+        return Forward(seqs, result.logits, spans, experts, prepare_s, inputs.num_sampled > 0, marks)
+
+    @torch.inference_mode()
+    def sample(self, forward: Forward) -> PendingResult:
+        """Samples the forward's rows, their grammars' masks applied first (filled on the host
+        while the device still runs the forward), and starts the copy of the tokens to the host.
+
+        A row whose sequence has finished since the step was planned (asynchronous scheduling:
+        its stop token arrived meanwhile) is sampled unconstrained and its token discarded. Prompt
+        logprobs are read back at once: a step that owes them waits for its device work here.
+        """
+        seqs, tokens, logprobs = forward.seqs, None, None
+        marks = [*forward.marks, self.clock.mark()]
+        if seqs:
+            mask = GrammarMask([s.grammar if s.status != Status.FINISHED else None for s in seqs],
+                               self.cfg.vocab_size, self.bitmasks)
+            logits = forward.logits[:len(seqs)]
+            mask.apply(logits)
+            sampled = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs],
+                                   [(s.prompt_token_ids, s.output_token_ids) for s in seqs])
+            tokens, logprobs = sampled.tokens, sampled.logprobs
+        if forward.share:
+            self.runner.share_sampled(tokens, len(seqs))
+        pending = PendingResult(tokens, forward.experts, forward.prepare_s, logprobs, marks, self.clock)
+        if forward.logits is not None:
+            collect_prompt_logprobs(forward.logits[len(seqs):], forward.spans)
+        return pending
 
     def shutdown(self) -> None:
         """Stops the tensor-parallel workers (idempotent)."""

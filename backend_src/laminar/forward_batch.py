@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from laminar.host_copy import list_to_device, to_device
 from laminar.ops import AttentionMetadata
 from laminar.step_inputs import SegmentInputs, StepInputs
 from laminar.step_plan import stacked, stretches
@@ -53,11 +54,13 @@ class ForwardBatch:
     logits_rows: torch.Tensor         # rows of the last layer's output (decodes, then finishing segments)
 
 
-def build_batch(inputs: StepInputs, num_layers: int, block_size: int, carry: Carry,
-                device: torch.device) -> ForwardBatch:
-    """The step's device tensors; carried segments take their rows from `carry`."""
+def build_batch(inputs: StepInputs, num_layers: int, block_size: int, carry: Carry, device: torch.device,
+                sampled: torch.Tensor | None = None) -> ForwardBatch:
+    """The step's device tensors; carried segments take their rows from `carry`, pending tokens
+    theirs from `sampled` (the previous step's sampled tokens, on the device). Every copy is
+    queued behind the device's work: nothing here waits for the step in flight."""
     nd = inputs.num_decode
-    ids = torch.tensor(inputs.token_ids, dtype=torch.long, device=device)
+    ids = _token_ids(inputs.token_ids, sampled, device)
     entries, first, segments = nd, nd, []
     for seg in inputs.segments:
         rows = sum(inputs.q_lens[entries: entries + seg.num_entries])
@@ -68,8 +71,18 @@ def build_batch(inputs: StepInputs, num_layers: int, block_size: int, carry: Car
         decode_ids=ids[:nd],
         segments=segments,
         stretches=_stretches(inputs, num_layers, block_size, device),
-        logits_rows=torch.tensor(inputs.logits_rows, dtype=torch.long, device=device),
+        logits_rows=list_to_device(inputs.logits_rows, torch.long, device),
     )
+
+
+def _token_ids(token_ids: list[int], sampled: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """The ids on the device, each pending one (-1 - r) replaced by row r of `sampled`."""
+    ids = list_to_device(token_ids, torch.long, device)
+    if not any(t < 0 for t in token_ids):
+        return ids
+    if sampled is None:
+        raise RuntimeError("a step reads pending tokens, but no step has sampled any")
+    return torch.where(ids < 0, sampled[(-1 - ids).clamp_min(0)], ids)
 
 
 def _segment_rows(seg: SegmentInputs, rows: int, ids: torch.Tensor | None, carry: Carry,
@@ -78,7 +91,7 @@ def _segment_rows(seg: SegmentInputs, rows: int, ids: torch.Tensor | None, carry
         return SegmentRows(seg.batch_id, seg.layers, rows, ids, None, None)
     hidden, residual = carry[seg.batch_id]
     if seg.carry_rows is not None:
-        keep = torch.tensor(seg.carry_rows, dtype=torch.long, device=device)
+        keep = list_to_device(seg.carry_rows, torch.long, device)
         hidden, residual = hidden.index_select(0, keep), residual.index_select(0, keep)
     return SegmentRows(seg.batch_id, seg.layers, rows, None, hidden, residual)
 
@@ -151,5 +164,5 @@ def _aligned_parts(device: torch.device, *parts: np.ndarray) -> list[torch.Tenso
     host = np.zeros(size, dtype=parts[0].dtype)
     for part, offset in zip(parts, offsets):
         host[offset: offset + len(part)] = part
-    buffer = torch.from_numpy(host).to(device)
+    buffer = to_device(torch.from_numpy(host), device)
     return [buffer[offset: offset + len(part)] for part, offset in zip(parts, offsets)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from laminar.host_copy import list_to_device
 from laminar.outputs import TokenLogprobs
 from laminar.sampling_params import SamplingParams
 
@@ -18,7 +19,7 @@ from laminar.sampling_params import SamplingParams
 def gather_logprobs(processed: Tensor, tokens: Tensor, params: list[SamplingParams]) -> list[TokenLogprobs | None]:
     """One entry per row: None where the request asked for none. A single host transfer."""
     rows = [i for i, p in enumerate(params) if p.logprobs is not None]
-    row_index = torch.tensor(rows, device=processed.device)
+    row_index = list_to_device(rows, torch.long, processed.device)
     logprobs = processed.index_select(0, row_index).float().log_softmax(dim=-1)
     entries = token_logprobs(logprobs, tokens.index_select(0, row_index), [params[i].logprobs for i in rows])
     out: list[TokenLogprobs | None] = [None] * len(params)

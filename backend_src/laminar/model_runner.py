@@ -9,6 +9,7 @@ Deciding what a step holds, sending it to the workers and sampling happen on ran
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from laminar.config import EngineArgs, ModelConfig
 from laminar.cuda_graphs import DecodeGraphs, MixedGraphs
@@ -38,6 +39,7 @@ class ModelRunner:
         )
         self.carry: Carry = {}
         self.max_model_len = max_model_len
+        self.sampled: torch.Tensor | None = None  # the last sampling step's tokens, which pending ids read
         self.layers = LayerRunners(EagerLayers(self.model, self.kv_caches, self.expert_hits))
         self._capture_graphs()
         if self.device.type == "cuda":
@@ -91,7 +93,7 @@ class ModelRunner:
 
     def build_batch(self, inputs: StepInputs) -> ForwardBatch:
         """The step's device tensors (carried segments take this rank's rows)."""
-        return build_batch(inputs, self.cfg.num_layers, self.block_size, self.carry, self.device)
+        return build_batch(inputs, self.cfg.num_layers, self.block_size, self.carry, self.device, self.sampled)
 
     @torch.inference_mode()
     def run(self, batch: ForwardBatch, carried: list[int]) -> ForwardResult:
@@ -100,6 +102,16 @@ class ModelRunner:
         result = forward(self.model, batch, self.layers, self.cfg.num_layers)
         self.carry = {b: result.carry[b] if b in result.carry else self.carry[b] for b in carried}
         return result
+
+    def share_sampled(self, tokens: torch.Tensor | None, count: int) -> None:
+        """Keeps a step's sampled tokens for the next step's pending ids: rank 0 passes its tokens
+        and sends them, the workers receive `count` of them (a device collective, queued behind
+        the step's forward like any kernel)."""
+        if tokens is None:
+            tokens = torch.empty(count, dtype=torch.long, device=self.device)
+        if self.tp.size > 1:
+            dist.broadcast(tokens, 0)
+        self.sampled = tokens
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

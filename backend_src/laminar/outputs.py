@@ -69,6 +69,7 @@ class StepRecord:
     cpu_s: float       # host time outside the model's forward: scheduling, input preparation, outputs
     total_s: float     # wall time of the whole step, the GPU work included
     predicted_s: float | None = None  # the cost model's prediction (when the engine has one)
+    device_idle_s: float | None = None  # the device waiting for the host within the step (CUDA; device_idle)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from laminar.host_copy import list_to_device
 from laminar.sampling_params import SamplingParams
 
 # A row's (prompt token ids, output token ids).
@@ -37,14 +38,14 @@ def apply_penalties(logits: Tensor, params: list[SamplingParams], histories: lis
     if not rows:
         return logits
     device, vocab = logits.device, logits.shape[1]
-    row_index = torch.tensor(rows, device=device)
+    row_index = list_to_device(rows, torch.long, device)
     sub = logits.index_select(0, row_index).float()
     sub_params = [params[i] for i in rows]
     output_counts = token_counts([histories[i][1] for i in rows], vocab, device)
     in_output = output_counts > 0
 
     def column(values: list[float]) -> Tensor:
-        return torch.tensor(values, device=device, dtype=torch.float32).unsqueeze(1)
+        return list_to_device(values, torch.float32, device).unsqueeze(1)
 
     if any(p.repetition_penalty != 1.0 for p in sub_params):
         seen = in_output | (token_counts([histories[i][0] for i in rows], vocab, device) > 0)

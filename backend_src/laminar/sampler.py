@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from laminar.host_copy import list_to_device
 from laminar.logit_bias import apply_logit_bias
 from laminar.logprobs import gather_logprobs
 from laminar.outputs import TokenLogprobs
@@ -39,20 +40,20 @@ def _filter_logits(logits: Tensor, params: list[SamplingParams]) -> Tensor:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         positions = torch.arange(vocab, device=device).expand(n, vocab)
         ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
-        remove = positions >= torch.tensor(ks, device=device).unsqueeze(1)
+        remove = positions >= list_to_device(ks, torch.long, device).unsqueeze(1)
         if use_top_p:
             sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
             probs = sorted_logits.softmax(dim=-1)
             mass_before = probs.cumsum(dim=-1) - probs
             # Rows without top-p get +inf so cumsum rounding can never drop their tail.
             top_ps = [p.top_p if p.top_p < 1.0 else float("inf") for p in params]
-            top_p = torch.tensor(top_ps, device=device, dtype=probs.dtype).unsqueeze(1)
+            top_p = list_to_device(top_ps, probs.dtype, device).unsqueeze(1)
             # The most likely token always stays: a top_p that rounds to 0 would drop every token.
             remove |= (mass_before >= top_p) & (positions > 0)
         remove_vocab = torch.empty_like(remove).scatter_(1, order, remove)
         logits = logits.masked_fill(remove_vocab, float("-inf"))
     if any(p.min_p > 0.0 for p in params):
-        min_ps = torch.tensor([p.min_p for p in params], device=device, dtype=logits.dtype)
+        min_ps = list_to_device([p.min_p for p in params], logits.dtype, device)
         # p_i < min_p * p_max  <=>  logit_i < logit_max + log(min_p); log(0) = -inf keeps all.
         threshold = logits.amax(dim=-1, keepdim=True) + min_ps.log().unsqueeze(1)
         logits = logits.masked_fill(logits < threshold, float("-inf"))
@@ -102,10 +103,10 @@ class Sampler:
         if rows:
             device = logits.device
             all_rows = len(rows) == batch
-            row_index = None if all_rows else torch.tensor(rows, device=device)
+            row_index = None if all_rows else list_to_device(rows, torch.long, device)
             sub = logits if all_rows else logits.index_select(0, row_index)
             sub_params = [params[i] for i in rows]
-            temps = torch.tensor([p.temperature for p in sub_params], device=device, dtype=sub.dtype)
+            temps = list_to_device([p.temperature for p in sub_params], sub.dtype, device)
             sub = _filter_logits(sub.float() / temps.unsqueeze(1), sub_params)
             noise = self._exponential_noise(len(rows), vocab, [generators[i] for i in rows], device)
             sampled = sub.softmax(dim=-1).div_(noise).argmax(dim=-1)
@@ -132,5 +133,5 @@ class Sampler:
                     noise[i].exponential_(generator=gen)
             if unseeded:
                 shared = torch.empty(len(unseeded), vocab, device=device).exponential_()
-                noise[unseeded] = shared
+                noise[list_to_device(unseeded, torch.long, device)] = shared
         return noise.clamp_min_(torch.finfo(torch.float32).tiny)

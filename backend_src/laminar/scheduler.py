@@ -175,8 +175,14 @@ class Scheduler:
         self.blocks.free(seq)
 
     def _schedule_decodes(self, preempted: list[Sequence]) -> list[Sequence]:
-        """Gives every decoding sequence room for its next token, preempting the newest when full."""
-        queue = deque(self.decoding)
+        """Gives every decoding sequence room for its next token, preempting the newest when full.
+
+        A sequence whose pending token (asynchronous scheduling) is its max_tokens-th is not
+        decoded: that token ends it when it arrives. Any other pending token is planned with as
+        if it continues; if it turns out to stop the sequence, the engine drops the extra row.
+        """
+        last = {seq for seq in self.decoding if seq.num_pending and len(seq.output_token_ids) >= seq.params.max_tokens}
+        queue = deque(seq for seq in self.decoding if seq not in last)
         decode: list[Sequence] = []
         while queue:
             seq = queue.popleft()
@@ -189,7 +195,9 @@ class Scheduler:
             else:
                 self.blocks.grow(seq, seq.num_tokens)
                 decode.append(seq)
-        self.decoding = list(decode)  # the plan keeps its own tuple: decoding changes as requests end
+        # The plan keeps its own tuple: decoding changes as requests end.
+        kept = last | set(decode)
+        self.decoding = [seq for seq in self.decoding if seq in kept]
         return decode
 
     def _preempt(self, seq: Sequence) -> None:

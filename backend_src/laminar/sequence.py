@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from laminar.structured_output import GrammarState
 
 
+def pending_token(row: int) -> int:
+    """The placeholder of a token sampled on the device whose value the host has not read yet:
+    -1 - its row in that step's sampled tokens (laminar.step_inputs.StepInputs.token_ids)."""
+    return -1 - row
+
+
 class Status(enum.Enum):
     WAITING = "waiting"        # not admitted, or preempted: it holds no KV blocks
     PREFILLING = "prefilling"  # admitted; prompt tokens still to compute
@@ -30,6 +36,10 @@ class Sequence:
     recompute after preemption share one rule: compute what is left, and sample
     a token when nothing is left. With prefix caching, admission starts num_computed
     at the tokens whose KV another request already computed (block_manager).
+
+    With asynchronous scheduling the last output token may be pending (pending_token): sampled
+    on the device by the step in flight, planned with as if known, resolved by the engine once
+    the step's tokens reach the host. Only the last token is ever pending.
     """
 
     request_id: str
@@ -63,6 +73,11 @@ class Sequence:
     @property
     def num_uncomputed(self) -> int:
         return self.num_tokens - self.num_computed
+
+    @property
+    def num_pending(self) -> int:
+        """1 while the last output token is a placeholder for a token still on the device, else 0."""
+        return int(bool(self.output_token_ids) and self.output_token_ids[-1] < 0)
 
     def token_ids(self, start: int, stop: int) -> list[int]:
         """Tokens [start, stop) of prompt + output, without concatenating the whole history."""

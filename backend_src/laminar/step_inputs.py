@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from laminar.distributed import TensorParallel
 
-_HEADER = 7
+_HEADER = 8
 _SEGMENT = 5  # batch id, entries, first layer, layer stop, carried rows (-1: all)
 _STOP = -1  # num_entries value that tells the workers to exit
 
@@ -36,7 +36,14 @@ class SegmentInputs:
 
 @dataclass
 class StepInputs:
-    """Decode entries first (one token each), then each segment's chunks, in segment order."""
+    """Decode entries first (one token each), then each segment's chunks, in segment order.
+
+    A negative token id -1 - r (sequence.pending_token) stands for row r of the previous step's
+    sampled tokens, which every rank keeps on its device (ModelRunner.sampled): with
+    asynchronous scheduling a step is planned before the host has read the tokens it decodes.
+    num_sampled > 0 asks the workers to receive this step's sampled tokens from rank 0 after
+    its forward, so that the next step can read them.
+    """
 
     token_ids: list[int]            # decode tokens, then the tokens of segments entering at layer 0
     starts: list[int]               # per entry: position of its first token
@@ -46,12 +53,13 @@ class StepInputs:
     segments: list[SegmentInputs]
     carried: list[int]              # batch ids whose rows stay on the device after this step
     logits_rows: list[int]          # rows of the last layer's output that get logits
+    num_sampled: int = 0            # rows sampled by rank 0 and shared with every rank after the step
 
 
 def pack(inputs: StepInputs) -> torch.Tensor:
     segs = inputs.segments
     header = [len(inputs.starts), len(inputs.token_ids), inputs.num_decode, len(segs), len(inputs.carried),
-              len(inputs.logits_rows), sum(len(t) for t in inputs.block_tables)]
+              len(inputs.logits_rows), sum(len(t) for t in inputs.block_tables), inputs.num_sampled]
     seg_fields = [v for s in segs for v in (s.batch_id, s.num_entries, s.layers.start, s.layers.stop,
                                             -1 if s.carry_rows is None else len(s.carry_rows))]
     body = (inputs.token_ids + inputs.starts + inputs.q_lens + [len(t) for t in inputs.block_tables]
@@ -62,7 +70,7 @@ def pack(inputs: StepInputs) -> torch.Tensor:
 
 def unpack(message: torch.Tensor) -> StepInputs:
     values = message.tolist()
-    entries, tokens, num_decode, num_segments, num_carried, num_logits, num_blocks = values[:_HEADER]
+    entries, tokens, num_decode, num_segments, num_carried, num_logits, num_blocks, num_sampled = values[:_HEADER]
     pos = _HEADER
 
     def take(n: int) -> list[int]:
@@ -81,7 +89,8 @@ def unpack(message: torch.Tensor) -> StepInputs:
     for i in range(num_segments):
         batch_id, n, start, stop, rows = fields[i * _SEGMENT: (i + 1) * _SEGMENT]
         segments.append(SegmentInputs(batch_id, n, range(start, stop), None if rows < 0 else take(rows)))
-    return StepInputs(token_ids, starts, q_lens, tables, num_decode, segments, take(num_carried), take(num_logits))
+    return StepInputs(token_ids, starts, q_lens, tables, num_decode, segments, take(num_carried), take(num_logits),
+                      num_sampled)
 
 
 def send(tp: TensorParallel, inputs: StepInputs | None) -> None:

@@ -146,6 +146,8 @@ def main() -> None:
     runner = ModelRunner(ModelConfig.from_dir(args.model), args, spec["max_model_len"], tp)
     while (inputs := step_inputs.receive(tp)) is not None:
         runner.run(runner.build_batch(inputs), inputs.carried)
+        if inputs.num_sampled:  # asynchronous scheduling: the next step may read them on the device
+            runner.share_sampled(None, inputs.num_sampled)
     destroy_tensor_parallel(tp)
 
 
