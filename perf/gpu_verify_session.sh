@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # One device call that proves a merged tree: its GPU tests, then the engine benchmarks the open
 # issues' targets are read from. Each step runs when its variable is set; results land in $OUT:
-#   TESTS=1      pytest tests/gpu and tests/kernels (every GPU test; TP tests skip on one GPU)
+#   TESTS="dir..."  pytest on each tests/<dir> in turn, e.g. "gpu kernels" (TP tests skip on one GPU)
 #   OFFLINE="model..."  perf/bench_offline.py on each perf/models/<model> (dummy weights), with
-#                OFFLINE_ARGS (e.g. "--modes layered:8192 chunked:2048 --prompts 8192")
+#                OFFLINE_ARGS (e.g. "--modes layered:8192 chunked:2048 --prompts 8192"); the first
+#                model takes OFFLINE_FIRST_ARGS instead where set
 #   STRUCTURED=1 perf/bench_structured.py on Qwen3-30B-A3B shapes; xgrammar's wheels come from
 #                .devcarry/xgrammar/ (staged by hand: the device machine has no index)
-# Step limits: TEST_S, OFFLINE_S (each model), STRUCTURED_S (seconds). COMMIT names the commit.
+# Step limits: TEST_S (each test folder), OFFLINE_S (each model), STRUCTURED_S (seconds). COMMIT names the commit.
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 export PYTHONPATH="$PWD/tests:$PYTHONPATH"
 {
   gpu_info
   echo "commit ${COMMIT:-unknown}"
-  if [ -n "$TESTS" ]; then
-    timeout "${TEST_S:-240}" python3 -m pytest tests/gpu tests/kernels -q -rfs -n 4 -p no:cacheprovider 2>&1 \
-      | grep -v "Warning\|warner" | tail -40
-  fi
+  for dir in $TESTS; do
+    timeout "${TEST_S:-120}" python3 -m pytest "tests/$dir" -q -rfs -n 4 -p no:cacheprovider 2>&1 \
+      | grep -v "Warning\|warner" | tail -30
+  done
   for model in $OFFLINE; do
+    args=$OFFLINE_ARGS; [ "$model" = "${OFFLINE%% *}" ] && args=${OFFLINE_FIRST_ARGS:-$OFFLINE_ARGS}
     timeout "${OFFLINE_S:-150}" python3 perf/bench_offline.py --model "perf/models/$model" --load-format dummy \
-      --tag "$model" --out-dir "$OUT" ${OFFLINE_ARGS:-} > "$OUT/offline-$model.log" 2>&1
+      --tag "$model" --out-dir "$OUT" $args > "$OUT/offline-$model.log" 2>&1
     echo "offline $model rc=$?"; grep -v '^ \|^{\|^}' "$OUT/offline-$model.log" | tail -30
   done
   if [ -n "$STRUCTURED" ]; then
