@@ -1,5 +1,5 @@
-"""Rank 0's side of a step: the plan flattened to StepInputs, sent to the tensor-parallel workers,
-run on this rank's ModelRunner, and sampled. The start-up profile the cost model learns from is
+"""Rank 0's side of a step: the plan flattened to StepInputs, sent to the worker ranks (tensor and
+pipeline parallel), run on this rank's ModelRunner, and sampled. The start-up profile the cost model learns from is
 the profiler's (executor.profiler).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from laminar.config import EngineArgs, ModelConfig
-from laminar.distributed import ShardLayout, TensorParallel
+from laminar.distributed import Distributed, ShardLayout, TensorParallel
 from laminar.model_runner import ModelRunner
 from laminar.outputs import TokenLogprobs
 from laminar.profiler import Profiler
@@ -19,7 +19,7 @@ from laminar.sampler import Sampler
 from laminar.step_inputs import SegmentInputs, StepInputs
 from laminar.step_plan import StepPlan, stacked
 from laminar.structured_output import BitmaskBuffer, GrammarMask
-from laminar.tp_worker import WorkerGroup
+from laminar.worker_group import WorkerGroup
 
 
 @dataclass
@@ -31,18 +31,21 @@ class StepResult:
 
 
 class Executor:
-    """Starts the workers (TP > 1), owns rank 0's ModelRunner and the sampler."""
+    """Starts the workers (more than one rank), owns rank 0's ModelRunner and the sampler."""
 
     def __init__(self, cfg: ModelConfig, args: EngineArgs, max_model_len: int) -> None:
         self.cfg, self.args, self.max_model_len = cfg, args, max_model_len
         self.workers: WorkerGroup | None = None
-        tp = TensorParallel()
-        if args.tensor_parallel_size > 1:
+        group = Distributed()
+        if args.world_size > 1:
             ShardLayout.of(cfg, TensorParallel(0, args.tensor_parallel_size))  # shape errors before any spawn
+            if args.pipeline_parallel_size > cfg.num_layers:
+                raise ValueError(f"pipeline_parallel_size {args.pipeline_parallel_size} exceeds the model's "
+                                 f"{cfg.num_layers} layers")
             self.workers = WorkerGroup(args, max_model_len)
-            tp = self.workers.tp
+            group = self.workers.group
         try:
-            self.runner = ModelRunner(cfg, args, max_model_len, tp)
+            self.runner = ModelRunner(cfg, args, max_model_len, group)
         except BaseException:
             self.shutdown()
             raise
@@ -52,11 +55,11 @@ class Executor:
 
     @property
     def devices(self) -> list[torch.device]:
-        """Every device of the engine, the workers' included (for energy metering)."""
+        """Every device of the engine on this node, the local workers' included (for energy metering)."""
         device = self.runner.device
         if device.type != "cuda":
             return [device]
-        return [torch.device("cuda", r) for r in range(self.runner.tp.size)]
+        return [torch.device("cuda", r) for r in range(self.args.local_world_size or self.args.world_size)]
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
@@ -78,7 +81,7 @@ class Executor:
             raise self.workers.explain(e)  # noqa: B904  (explain chains e itself)
         seqs = plan.sample_seqs
         mask = GrammarMask([s.grammar for s in seqs], self.cfg.vocab_size, self.bitmasks)  # while the device works
-        experts = int(self.runner.expert_hits.sum().item()) if self.cfg.num_experts else 0
+        experts = int(result.experts_touched.item()) if self.cfg.num_experts else 0
         if result.logits is None or not seqs:
             if result.logits is not None:
                 collect_prompt_logprobs(result.logits, spans)
@@ -92,7 +95,7 @@ class Executor:
         return StepResult(sampled.tokens.tolist(), experts, prepare_s, sampled.logprobs)
 
     def shutdown(self) -> None:
-        """Stops the tensor-parallel workers (idempotent)."""
+        """Stops the workers (idempotent)."""
         if self.workers is not None:
             self.workers.stop()
 

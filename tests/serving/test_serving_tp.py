@@ -12,7 +12,7 @@ from test_serving_server import PROMPTS, offline
 
 from laminar.client.grpc_stream import generate, greedy_tensors
 from laminar.client.triton_server import wait_for, write_variant
-from laminar.tp_worker import SPEC_ENV
+from laminar.worker_group import PARENT_ENV
 
 
 def test_tp2_serves_tp1_tokens_and_stops_its_worker(demo_model, offline_engines, tmp_path):
@@ -47,7 +47,7 @@ def test_dead_worker_fails_requests_and_unloads_the_model(demo_model, tmp_path):
     server = start_server(repo, demo_model, tmp_path / "server.log")
     try:
         workers = [pid for pid in server.descendants()
-                   if SPEC_ENV.encode() in Path(f"/proc/{pid}/environ").read_bytes()]
+                   if PARENT_ENV.encode() in Path(f"/proc/{pid}/environ").read_bytes()]
         assert len(workers) == 1
         os.kill(workers[0], signal.SIGKILL)
         result = generate(server.grpc_url, greedy_tensors(PROMPTS[0], 10))
