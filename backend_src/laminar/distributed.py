@@ -167,7 +167,8 @@ def form_group(rank: int, local_rank: int, tp_size: int, pp_size: int, store: di
 
 
 def leave(group: Distributed) -> None:
-    """Destroys the process group; rank 0's store, the rendezvous, goes with it. Idempotent."""
+    """Destroys the process group and drops the handles of its groups, which hold the store: rank 0's
+    rendezvous port is free again once they are gone. Idempotent."""
     if group.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
-    group.store = None
+    group.control = group.tp.group = group.store = None

@@ -96,23 +96,20 @@ class WorkerGroup:
                 raise RuntimeError(f"worker rank {rank} exited with code {code}")
 
     def explain(self, error: Exception, wait_s: float = 2.0) -> Exception:
-        """A step failed: name the local worker that died (it may take a moment to be reaped), or
-        else say that a remote rank may be lost."""
+        """A step failed: name the local workers that died (they may take a moment to be reaped)
+        and, with ranks on other nodes, say that one of them may be lost: rank 0 cannot see them."""
         deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                self.check()
-            except RuntimeError as dead:
-                dead.__cause__ = error
-                return dead
-            if time.monotonic() > deadline:
-                break
+        dead = []
+        while not dead and time.monotonic() < deadline:
+            dead = [f"worker rank {r} exited with code {p.poll()}" for r, p in enumerate(self.procs, start=1)
+                    if p.poll() is not None]
             time.sleep(0.05)
-        if not self.remote:
+        if not dead and not self.remote:
             return error
-        lost = RuntimeError(f"a rank stopped answering{self._remote_note()}: {type(error).__name__}: {error}")
-        lost.__cause__ = error
-        return lost
+        what = "; ".join(dead) if dead else "a rank stopped answering"
+        out = RuntimeError(f"{what}{self._remote_note()}" + (f": {type(error).__name__}: {error}" if self.remote else ""))
+        out.__cause__ = error
+        return out
 
     def send(self, inputs: step_inputs.StepInputs) -> None:
         self.check()
@@ -124,6 +121,7 @@ class WorkerGroup:
         if self.stopped:
             return
         self.stopped = True
+        atexit.unregister(self.stop)
         try:
             if all(p.poll() is None for p in self.procs):
                 step_inputs.send(self.group.control, None)
