@@ -14,15 +14,8 @@ its next span starts. So a layered prefill segment crosses stage boundaries as i
 groups, and each stage keeps (laminar.model_runner) the carried rows of the batches whose next
 span starts in its layers.
 
-Only one step is in flight, so each stage idles while the others run: with P equal stages a
-stage is busy 1/P of the time. Micro-batching would fill those bubbles: the running sequences
-split into P decode micro-batches, each its own step, and stage k runs micro-batch i while stage
-k+1 runs micro-batch i-1; rank 0 would sample micro-batch i while the others are in the pipe, and
-a sequence's next step could only start once its token is sampled, so each micro-batch's TBT
-stays one pipeline traversal while throughput approaches P times one stage's. Layered prefill
-fits this: a segment whose span lies inside one stage occupies that stage only, so a long prompt
-moves down the pipeline one group per iteration without stalling the decode micro-batches behind
-a whole-stack prefill, as chunked prefill's full-depth chunks do.
+Only one step is in flight, so each stage idles while the others run (about (P-1)/P of the time
+with P equal stages); the README's Pipeline parallelism section says what micro-batching would add.
 """
 from __future__ import annotations
 
