@@ -11,13 +11,13 @@ import sys
 import time
 
 import pytest
+from conftest import write_hf_checkpoint
 from test_prefix_cache import ENGINES, run, shared_prefix_workload
 from test_tp import PROMPTS, make_engine, run_script, worker_pids
 
-from conftest import write_hf_checkpoint
 from laminar import SamplingParams
 from laminar.distributed import Rendezvous
-from laminar.forward_batch import _crossing
+from laminar.forward_batch import crossing
 from laminar.models.causal_lm import MissingLayer
 from laminar.pipeline import stage_layers
 from laminar.step_inputs import SegmentInputs
@@ -25,13 +25,13 @@ from laminar.step_inputs import SegmentInputs
 SLO = dict(prefill_policy="slo", tbt_slo_ms=1e-3, num_stages=None, group_token_thresholds=None)
 
 
-def test_stage_layers_and_boundary_crossings():
+def test_stage_layers_and_boundarycrossings():
     assert [stage_layers(5, 2, s) for s in range(2)] == [range(0, 2), range(2, 5)]
     assert [stage_layers(4, 4, s) for s in range(4)] == [range(i, i + 1) for i in range(4)]
     segments = [SegmentInputs(1, 1, range(0, 2), None), SegmentInputs(2, 1, range(1, 4), None),
                 SegmentInputs(3, 1, range(2, 5), None)]
-    assert _crossing(segments, 2) == [0, 1]  # batch 1 stops at the boundary (kept there), batch 2 goes on
-    assert _crossing(segments, 0) == []
+    assert crossing(segments, 2) == [0, 1]  # batch 1 stops at the boundary (kept there), batch 2 goes on
+    assert crossing(segments, 0) == []
 
 
 @pytest.mark.parametrize("mode, policy", [("layered", {}), ("chunked", {}), ("layered", SLO)])

@@ -93,12 +93,12 @@ def build_batch(inputs: StepInputs, num_layers: int, block_size: int, carry: Car
         stretches=_stretches(inputs, num_layers, block_size, device, layers),
         logits_rows=torch.tensor(inputs.logits_rows, dtype=torch.long, device=device),
         layers=layers,
-        received=_crossing(inputs.segments, layers.start),
-        sent=_crossing(inputs.segments, layers.stop) if layers.stop < num_layers else [],
+        received=crossing(inputs.segments, layers.start),
+        sent=crossing(inputs.segments, layers.stop) if layers.stop < num_layers else [],
     )
 
 
-def _crossing(segments: list[SegmentInputs], boundary: int) -> list[int]:
+def crossing(segments: list[SegmentInputs], boundary: int) -> list[int]:
     """Segments whose rows reach a stage boundary this step (their span starts before it and ends
     at or after it): they pass it with the decode rows."""
     return [i for i, seg in enumerate(segments) if seg.layers.start < boundary <= seg.layers.stop]
