@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-from conftest import write_hf_checkpoint
 from test_tp import PROMPTS, make_engine, run_script, worker_pids
 
 from laminar import SamplingParams
@@ -57,12 +56,11 @@ def test_tp2_pp2_matches_tp1(moe_checkpoint_5, mode):
     assert worker_pids() == []
 
 
-def test_pp3_tied_embeddings(tmp_path):
+def test_pp3_tied_embeddings(tied_checkpoint):
     """One layer per stage: the middle stage holds neither the embedding nor the head, the last one
     the tied embedding as its head."""
-    model = write_hf_checkpoint(tmp_path / "tied", moe=False, num_layers=3, seed=4, tie_word_embeddings=True)
-    expected = run_script(make_engine(model, 1))
-    assert run_script(make_engine(model, 1, pipeline_parallel_size=3)) == expected
+    expected = run_script(make_engine(tied_checkpoint, 1))
+    assert run_script(make_engine(tied_checkpoint, 1, pipeline_parallel_size=3)) == expected
 
 
 def test_too_many_stages_are_refused(moe_checkpoint_5):

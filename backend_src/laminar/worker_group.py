@@ -84,9 +84,12 @@ class WorkerGroup:
                                f"within tp_timeout_s ({args.tp_timeout_s} s){self._remote_note()}: {e}") from e
 
     def _remote_note(self) -> str:
+        first, last = self.remote.start, self.remote.stop - 1
         if not self.remote:
             return ""
-        return f" (ranks {self.remote.start}-{self.remote.stop - 1} run on other nodes: see their logs)"
+        if first == last:
+            return f" (rank {first} runs on another node: see its log)"
+        return f" (ranks {first}-{last} run on other nodes: see their logs)"
 
     def check(self) -> None:
         """Raises if a local worker has exited: its collectives would never complete."""
