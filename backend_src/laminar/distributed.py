@@ -168,7 +168,10 @@ def form_group(rank: int, local_rank: int, tp_size: int, pp_size: int, store: di
 
 def leave(group: Distributed) -> None:
     """Destroys the process group and drops the handles of its groups, which hold the store: rank 0's
-    rendezvous port is free again once they are gone. Idempotent."""
+    rendezvous port is free again once they are gone. Rank 0 first withdraws the generation, so that
+    no worker looking for the next group joins this one while it goes. Idempotent."""
+    if group.rank == 0 and group.store is not None:
+        group.store.delete_key(GENERATION_KEY)
     if group.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
     group.control = group.tp.group = group.store = None

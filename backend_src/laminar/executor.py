@@ -1,6 +1,6 @@
 """Rank 0's side of a step: the plan flattened to StepInputs, sent to the worker ranks (tensor and
-pipeline parallel), run on this rank's ModelRunner, and sampled. The start-up profile the cost model learns from is
-the profiler's (executor.profiler).
+pipeline parallel), run on this rank's ModelRunner, and sampled. The start-up profile the cost
+model learns from is the profiler's (executor.profiler).
 """
 from __future__ import annotations
 
