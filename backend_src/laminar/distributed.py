@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -28,6 +30,8 @@ from laminar.pipeline import PipelineParallel
 # Workers wait for the next step on the control group for as long as the server stays idle.
 CONTROL_TIMEOUT = timedelta(days=3650)
 GENERATION_KEY = "laminar/generation"
+JOIN_GRACE_S = 60.0  # beyond tp_timeout_s, for the ranks to start and come to the rendezvous
+JOIN_POLL_S = 0.05
 
 
 @dataclass
@@ -150,20 +154,47 @@ def find_rendezvous(where: Rendezvous, served: str, timeout_s: float) -> tuple[d
 
 
 def form_group(rank: int, local_rank: int, tp_size: int, pp_size: int, store: dist.TCPStore, generation: str,
-               device: torch.device, timeout_s: float) -> Distributed:
-    """Every rank: joins the group of this generation (blocks until all have come) and returns this rank's
-    handle. A peer that stops answering fails an activation collective after timeout_s instead of hanging."""
+               device: torch.device, timeout_s: float, check: Callable[[], None] = lambda: None) -> Distributed:
+    """Every rank: joins the group of this generation and returns this rank's handle. A peer that stops
+    answering fails an activation collective after timeout_s instead of hanging.
+
+    Ranks first count themselves in on the store and wait for one another (starting a process and
+    importing torch takes a while: timeout_s + JOIN_GRACE_S; check() raises to stop waiting, as
+    when a local worker died), so that the process group forms with everyone there and timeout_s
+    bounds only a peer that stops answering."""
+    world, key = tp_size * pp_size, f"{generation}/joined"
+    store.add(key, 1)
+    deadline = time.monotonic() + timeout_s + JOIN_GRACE_S
+    while (count := store.add(key, 0)) < world:
+        check()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} of {world} ranks came within {timeout_s + JOIN_GRACE_S:.0f} s")
+        time.sleep(JOIN_POLL_S)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, store=dist.PrefixStore(generation, store), rank=rank,
-                            world_size=tp_size * pp_size, timeout=timedelta(seconds=timeout_s))
-    control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
-    stage, tp_rank = divmod(rank, tp_size)
-    groups = [dist.new_group(list(range(s * tp_size, (s + 1) * tp_size))) for s in range(pp_size)] \
-        if pp_size > 1 and tp_size > 1 else [None] * pp_size
+    try:
+        dist.init_process_group(backend, store=dist.PrefixStore(generation, store), rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s))
+        control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+        stage, tp_rank = divmod(rank, tp_size)
+        groups = [dist.new_group(list(range(s * tp_size, (s + 1) * tp_size))) for s in range(pp_size)] \
+            if pp_size > 1 and tp_size > 1 else [None] * pp_size
+    except BaseException:
+        _forget_failed_group()
+        raise
     return Distributed(rank, local_rank, TensorParallel(tp_rank, tp_size, groups[stage]),
                        PipelineParallel(stage, pp_size, tp_size, tp_rank), control, store)
+
+
+def _forget_failed_group() -> None:
+    """A group that failed to form: destroyed, or, when init itself failed, its name forgotten. torch
+    numbers groups per process and counts one that never formed; the next group this process forms
+    must be numbered as a fresh peer's are, or they look for each other under different names."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    else:
+        dist.distributed_c10d._world.group_count = 0
 
 
 def leave(group: Distributed) -> None:

@@ -74,14 +74,14 @@ class WorkerGroup:
         return subprocess.Popen([_python(), "-m", "laminar.worker", "--once"], env=env)
 
     def _form(self, args: EngineArgs, store, generation: str, device: torch.device) -> Distributed:
-        """Waits for every rank (tp_timeout_s at most); names the ranks that did not come."""
+        """Waits for every rank (laminar.distributed.form_group); names the ranks that did not come."""
         try:
             return form_group(0, 0, args.tensor_parallel_size, args.pipeline_parallel_size, store, generation, device,
-                              args.tp_timeout_s)
+                              args.tp_timeout_s, self.check)
         except Exception as e:
             self.check()
-            raise RuntimeError(f"not every rank of {args.world_size} joined at {self.where.host}:{self.where.port} "
-                               f"within tp_timeout_s ({args.tp_timeout_s} s){self._remote_note()}: {e}") from e
+            raise RuntimeError(f"the {args.world_size} ranks did not form a group at {self.where.host}:{self.where.port}"
+                               f"{self._remote_note()}: {e}") from e
 
     def _remote_note(self) -> str:
         first, last = self.remote.start, self.remote.stop - 1
