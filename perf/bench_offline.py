@@ -141,6 +141,8 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     runner = engine.executor.runner
     tp = runner.tp.size
     # The floor is per GPU: each rank reads its own shard of weights and KV (rank 0's, measured).
+    # Under pipeline parallelism rank 0 holds one stage's weights only: no floor.
+    pipelined = runner.pp.size > 1
     kv_token_layer_bytes = 2 * runner.model.layout.num_kv_heads * mc.head_dim * runner.dtype.itemsize
     run = Run(engine)
     long_gen = SamplingParams(max_tokens=100_000, temperature=0.0, ignore_eos=True)
@@ -174,7 +176,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     floor_bytes = non_expert_bytes(engine) + experts_per_step / tp + cfg["decode_batch"] * kv_tokens * kv_token_layer_bytes
     result = {
         "decode_step_ms": 1e3 * decode_step,
-        "decode_step_floor_ms": 1e3 * floor_bytes / bandwidth if bandwidth else None,
+        "decode_step_floor_ms": 1e3 * floor_bytes / bandwidth if bandwidth and not pipelined else None,
         "decode_host_overhead_frac": statistics.median(cpu) / decode_step,
         # The device waiting for the host (CUDA): host time on the critical path, whatever overlaps.
         "decode_device_idle_frac": statistics.median(idle) / decode_step if None not in idle else None,
@@ -323,6 +325,7 @@ def main() -> None:
     ap.add_argument("--num-stages", type=int)
     ap.add_argument("--prompts", type=int, nargs="*", help="prompt lengths arriving during decode (preset's if unset)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument("--pipeline-parallel-size", type=int, default=1)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--dequantize-experts", action="store_true", help="MXFP4 experts dequantized at load (GPT-OSS)")
     ap.add_argument("--out-dir", default="perf/results")
@@ -340,7 +343,8 @@ def main() -> None:
     cfg["prompts"] = args.prompts or cfg["prompts"]
     max_len = max(cfg["prompts"] + [cfg["decode_context"]]) + 2048
     base = dict(model=args.model, load_format=args.load_format, max_model_len=max_len,
-                tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
+                tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
+                enforce_eager=args.enforce_eager,
                 dequantize_experts=args.dequantize_experts,
                 num_stages=cfg["num_stages"])
     report: dict = {"command": "python " + " ".join(sys.argv), "preset": cfg, "modes": {}}
@@ -378,7 +382,9 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     slug = device_name.split(" (")[0].replace(" ", "-").lower()
-    slug += (f"-tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else "") + (f"-{args.tag}" if args.tag else "")
+    slug += (f"-tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else "")
+    slug += f"-pp{args.pipeline_parallel_size}" if args.pipeline_parallel_size > 1 else ""
+    slug += f"-{args.tag}" if args.tag else ""
     (out / f"offline-{slug}.json").write_text(json.dumps(report, indent=1))
     (out / f"offline-{slug}.md").write_text(markdown(report))
     print(markdown(report))

@@ -61,6 +61,12 @@ def dense_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tied_checkpoint(tmp_path_factory) -> Path:
+    """Dense, the LM head tied to the embedding."""
+    return write_hf_checkpoint(tmp_path_factory.mktemp("tied"), moe=False, num_layers=3, seed=4, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
 def gpt_oss_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """One tiny GPT-OSS in both formats: {"mxfp4": the release's layout, "bf16": plain}."""
     from gpt_oss_checkpoint import write_gpt_oss_checkpoints

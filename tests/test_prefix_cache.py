@@ -1,5 +1,5 @@
 """Prefix caching: the same greedy tokens with the cache on as off (both schedule modes, both
-policies, preemption, aborts, TP), only uncached tokens computed, blocks shared and returned,
+policies, preemption, aborts, TP, PP), only uncached tokens computed, blocks shared and returned,
 LRU eviction that spares blocks in use, hashes that name whole prefixes, and no hit on a block
 whose KV is still being written."""
 from __future__ import annotations
@@ -207,11 +207,12 @@ def test_no_hit_on_a_batch_still_between_layers(moe_checkpoint_5):
     assert got == run(ENGINES["layered-slo"](moe_checkpoint_5, enable_prefix_caching=False), arrivals)[0]
 
 
-def test_tp2_with_cache_matches_tp1_without(moe_checkpoint_5):
+@pytest.mark.parametrize("ranks", [dict(tensor_parallel_size=2), dict(pipeline_parallel_size=2)])
+def test_tp2_pp2_with_cache_match_one_rank_without(moe_checkpoint_5, ranks):
     """The block map is rank 0's: the workers only see block tables, shared blocks included."""
     arrivals = shared_prefix_workload(1, n=10)
     want = run(ENGINES["layered"](moe_checkpoint_5, enable_prefix_caching=False), arrivals)[0]
-    engine = ENGINES["layered"](moe_checkpoint_5, tensor_parallel_size=2)
+    engine = ENGINES["layered"](moe_checkpoint_5, **ranks)
     try:
         got, cached = run(engine, arrivals)
     finally:

@@ -15,7 +15,7 @@ from laminar import SamplingParams
 from laminar.config import EngineArgs
 from laminar.engine import LLMEngine
 from laminar.step_inputs import SegmentInputs, StepInputs, pack, unpack
-from laminar.tp_worker import SPEC_ENV
+from laminar.worker_group import PARENT_ENV
 
 PROMPTS = [[(7 * i + 3 * j) % 250 + 1 for j in range(n)] for i, n in enumerate((5, 33, 12, 70, 2, 41))]
 
@@ -131,7 +131,7 @@ def worker_pids() -> list[int]:
     for task in Path("/proc/self/task").iterdir():
         for pid in (task / "children").read_text().split():
             try:
-                if SPEC_ENV.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                if PARENT_ENV.encode() in Path(f"/proc/{pid}/environ").read_bytes():
                     pids.append(int(pid))
             except OSError:  # exited meanwhile
                 pass
@@ -206,7 +206,7 @@ def test_idle_longer_than_the_collective_timeout(moe_checkpoint_5, monkeypatch):
 def test_second_tp_engine_in_one_process_is_refused(moe_checkpoint_5):
     first = make_engine(moe_checkpoint_5, 2)
     try:
-        with pytest.raises(ValueError, match="one tensor-parallel engine per process"):
+        with pytest.raises(ValueError, match="one multi-rank engine per process"):
             make_engine(moe_checkpoint_5, 2)
         assert worker_pids() == [first.executor.workers.procs[0].pid]
         first.add_request("a", PROMPTS[0], SamplingParams(max_tokens=2))

@@ -212,6 +212,11 @@ class EngineArgs:
     step N's tokens meanwhile (laminar.engine.LLMEngine.step): the host's scheduling, input
     building, detokenizing and stop checks leave the device's critical path; outputs are the
     same. Off by default until a GPU run confirms greedy parity there (tests/gpu).
+    pipeline_parallel_size splits the layers into that many contiguous stages, each with
+    tensor_parallel_size ranks (laminar.pipeline). The tensor_parallel_size x pipeline_parallel_size
+    ranks meet at dist_init_addr ("host:port", where rank 0 listens; unset: a free loopback port,
+    every rank on this host). Rank 0, the engine, starts ranks 1 .. local_world_size - 1 on its
+    own host (unset: all of them); the others run `python -m laminar.worker` on other nodes.
     """
 
     model: str
@@ -230,6 +235,9 @@ class EngineArgs:
     load_format: str = "safetensors"
     seed: int = 0
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    dist_init_addr: str | None = None
+    local_world_size: int | None = None
     enforce_eager: bool = False
     group_token_thresholds: tuple[int, ...] | None = None
     tbt_slo_ms: float | None = None
@@ -265,10 +273,12 @@ class EngineArgs:
             raise ValueError(f"dtype must be auto or one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("max_num_batched_tokens", "max_num_seqs", "block_size", "tensor_parallel_size"):
+        for name in ("max_num_batched_tokens", "max_num_seqs", "block_size", "tensor_parallel_size",
+                     "pipeline_parallel_size"):
             positive_int(name)
-        for name in ("num_stages", "max_model_len", "num_kv_blocks", "kv_cache_bytes"):
+        for name in ("num_stages", "max_model_len", "num_kv_blocks", "kv_cache_bytes", "local_world_size"):
             positive_int(name, allow_none=True)
+        self._check_ranks()
         self._check_prefill_policy()
         self._check_switches()
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -278,6 +288,29 @@ class EngineArgs:
                 "max_num_batched_tokens must be >= max_num_seqs in chunked mode, so that every decode fits "
                 f"the token budget (got {self.max_num_batched_tokens} < {self.max_num_seqs})"
             )
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def rendezvous(self) -> tuple[str, int] | None:
+        """dist_init_addr as (host, port); None when unset. An IPv6 host goes in brackets: "[::1]:29500"."""
+        if self.dist_init_addr is None:
+            return None
+        host, sep, port = self.dist_init_addr.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"dist_init_addr must be host:port, got {self.dist_init_addr!r}")
+        return host.strip("[]"), int(port)
+
+    def _check_ranks(self) -> None:
+        self.rendezvous()
+        local = self.local_world_size
+        if local is not None and local > self.world_size:
+            raise ValueError(f"local_world_size {local} exceeds the {self.world_size} ranks of tensor_parallel_size "
+                             f"{self.tensor_parallel_size} x pipeline_parallel_size {self.pipeline_parallel_size}")
+        if local is not None and local < self.world_size and self.dist_init_addr is None:
+            raise ValueError("ranks on other nodes (local_world_size < tensor_parallel_size x pipeline_parallel_size) "
+                             "need dist_init_addr, the host:port where they meet rank 0")
 
     def _check_prefill_policy(self) -> None:
         """The policy is known, its required options are set, and no other policy's option is."""

@@ -5,7 +5,8 @@ the decode-only groups before and after the prefill group, whichever group that
 is. Each graph reads and writes static buffers, so consecutive layers chain with
 no copies. Padding rows are copies of row 0 (state, position, KV slot): they
 route to the same experts and write the same KV values, so they add no expert
-traffic and touch no other sequence's cache.
+traffic and touch no other sequence's cache. A pipeline stage captures its own layers
+(model.layer_range); the rows between stages move outside the graphs.
 
 The layers a prefill batch crosses (all of them in chunked mode, one group in
 layered mode) are graphed piecewise, as vLLM does: attention of a mixed batch
@@ -99,7 +100,7 @@ class DecodeGraphs(_LayerGraphs):
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=self.device)
         self.tables = torch.zeros((n, -(-max_model_len // block_size)), dtype=torch.int32, device=self.device)
         self.max_model_len = max_model_len
-        self._capture([((i,), lambda bs, i=i: self._run_layer(i, bs)) for i in range(len(model.layers))])
+        self._capture([((i,), lambda bs, i=i: self._run_layer(i, bs)) for i in model.layer_range])
 
     def _run_layer(self, i: int, bs: int) -> None:
         meta = AttentionMetadata(self.query_start[: bs + 1], self.seq_lens[:bs], self.tables[:bs],
@@ -134,12 +135,12 @@ class MixedGraphs(_LayerGraphs):
 
     def __init__(self, model, kv_caches, expert_hits: torch.Tensor, max_tokens: int) -> None:
         super().__init__(model, kv_caches, expert_hits, capture_sizes(max_tokens, MIXED_SIZES))
-        attn = model.layers[0].self_attn
+        attn = model.layers[model.layer_range.start].self_attn
         shape = (self.max_rows, attn.num_heads, attn.head_dim)
         self.q = torch.zeros(shape, dtype=self.hidden.dtype, device=self.device)
         self.attn = torch.zeros(shape, dtype=self.hidden.dtype, device=self.device)
         self._capture([((i, half), lambda bs, i=i, f=f: f(i, bs))
-                       for i in range(len(model.layers)) for half, f in (("before", self._before), ("after", self._after))])
+                       for i in model.layer_range for half, f in (("before", self._before), ("after", self._after))])
 
     def _before(self, i: int, bs: int) -> None:
         q, r = self.model.layers[i].before_attention(self.hidden[:bs], self.residual[:bs], self.positions[:bs],

@@ -1,6 +1,6 @@
-"""Rank 0's side of a step: the plan flattened to StepInputs, sent to the tensor-parallel workers,
-run on this rank's ModelRunner, and sampled. The start-up profile the cost model learns from is
-the profiler's (executor.profiler).
+"""Rank 0's side of a step: the plan flattened to StepInputs, sent to the worker ranks (tensor and
+pipeline parallel), run on this rank's ModelRunner, and sampled. The start-up profile the cost
+model learns from is the profiler's (executor.profiler).
 
 A step is three calls, none of which waits for the device until the last: launch (the forward is
 queued), sample (the sampling is queued, the tokens' copy to the host started), and
@@ -16,7 +16,7 @@ import torch
 
 from laminar.config import EngineArgs, ModelConfig
 from laminar.device_idle import IdleClock, idle_seconds
-from laminar.distributed import ShardLayout, TensorParallel
+from laminar.distributed import Distributed, ShardLayout, TensorParallel
 from laminar.model_runner import ModelRunner
 from laminar.outputs import TokenLogprobs
 from laminar.profiler import Profiler
@@ -26,7 +26,7 @@ from laminar.sequence import Sequence, Status
 from laminar.step_inputs import SegmentInputs, StepInputs
 from laminar.step_plan import StepPlan, stacked
 from laminar.structured_output import BitmaskBuffer, GrammarMask
-from laminar.tp_worker import WorkerGroup
+from laminar.worker_group import WorkerGroup
 
 
 @dataclass
@@ -76,18 +76,21 @@ class PendingResult:
 
 
 class Executor:
-    """Starts the workers (TP > 1), owns rank 0's ModelRunner and the sampler."""
+    """Starts the workers (more than one rank), owns rank 0's ModelRunner and the sampler."""
 
     def __init__(self, cfg: ModelConfig, args: EngineArgs, max_model_len: int) -> None:
         self.cfg, self.args, self.max_model_len = cfg, args, max_model_len
         self.workers: WorkerGroup | None = None
-        tp = TensorParallel()
-        if args.tensor_parallel_size > 1:
+        group = Distributed()
+        if args.world_size > 1:
             ShardLayout.of(cfg, TensorParallel(0, args.tensor_parallel_size))  # shape errors before any spawn
+            if args.pipeline_parallel_size > cfg.num_layers:
+                raise ValueError(f"pipeline_parallel_size {args.pipeline_parallel_size} exceeds the model's "
+                                 f"{cfg.num_layers} layers")
             self.workers = WorkerGroup(args, max_model_len)
-            tp = self.workers.tp
+            group = self.workers.group
         try:
-            self.runner = ModelRunner(cfg, args, max_model_len, tp)
+            self.runner = ModelRunner(cfg, args, max_model_len, group)
         except BaseException:
             self.shutdown()
             raise
@@ -98,11 +101,11 @@ class Executor:
 
     @property
     def devices(self) -> list[torch.device]:
-        """Every device of the engine, the workers' included (for energy metering)."""
+        """Every device of the engine on this node, the local workers' included (for energy metering)."""
         device = self.runner.device
         if device.type != "cuda":
             return [device]
-        return [torch.device("cuda", r) for r in range(self.runner.tp.size)]
+        return [torch.device("cuda", r) for r in range(self.args.local_world_size or self.args.world_size)]
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, share: bool) -> Forward:
@@ -126,7 +129,7 @@ class Executor:
             if self.workers is None:
                 raise
             raise self.workers.explain(e)  # noqa: B904  (explain chains e itself)
-        experts = self.runner.expert_hits.sum()  # queued before the next step clears the hits
+        experts = result.experts_touched  # this rank's hits and the other stages', on the device
         marks.append(self.clock.mark())
         return Forward(seqs, result.logits, spans, experts, prepare_s, inputs.num_sampled > 0, marks)
 
@@ -157,7 +160,7 @@ class Executor:
         return pending
 
     def shutdown(self) -> None:
-        """Stops the tensor-parallel workers (idempotent)."""
+        """Stops the workers (idempotent)."""
         if self.workers is not None:
             self.workers.stop()
 

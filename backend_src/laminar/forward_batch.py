@@ -5,6 +5,11 @@ A step runs decode rows through every layer and each prefill segment's rows thro
 each stretch carries its rows' positions and attention metadata. A segment's rows enter as
 token ids when its span starts at layer 0, else as the hidden state and residual it left the
 previous iteration with (kept on the device by the model runner, keyed by batch id).
+
+Under pipeline parallelism each stage builds the step for its own layers (laminar.pipeline): a
+segment's rows enter where its span starts (token ids on stage 0, else the carry of the stage
+holding that layer), or arrive from the previous stage with the decode rows when its span started
+on an earlier stage.
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ Carry = dict[int, tuple[torch.Tensor, torch.Tensor]]  # batch id -> (hidden, res
 
 @dataclass
 class SegmentRows:
-    """One prefill segment's rows: token ids when its span starts at layer 0, else the carried state."""
+    """One prefill segment's rows: token ids when its span starts at layer 0, else the carried state;
+    neither when its span starts on another pipeline stage."""
 
     batch_id: int
     layers: range
@@ -31,6 +37,11 @@ class SegmentRows:
     ids: torch.Tensor | None
     hidden: torch.Tensor | None       # [rows, H] carried from the previous iteration
     residual: torch.Tensor | None
+
+    @property
+    def held(self) -> bool:
+        """Its rows enter on this stage (token ids or this stage's carry)."""
+        return self.ids is not None or self.hidden is not None
 
 
 @dataclass
@@ -45,34 +56,55 @@ class Stretch:
 
 @dataclass
 class ForwardBatch:
-    """The tensors of one iteration. In every stretch decode rows come first, segment rows after them
-    (step_plan.stacked)."""
+    """The tensors of one iteration on one pipeline stage (all layers without pipeline parallelism).
+    In every stretch decode rows come first, segment rows after them (step_plan.stacked)."""
 
-    decode_ids: torch.Tensor          # [Td] the last token of each decoding sequence
-    segments: list[SegmentRows]
-    stretches: list[Stretch]          # stretches with no rows (no decodes, no segment) are left out
+    decode_ids: torch.Tensor          # [Td] the last token of each decoding sequence (used on stage 0)
+    segments: list[SegmentRows]       # every segment of the step, in plan order
+    stretches: list[Stretch]          # this stage's; stretches with no rows (no decodes, no segment) are left out
     logits_rows: torch.Tensor         # rows of the last layer's output (decodes, then finishing segments)
+    layers: range                     # this stage's layers
+    received: list[int]               # segments whose rows come from the previous stage, after the decodes
+    sent: list[int]                   # segments whose rows go on to the next stage, after the decodes
+
+    @property
+    def received_sizes(self) -> list[int]:
+        """Row counts of the parts the previous stage sends: the decodes, then each received segment."""
+        return stacked(self.decode_ids.shape[0], [self.segments[i].num_rows for i in self.received])
 
 
 def build_batch(inputs: StepInputs, num_layers: int, block_size: int, carry: Carry, device: torch.device,
-                sampled: torch.Tensor | None = None) -> ForwardBatch:
-    """The step's device tensors; carried segments take their rows from `carry`, pending tokens
-    theirs from `sampled` (the previous step's sampled tokens, on the device). Every copy is
-    queued behind the device's work: nothing here waits for the step in flight."""
+                layers: range | None = None, sampled: torch.Tensor | None = None) -> ForwardBatch:
+    """The step's device tensors for these layers (default: all); carried segments take their rows
+    from `carry`, pending tokens theirs from `sampled` (the previous step's sampled tokens, on the
+    device). Every copy is queued behind the device's work: nothing here waits for the step in flight."""
+    layers = range(num_layers) if layers is None else layers
     nd = inputs.num_decode
     ids = _token_ids(inputs.token_ids, sampled, device)
     entries, first, segments = nd, nd, []
     for seg in inputs.segments:
         rows = sum(inputs.q_lens[entries: entries + seg.num_entries])
-        segments.append(_segment_rows(seg, rows, ids[first: first + rows] if seg.first else None, carry, device))
+        if seg.layers.start not in layers:
+            segments.append(SegmentRows(seg.batch_id, seg.layers, rows, None, None, None))
+        else:
+            segments.append(_segment_rows(seg, rows, ids[first: first + rows] if seg.first else None, carry, device))
         first += rows if seg.first else 0
         entries += seg.num_entries
     return ForwardBatch(
         decode_ids=ids[:nd],
         segments=segments,
-        stretches=_stretches(inputs, num_layers, block_size, device),
+        stretches=_stretches(inputs, num_layers, block_size, device, layers),
         logits_rows=list_to_device(inputs.logits_rows, torch.long, device),
+        layers=layers,
+        received=crossing(inputs.segments, layers.start),
+        sent=crossing(inputs.segments, layers.stop) if layers.stop < num_layers else [],
     )
+
+
+def crossing(segments: list[SegmentInputs], boundary: int) -> list[int]:
+    """Segments whose rows reach a stage boundary this step (their span starts before it and ends
+    at or after it): they pass it with the decode rows."""
+    return [i for i, seg in enumerate(segments) if seg.layers.start < boundary <= seg.layers.stop]
 
 
 def _token_ids(token_ids: list[int], sampled: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -96,22 +128,24 @@ def _segment_rows(seg: SegmentInputs, rows: int, ids: torch.Tensor | None, carry
     return SegmentRows(seg.batch_id, seg.layers, rows, None, hidden, residual)
 
 
-def _stretches(inputs: StepInputs, num_layers: int, block_size: int, device: torch.device) -> list[Stretch]:
-    """Stretches of the stack with their rows' metadata (built once per distinct set of rows)."""
+def _stretches(inputs: StepInputs, num_layers: int, block_size: int, device: torch.device,
+               layers: range) -> list[Stretch]:
+    """Stretches of these layers with their rows' metadata (built once per distinct set of rows)."""
     bounds, entry = [], inputs.num_decode
     for seg in inputs.segments:
         bounds.append(range(entry, entry + seg.num_entries))
         entry += seg.num_entries
     built: dict[tuple[int, ...], tuple[AttentionMetadata, torch.Tensor]] = {}
     out = []
-    for layers, active in stretches(num_layers, [seg.layers for seg in inputs.segments]):
-        if not active and not inputs.num_decode:
+    for span, active in stretches(num_layers, [seg.layers for seg in inputs.segments]):
+        span = range(max(span.start, layers.start), min(span.stop, layers.stop))
+        if not span or (not active and not inputs.num_decode):
             continue
         if active not in built:
             chosen = [e for part in stacked(range(inputs.num_decode), [bounds[j] for j in active]) for e in part]
             built[active] = metadata(inputs, chosen, block_size, device, inputs.num_decode)
         meta, positions = built[active]
-        out.append(Stretch(layers, active, positions, meta))
+        out.append(Stretch(span, active, positions, meta))
     return out
 
 

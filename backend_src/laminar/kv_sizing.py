@@ -1,8 +1,8 @@
 """How many KV cache blocks a rank holds, and the cache itself.
 
 The count comes from EngineArgs (an explicit number of blocks, or a byte budget) or, on CUDA,
-from the memory left after the weights; every tensor-parallel rank takes the smallest count,
-since block ids are rank 0's and must mean the same block everywhere.
+from the memory left after the weights; every rank takes the smallest count, since block ids are
+rank 0's and must mean the same block everywhere. A pipeline stage holds the cache of its layers only.
 """
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import torch
 import torch.distributed as dist
 
 from laminar.config import EngineArgs, ModelConfig
-from laminar.distributed import TensorParallel
 
 CPU_DEFAULT_KV_BYTES = 256 << 20
 KVCache = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values): [blocks, block_size, kv_heads, head_dim]
 
 
 def num_kv_blocks(cfg: ModelConfig, args: EngineArgs, num_kv_heads: int, device: torch.device,
-                  dtype: torch.dtype, tp: TensorParallel) -> int:
-    """Blocks from an explicit count, a byte budget, or (CUDA) the free memory left after the weights."""
-    block_bytes = 2 * cfg.num_layers * args.block_size * num_kv_heads * cfg.head_dim * dtype.itemsize
+                  dtype: torch.dtype, layers: range, control: object | None) -> int:
+    """Blocks from an explicit count, a byte budget, or (CUDA) the free memory left after the weights;
+    control: the gloo group of every rank (None: a single process)."""
+    block_bytes = 2 * len(layers) * args.block_size * num_kv_heads * cfg.head_dim * dtype.itemsize
     if args.num_kv_blocks is not None:
         return args.num_kv_blocks
     if args.kv_cache_bytes is not None:
@@ -31,14 +31,14 @@ def num_kv_blocks(cfg: ModelConfig, args: EngineArgs, num_kv_heads: int, device:
     else:
         budget = CPU_DEFAULT_KV_BYTES
     blocks = torch.tensor([max(int(budget // block_bytes), 0)], dtype=torch.int64)
-    if tp.size > 1:  # every rank must hold the same block ids
-        dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=tp.control)
+    if control is not None:  # every rank must hold the same block ids
+        dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=control)
     return int(blocks.item())
 
 
 def allocate_kv_caches(cfg: ModelConfig, num_blocks: int, block_size: int, num_kv_heads: int,
-                       device: torch.device, dtype: torch.dtype) -> list[KVCache]:
-    """Zeroed keys and values for every layer."""
+                       device: torch.device, dtype: torch.dtype, layers: range) -> dict[int, KVCache]:
+    """Zeroed keys and values for each of these layers, by layer index."""
     shape = (num_blocks, block_size, num_kv_heads, cfg.head_dim)
-    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(cfg.num_layers)]
+    return {i: (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for i in layers}

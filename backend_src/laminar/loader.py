@@ -9,6 +9,7 @@ is refused by name.
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import torch
@@ -24,25 +25,30 @@ _CODES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8)  # quantized valu
 def load_dummy(model: CausalLM, seed: int) -> None:
     """Random weights (std 0.02; norms at 1), as vLLM's load_format=dummy, for benchmarks at real shapes.
 
-    Shards draw from a per-rank stream; replicated tensors (the router) from a shared one,
-    so that every rank routes tokens to the same experts. Linear weights draw as their format says
-    (quantized ones: codes of the real shapes and plausible scales).
+    Each tensor draws from its own stream, named after it, so that a layer gets the same values
+    whichever pipeline stage holds it; shards from a per-TP-rank stream, replicated tensors (the
+    router) from one shared by the ranks, so that every rank routes tokens to the same experts.
+    Linear weights draw as their format says (quantized ones: codes of the real shapes and
+    plausible scales).
     """
-    device = model.embed_tokens.device
-    shared = torch.Generator(device=device).manual_seed(seed)
-    own = torch.Generator(device=device).manual_seed(seed + 1 + model.tp.rank)
+    device = model.norm.device
     formats = model.weight_formats()
     params = dict(model.named_parameters())
+
+    def stream(name: str, shared: bool) -> torch.Generator:
+        key = f"{seed}:{name}:{'shared' if shared else model.tp.rank}"
+        return torch.Generator(device=device).manual_seed(zlib.crc32(key.encode()))
+
     with torch.no_grad():
         for name, param in params.items():
             if name in formats:
-                formats[name].dummy_(param, params.get(name + "_scales"), own)
+                formats[name].dummy_(param, params.get(name + "_scales"), stream(name, False))
             elif name.endswith("_scales") and name.removesuffix("_scales") in formats:
                 continue  # drawn with their weight
             elif name.endswith(("norm", "layernorm")):
                 param.fill_(1.0)
             else:
-                param.normal_(0.0, 0.02, generator=shared if name.endswith(_REPLICATED) else own)
+                param.normal_(0.0, 0.02, generator=stream(name, name.endswith(_REPLICATED)))
 
 
 def load_safetensors(model: CausalLM, model_dir: str | Path) -> None:
@@ -53,7 +59,7 @@ def load_safetensors(model: CausalLM, model_dir: str | Path) -> None:
     _check_scales(model, _dtypes(files))
     params = dict(model.named_parameters())
     filled: dict[str, int] = {}
-    vocab_params = [n for n in ("embed_tokens", "lm_head") if n in params]
+    vocab_params = [n for n in ("embed_tokens", "lm_head") if n in params and params[n].numel()]
     with torch.no_grad():
         for n in vocab_params:
             params[n].zero_()  # the last rank's vocabulary padding rows stay zero

@@ -12,15 +12,15 @@ from laminar.ops import get_ops
 
 
 def load_model(cfg: ModelConfig, args: EngineArgs, device: torch.device, dtype: torch.dtype,
-               max_model_len: int, tp: TensorParallel) -> CausalLM:
-    """The model with this rank's shard of the weights, built in place on the device (no
-    CPU copy first), in inference mode."""
+               max_model_len: int, tp: TensorParallel, layers: range) -> CausalLM:
+    """The model with this rank's shard of the weights of these layers (its pipeline stage's), built
+    in place on the device (no CPU copy first), in inference mode."""
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             ops = get_ops(device, args.ops, args.flash_attn, args.flashinfer, args.attention)
-            model = model_class(cfg)(cfg, ops, max_model_len, tp)
+            model = model_class(cfg)(cfg, ops, max_model_len, tp, layers)
     finally:
         torch.set_default_dtype(default_dtype)
     model.requires_grad_(False)

@@ -17,7 +17,7 @@ from laminar.config import EngineArgs
 from laminar.cost_model import PROFILE_SEQ_TOKENS, Profile
 from laminar.model_runner import ModelRunner, max_step_rows
 from laminar.step_inputs import SegmentInputs, StepInputs
-from laminar.tp_worker import WorkerGroup
+from laminar.worker_group import WorkerGroup
 
 PROFILE_DECODE_CONTEXT = (16, 2048)  # short and long context of the profiled decode steps
 PROFILE_REPEATS = 3

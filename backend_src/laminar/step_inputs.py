@@ -1,4 +1,4 @@
-"""One iteration's batch as plain integers, and its wire format for the TP workers.
+"""One iteration's batch as plain integers, and its wire format for the worker ranks.
 
 Every rank builds its device tensors from the same StepInputs, so rank 0 and the
 workers run identical forwards. On the wire it is one int64 tensor (a fixed
@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-from laminar.distributed import TensorParallel
 
 _HEADER = 8
 _SEGMENT = 5  # batch id, entries, first layer, layer stop, carried rows (-1: all)
@@ -93,19 +91,19 @@ def unpack(message: torch.Tensor) -> StepInputs:
                       num_sampled)
 
 
-def send(tp: TensorParallel, inputs: StepInputs | None) -> None:
-    """Rank 0: the next step for the workers, or None to stop them."""
+def send(control: object, inputs: StepInputs | None) -> None:
+    """Rank 0: the next step for the workers (over the control group of every rank), or None to stop them."""
     message = pack(inputs) if inputs is not None else torch.full((_HEADER,), _STOP, dtype=torch.int64)
-    dist.broadcast(torch.tensor([message.numel()], dtype=torch.int64), 0, group=tp.control)
-    dist.broadcast(message, 0, group=tp.control)
+    dist.broadcast(torch.tensor([message.numel()], dtype=torch.int64), 0, group=control)
+    dist.broadcast(message, 0, group=control)
 
 
-def receive(tp: TensorParallel) -> StepInputs | None:
+def receive(control: object) -> StepInputs | None:
     """Workers: blocks until rank 0 sends; None means stop."""
     size = torch.zeros(1, dtype=torch.int64)
-    dist.broadcast(size, 0, group=tp.control)
+    dist.broadcast(size, 0, group=control)
     message = torch.empty(int(size.item()), dtype=torch.int64)
-    dist.broadcast(message, 0, group=tp.control)
+    dist.broadcast(message, 0, group=control)
     if int(message[0]) == _STOP:
         return None
     return unpack(message)

@@ -1,7 +1,10 @@
 """What every decoder here shares around its layers: vocab-parallel embedding, RoPE table, final norm, LM head.
 
 A model subclasses CausalLM and provides make_layer and placements; laminar.forward runs the step over
-`layers` (see its docstring for the protocol), and the loaders fill the parameters.
+`layers` (see its docstring for the protocol), and the loaders fill the parameters. A pipeline stage
+builds its own layers only (`layer_range`; the others are MissingLayer, so that layer indices stay
+the model's); the first stage holds the embedding, the last the LM head (and the embedding when
+tied).
 """
 from __future__ import annotations
 
@@ -19,22 +22,34 @@ from laminar.models.placements import Placement
 from laminar.models.rotary import RotaryCache
 
 
+class MissingLayer(nn.Module):
+    """A layer that another pipeline stage holds: keeps the layer indices, holds nothing."""
+
+    def forward(self, *args) -> None:
+        raise RuntimeError("this layer is held by another pipeline stage")
+
+
 class CausalLM(nn.Module):
     """Under tensor parallelism this module is one rank's shard: embedding and LM head split the vocabulary."""
 
-    def __init__(self, cfg: ModelConfig, ops: ModuleType, max_positions: int, tp: TensorParallel | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, ops: ModuleType, max_positions: int, tp: TensorParallel | None = None,
+                 layers: range | None = None) -> None:
         super().__init__()
         self.cfg, self.ops = cfg, ops
         self.tp = tp or TensorParallel()
+        self.layer_range = layers = range(cfg.num_layers) if layers is None else layers
+        first, last = layers.start == 0, layers.stop == cfg.num_layers
         self.layout = layout = ShardLayout.of(cfg, self.tp)
-        self.embed_tokens = nn.Parameter(torch.empty(layout.vocab_per_rank, cfg.hidden_size))
+        embed_rows = layout.vocab_per_rank if first or (last and cfg.tie_word_embeddings) else 0
+        self.embed_tokens = nn.Parameter(torch.empty(embed_rows, cfg.hidden_size))  # 0 rows: not on this stage
         self.rotary = RotaryCache(cfg.head_dim, max_positions, cfg.rope_theta, cfg.yarn)
         moe_layers = [i for i in range(cfg.num_layers) if cfg.is_moe_layer(i)]
         self.moe_index = {layer: n for n, layer in enumerate(moe_layers)}
-        self.layers = nn.ModuleList(self.make_layer(i) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(self.make_layer(i) if i in layers else MissingLayer() for i in range(cfg.num_layers))
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
         self.lm_head = (
-            None if cfg.tie_word_embeddings else nn.Parameter(torch.empty(layout.vocab_per_rank, cfg.hidden_size))
+            nn.Parameter(torch.empty(layout.vocab_per_rank, cfg.hidden_size))
+            if last and not cfg.tie_word_embeddings else None
         )
 
     def make_layer(self, index: int) -> DecoderLayer:
@@ -49,14 +64,18 @@ class CausalLM(nn.Module):
     def num_moe_layers(self) -> int:
         return len(self.moe_index)
 
+    def held_layers(self) -> list[DecoderLayer]:
+        """The layers this rank holds (its pipeline stage's)."""
+        return [self.layers[i] for i in self.layer_range]
+
     def expert_bytes(self) -> int:
         """Bytes of one whole expert as held (0 without experts): the unit of expert-traffic accounting."""
-        moe = [layer.mlp for layer in self.layers if isinstance(layer.mlp, SparseMoE)]
+        moe = [layer.mlp for layer in self.held_layers() if isinstance(layer.mlp, SparseMoE)]
         return moe[0].expert_bytes() if moe else 0
 
     def dequantize_experts(self) -> None:
         """Quantized experts become dense ones in the model dtype (EngineArgs.dequantize_experts)."""
-        for layer in self.layers:
+        for layer in self.held_layers():
             if isinstance(layer.mlp, SparseMoE):
                 layer.mlp.dequantize_()
 

@@ -45,7 +45,7 @@ def placements(model, name: str, replicated: dict[str, str],
     if outer is not None:
         return outer
     m = _LAYER.match(name)
-    if not m:
+    if not m or int(m.group(1)) not in model.layer_range:  # not a layer, or another pipeline stage's
         return []
     prefix, rest = f"layers.{m.group(1)}.", m.group(2)
     if rest in replicated:
@@ -56,10 +56,11 @@ def placements(model, name: str, replicated: dict[str, str],
 def _outer_placements(model, name: str) -> list[Placement] | None:
     """Embedding, LM head and final norm; None for a name inside the layers."""
     if name in ("model.embed_tokens.weight", "lm_head.weight"):
-        if name == "lm_head.weight" and model.cfg.tie_word_embeddings:
+        pname = "embed_tokens" if name.startswith("model.") else "lm_head"
+        held = getattr(model, pname)
+        if held is None or held.shape[0] == 0:  # tied, or another pipeline stage's
             return []
         rows = vocab_rows(model)
-        pname = "embed_tokens" if name.startswith("model.") else "lm_head"
         return [Placement(pname, (slice(0, rows.stop - rows.start),), (rows,))]
     if name == "model.norm.weight":
         return [Placement("norm", (), ())]
