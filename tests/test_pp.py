@@ -47,10 +47,11 @@ def test_pp2_matches_pp1(moe_checkpoint_5, mode, policy):
     assert worker_pids() == []
 
 
-@pytest.mark.parametrize("mode", ["layered", "chunked"])
-def test_tp2_pp2_matches_tp1(moe_checkpoint_5, mode):
+@pytest.mark.parametrize("mode, overlap", [("layered", False), ("chunked", False), ("layered", True)])
+def test_tp2_pp2_matches_tp1(moe_checkpoint_5, mode, overlap):
+    """overlap: asynchronous scheduling, where the first stage's ranks receive each step's sampled ids."""
     expected = run_script(make_engine(moe_checkpoint_5, 1, schedule_mode=mode))
-    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode, pipeline_parallel_size=2)
+    engine = make_engine(moe_checkpoint_5, 2, schedule_mode=mode, pipeline_parallel_size=2, async_scheduling=overlap)
     assert engine.executor.runner.model.layout.num_kv_heads == 1
     assert run_script(engine) == expected
     assert worker_pids() == []

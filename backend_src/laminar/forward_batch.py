@@ -80,7 +80,7 @@ def build_batch(inputs: StepInputs, num_layers: int, block_size: int, carry: Car
     device). Every copy is queued behind the device's work: nothing here waits for the step in flight."""
     layers = range(num_layers) if layers is None else layers
     nd = inputs.num_decode
-    ids = _token_ids(inputs.token_ids, sampled, device)
+    ids = _token_ids(inputs.token_ids, sampled, device, embedded=layers.start == 0)
     entries, first, segments = nd, nd, []
     for seg in inputs.segments:
         rows = sum(inputs.q_lens[entries: entries + seg.num_entries])
@@ -107,10 +107,13 @@ def crossing(segments: list[SegmentInputs], boundary: int) -> list[int]:
     return [i for i, seg in enumerate(segments) if seg.layers.start < boundary <= seg.layers.stop]
 
 
-def _token_ids(token_ids: list[int], sampled: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """The ids on the device, each pending one (-1 - r) replaced by row r of `sampled`."""
+def _token_ids(token_ids: list[int], sampled: torch.Tensor | None, device: torch.device,
+               embedded: bool = True) -> torch.Tensor:
+    """The ids on the device, each pending one (-1 - r) replaced by row r of `sampled`. A later
+    pipeline stage (not embedded) keeps the placeholders: it only counts the rows, which arrive
+    as hidden states, and never receives the sampled ids."""
     ids = list_to_device(token_ids, torch.long, device)
-    if not any(t < 0 for t in token_ids):
+    if not embedded or not any(t < 0 for t in token_ids):
         return ids
     if sampled is None:
         raise RuntimeError("a step reads pending tokens, but no step has sampled any")
