@@ -21,7 +21,7 @@ from collections import deque
 from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs
 from laminar.cost_model import CostModel
-from laminar.policies import Decision, NewBatch, SloPolicy, make_policy, waiting_order
+from laminar.policies import Decision, NewBatch, make_policy, waiting_order
 from laminar.sequence import Sequence, Status
 from laminar.step_plan import Chunk, PrefillBatch, Segment, StepPlan, StepShape, segment
 
@@ -80,8 +80,7 @@ class Scheduler:
     def observe(self, shape: StepShape, seconds: float) -> None:
         """A decode cycle as its decodes waited (one step's start to the next one's): the SLO
         policy's tail controller steers on these."""
-        if isinstance(self.policy, SloPolicy):
-            self.policy.observe(shape, seconds)
+        self.policy.observe(shape, seconds)
 
     def propose(self, budget: int) -> list[Chunk]:
         """The chunks a new batch of at most budget tokens would hold: unfinished prompts not in

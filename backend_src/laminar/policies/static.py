@@ -9,7 +9,7 @@ from __future__ import annotations
 from laminar.config import EngineArgs
 from laminar.policies.base import BatchSource, Decision, NewBatch
 from laminar.sequence import Sequence
-from laminar.step_plan import PrefillBatch, segment, split_layers
+from laminar.step_plan import PrefillBatch, StepShape, segment, split_layers
 
 NUM_STAGES = 16                                   # num_stages when unset
 GROUP_TOKEN_THRESHOLDS = (512, 1024, 2048, 4096)  # group_token_thresholds when unset
@@ -33,6 +33,9 @@ class StaticPolicy:
     def __init__(self, args: EngineArgs, num_layers: int) -> None:
         self.args, self.num_layers = args, num_layers
         self.layered = args.schedule_mode == "layered"
+
+    def observe(self, shape: StepShape, seconds: float) -> None:
+        """Measured decode cycles change nothing here: the budget and the group table are fixed."""
 
     def plan(self, decode: list[Sequence], batches: list[PrefillBatch], source: BatchSource) -> Decision:
         full = range(self.num_layers)
