@@ -4,14 +4,19 @@
 # library's engine wrapper against the torch reference (mixed, decode-only and prompt-only batches,
 # sinks and windows where it serves them), then times them beside our kernels and SDPA.
 #   COMMIT=$(git rev-parse --short HEAD) bash perf/gpu_attention_session.sh
-# .whl/ for the device tool (64 MiB a call): flashinfer-python 0.6.13, apache-tvm-ffi 0.1.15.post2 and
-# nvidia-cudnn-frontend 1.32.0 (28 MiB) fit; FlashAttention-4 needs nvidia-cutlass-dsl-libs-cu13 (92 MiB)
-# too, so it runs only where build.sh installed it (a machine with a package index).
+# WHEELS (default .whl) names the folders installed from: every *.whl, and every *.tar.xz unpacked
+# as an installed tree. .whl/ holds flashinfer-python 0.6.13, apache-tvm-ffi, nvidia-cudnn-frontend
+# 1.32.0 and FlashAttention-4's small wheels (43 MiB); FA4's nvidia-cutlass-dsl-libs-cu13 wheel is
+# 92 MiB, over the device tool's 64 MiB a call, so .fa4/ carries it as an xz tar of its unpacked tree
+# (61 MiB), in a second call on the same warm machine: WHEELS=".fa4 <where the first call kept .whl>".
 # TEST_S / BENCH_S bound the steps; SECTIONS picks bench_kernels sections (default prefill decode sinks).
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 mkdir -p /tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || echo "wheel install failed: every library falls back to our kernels"
+for dir in ${WHEELS:-.whl}; do
+  ls "$dir"/*.whl >/dev/null 2>&1 && { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site "$dir"/*.whl || echo "wheel install from $dir failed: its libraries fall back to our kernels"; }
+  for tree in "$dir"/*.tar.xz; do [ -e "$tree" ] && tar -C /tmp/site -xJf "$tree"; done
+done
 export PYTHONPATH="$PYTHONPATH:/tmp/site" FLASHINFER_WORKSPACE_BASE="$PWD/.ficache" MAX_JOBS=16
 {
   gpu_info
