@@ -63,7 +63,7 @@ from laminar.serving.metrics import STAT_COUNTERS  # the server's counter names,
 ROOT = Path(__file__).resolve().parents[1]
 # Keys an engine entry may override: the shared executor was built without them.
 SCHEDULER_KEYS = ("schedule_mode", "max_num_batched_tokens", "prefill_policy", "tbt_slo_ms", "slo_control",
-                  "slo_tail_share", "prefill_order", "max_queue_wait_ms", "num_stages", "group_token_thresholds",
+                  "slo_tail_share", "prefill_order", "max_queue_wait_ms", "ttft_slo_ms", "num_stages", "group_token_thresholds",
                   "enable_prefix_caching")
 RATIO_METRICS = ("mean_ttft", "p99_ttft", "p99_tbt", "goodput", "slo_attainment")
 
@@ -92,7 +92,8 @@ PRESETS = {
     "gpu": {
         "name": "replay_gpu",
         "description": "Qwen3-30B-A3B shapes, dummy weights, bf16, CUDA graphs; the issue-23 engines at a 100 ms "
-                       "TBT SLO (-tail: closed-loop control, tail85: its setpoint at 85%, -sf: short-first order; "
+                       "TBT SLO (-tail: closed-loop control, tail85: its setpoint at 85%, -sf: short-first order, "
+                       "-edf: deadline order at the 2 s TTFT SLO; "
                        "layered-slo100 and chunked-slo100 are the open-loop policy the sweeps measured); 300 requests "
                        "per cell.",
         "parameters": {"model": "perf/models/qwen3-30b-a3b", "load_format": "dummy", "device": "cuda",
@@ -101,6 +102,8 @@ PRESETS = {
             {"label": "layered-slo100-tail-sf", "parameters": {**LAYERED_SLO100, "prefill_order": "short-first"}},
             {"label": "layered-slo100-tail85-sf", "parameters": {**LAYERED_SLO100, "prefill_order": "short-first",
                                                                  "slo_tail_share": 0.85}},
+            {"label": "layered-slo100-tail-edf", "parameters": {**LAYERED_SLO100, "prefill_order": "deadline",
+                                                                "ttft_slo_ms": 2000}},
             {"label": "layered-slo100-tail", "parameters": LAYERED_SLO100},
             {"label": "layered-slo100", "parameters": {**LAYERED_SLO100, "slo_control": "fixed"}},
             {"label": "chunked-2048", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 2048}},

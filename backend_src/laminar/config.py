@@ -19,7 +19,7 @@ SCHEDULE_MODES = ("layered", "chunked")
 PREFILL_POLICIES = {"static": ("num_stages", "group_token_thresholds"),  # policy -> its options
                     "slo": ("tbt_slo_ms", "slo_control", "slo_tail_share")}
 SLO_CONTROLS = ("tail", "fixed")             # slo_control's values, the default first
-PREFILL_ORDERS = ("fcfs", "short-first")     # prefill_order's values
+PREFILL_ORDERS = ("fcfs", "short-first", "deadline", "priority")     # prefill_order's values
 LOAD_FORMATS = ("safetensors", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SUPPORTED_ARCHITECTURES = ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM", "GptOssForCausalLM")
@@ -191,8 +191,11 @@ class EngineArgs:
     prefill_order is the order in which waiting prompts are admitted, under any policy: "fcfs"
     (the default, arrival order) or "short-first" (the shortest first, so more prompts finish
     within a step and get their first token early; a prompt that has waited max_queue_wait_ms
-    (default 1000) goes ahead of every younger one, so none starves). laminar.policies.order
-    says why FCFS stays the default.
+    (default 1000) goes ahead of every younger one, so none starves), "deadline" (earliest
+    time-to-first-token deadline first: arrival + the request's ttft_slo_ms, else the engine's
+    ttft_slo_ms, default 2000; prompts that missed theirs wait behind those that can still make
+    it, for at most one more budget) or "priority" (the request's priority, lower first, as
+    vLLM's priority scheduling). laminar.policies.order says why FCFS stays the default.
 
     enable_prefix_caching keeps the KV blocks of computed prompts (and of full decode blocks)
     for later requests that start with the same tokens; see block_manager.
@@ -245,6 +248,7 @@ class EngineArgs:
     slo_tail_share: float | None = None
     prefill_order: str = "fcfs"
     max_queue_wait_ms: float | None = None
+    ttft_slo_ms: float | None = None
     enable_prefix_caching: bool = True
     dequantize_experts: bool = False
     ops: str = field(default_factory=lambda: _from_env("ops", "auto"))
@@ -351,6 +355,12 @@ class EngineArgs:
         if wait is not None and self.prefill_order != "short-first":
             raise ValueError("max_queue_wait_ms applies to prefill_order 'short-first' only: unset it or set "
                              "prefill_order='short-first'")
+        budget = self.ttft_slo_ms
+        if budget is not None and not _is_number(budget, 0, 1e9):
+            raise ValueError(f"ttft_slo_ms must be a positive number of milliseconds, got {budget!r}")
+        if budget is not None and self.prefill_order != "deadline":
+            raise ValueError("ttft_slo_ms applies to prefill_order 'deadline' only: unset it or set "
+                             "prefill_order='deadline'")
 
     def _check_switches(self) -> None:
         if self.ops not in OPS_CHOICES:

@@ -131,6 +131,13 @@ class LLMEngine:
             raise ValueError(f"logit_bias: token ids must be in [0, {vocab}), got {bad[:4]}")
         if params.n > self.args.max_num_seqs:
             raise ValueError(f"n: {params.n} samples exceed max_num_seqs {self.args.max_num_seqs}")
+        order = self.args.prefill_order
+        if params.priority != 0 and order != "priority":
+            raise ValueError(f"priority: this server admits prompts in {order!r} order; priorities need "
+                             "prefill_order 'priority'")
+        if params.ttft_slo_ms is not None and order != "deadline":
+            raise ValueError(f"ttft_slo_ms: this server admits prompts in {order!r} order; TTFT budgets need "
+                             "prefill_order 'deadline'")
 
     def _sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams, index: int,
                   arrival_time: float) -> Sequence:

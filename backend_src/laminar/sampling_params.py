@@ -58,6 +58,14 @@ class SamplingParams:
       structured_outputs=None: constrain the output to exactly one of {"json": schema},
         {"json_object": true}, {"regex": str}, {"choice": [str, ...]}, {"grammar": EBNF str},
         {"structural_tag": object}; compiled by laminar.structured_output.
+
+    Two fields say when the request's prompt is admitted, not how it is decoded; they ride here
+    because every surface (Triton's sampling_parameters, the OpenAI extra body) already carries
+    this object. Each needs the engine's prefill_order that reads it (laminar.policies.order):
+      priority=0: prefill_order "priority" admits lower values first (vLLM's convention), ties
+        in arrival order.
+      ttft_slo_ms=None: prefill_order "deadline": the request's own time-to-first-token budget,
+        in ms (None: the engine's ttft_slo_ms); its deadline is arrival + budget.
     """
 
     max_tokens: int = 16
@@ -78,6 +86,8 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     prompt_logprobs: int | None = None
     structured_outputs: dict[str, Any] | None = None
+    priority: int = 0
+    ttft_slo_ms: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -97,6 +107,8 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids)
         if self.logit_bias is not None:
             self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        if self.ttft_slo_ms is not None:
+            self.ttft_slo_ms = float(self.ttft_slo_ms)
 
     def _validate(self) -> None:
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
@@ -141,6 +153,11 @@ class SamplingParams:
                 f"prompt_logprobs must be an int in [0, {MAX_LOGPROBS}] or None, got {self.prompt_logprobs!r}")
         _check_logit_bias(self.logit_bias)
         _check_structured_outputs(self.structured_outputs)
+        if not _is_int(self.priority):
+            raise ValueError(f"priority must be an int, got {self.priority!r}")
+        budget = self.ttft_slo_ms
+        if budget is not None and not (_is_number(budget) and 0 < budget < 1e9):
+            raise ValueError(f"ttft_slo_ms must be a positive number of milliseconds or None, got {budget!r}")
 
     def for_sample(self, index: int) -> SamplingParams:
         """Sample `index` of an n > 1 request: its own seed stream, and the prompt's logprobs

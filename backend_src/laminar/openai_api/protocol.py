@@ -94,6 +94,8 @@ class _GenerationRequest(BaseModel):
     ignore_eos: bool | None = None
     prompt_logprobs: int | None = None
     structured_outputs: dict[str, Any] | None = None
+    priority: int = 0  # vLLM's; read under the server's prefill_order "priority"
+    ttft_slo_ms: float | None = None  # this request's TTFT budget, under prefill_order "deadline"
 
     @property
     def include_usage(self) -> bool:
@@ -113,6 +115,7 @@ class _GenerationRequest(BaseModel):
             "top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
             "ignore_eos": self.ignore_eos, "logprobs": logprobs, "n": self.n if self.n > 1 else None,
             "logit_bias": self.logit_bias or None, "structured_outputs": structured, "prompt_logprobs": prompt_logprobs,
+            "priority": self.priority or None, "ttft_slo_ms": self.ttft_slo_ms,
         })
 
     def _user_structured(self, response_format: ResponseFormat | None = None) -> dict[str, Any] | None:

@@ -13,6 +13,16 @@
   overdue at once: they were running, as FCFS also puts them first. Requests carry no TTFT
   budget of their own in the API, so the bound is the engine's: about half the TTFT SLO leaves
   an overdue prompt the other half to be computed.
+* deadline: each request's TTFT budget is its own (SamplingParams.ttft_slo_ms, for clients that
+  mix interactive and batch traffic) or the engine's ttft_slo_ms; earliest deadline first
+  (arrival + budget) among the prompts that can still make theirs. EDF alone is the best order
+  while every deadline can be met and the worst under overload: prompts already late go first
+  and make the next ones late too. So a prompt past its deadline, which no longer counts towards
+  goodput, waits behind those still in time, for at most one more budget: then it goes ahead of
+  all (no starvation). Preempted sequences go first, as under FCFS.
+* priority: vLLM's priority scheduling: the request's priority, lower first, then arrival order.
+  Strict: a stream of urgent requests can hold back a lower priority for as long as it lasts,
+  which is what the client asked for.
 
 FCFS stays the default until the replay (perf/replay.py, the layered-slo100-tail-sf engine) shows
 short-first's goodput gain on the GPU: on a workload of uniform prompts it only reorders ties,
@@ -20,24 +30,53 @@ and where prompts are long (arXiv-like), fewer of them fit a step either way.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from laminar.config import EngineArgs
 from laminar.sequence import Sequence
 
 DEFAULT_MAX_QUEUE_WAIT_MS = 1000.0  # max_queue_wait_ms when unset: half the sweeps' 2 s TTFT SLO
+DEFAULT_TTFT_SLO_MS = 2000.0  # ttft_slo_ms when neither the request nor the engine sets it: the sweeps'
+
+OrderKey = tuple[int, float, float]
 
 
 def waiting_order(args: EngineArgs, waiting: Iterable[Sequence], now: float) -> list[Sequence]:
     """The waiting sequences in the order prefill_order admits them (now: time.monotonic())."""
     if args.prefill_order == "fcfs":
         return list(waiting)
+    keys = {"short-first": _short_first, "deadline": _deadline, "priority": _priority}[args.prefill_order]
+    return sorted(waiting, key=keys(args, now))
+
+
+def _short_first(args: EngineArgs, now: float) -> Callable[[Sequence], OrderKey]:
     wait_ms = DEFAULT_MAX_QUEUE_WAIT_MS if args.max_queue_wait_ms is None else args.max_queue_wait_ms
     bound_s = wait_ms * 1e-3
 
-    def key(seq: Sequence) -> tuple[int, float, float]:
+    def key(seq: Sequence) -> OrderKey:
         if seq.output_token_ids or now - seq.arrival_time >= bound_s:
             return (0, seq.arrival_time, 0.0)
         return (1, seq.num_tokens, seq.arrival_time)
+    return key
 
-    return sorted(waiting, key=key)
+
+def _deadline(args: EngineArgs, now: float) -> Callable[[Sequence], OrderKey]:
+    engine_ms = DEFAULT_TTFT_SLO_MS if args.ttft_slo_ms is None else args.ttft_slo_ms
+
+    def key(seq: Sequence) -> OrderKey:
+        budget_s = (engine_ms if seq.params.ttft_slo_ms is None else seq.params.ttft_slo_ms) * 1e-3
+        deadline = seq.arrival_time + budget_s
+        if seq.output_token_ids:
+            return (0, seq.arrival_time, 0.0)
+        if now <= deadline:
+            return (1, deadline, seq.arrival_time)
+        if now <= deadline + budget_s:
+            return (2, deadline, seq.arrival_time)
+        return (0, deadline, seq.arrival_time)
+    return key
+
+
+def _priority(args: EngineArgs, now: float) -> Callable[[Sequence], OrderKey]:
+    def key(seq: Sequence) -> OrderKey:
+        return (seq.params.priority, seq.arrival_time, 0.0)
+    return key

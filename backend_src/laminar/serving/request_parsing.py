@@ -10,7 +10,8 @@ itself holds requests to config.pbtxt's dims ([1]) before they reach the model.
 sampling_parameters follows vLLM's JSON: numbers may be numeric strings (genai-perf sends
 `"max_tokens": "256"`). It also carries n (TensorRT-LLM's tensor: num_return_sequences),
 logit_bias, prompt_logprobs and structured_outputs (laminar.sampling_params checks their shape;
-a schema, regex or grammar is checked when it compiles, in the engine).
+a schema, regex or grammar is checked when it compiles, in the engine), and the admission fields
+priority and ttft_slo_ms.
 """
 from __future__ import annotations
 
@@ -161,8 +162,9 @@ def _sampling_dict(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return fields
 
 
-_INT_FIELDS = ("max_tokens", "top_k", "seed", "logprobs", "n", "prompt_logprobs")
-_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+_INT_FIELDS = ("max_tokens", "top_k", "seed", "logprobs", "n", "prompt_logprobs", "priority")
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+                 "ttft_slo_ms")
 
 
 def _vllm_json_fields(fields: dict[str, Any]) -> dict[str, Any]:
