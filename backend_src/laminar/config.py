@@ -349,18 +349,15 @@ class EngineArgs:
     def _check_prefill_order(self) -> None:
         if self.prefill_order not in PREFILL_ORDERS:
             raise ValueError(f"prefill_order must be one of {PREFILL_ORDERS}, got {self.prefill_order!r}")
-        wait = self.max_queue_wait_ms
-        if wait is not None and not _is_number(wait, 0, 1e9):
-            raise ValueError(f"max_queue_wait_ms must be a positive number of milliseconds, got {wait!r}")
-        if wait is not None and self.prefill_order != "short-first":
-            raise ValueError("max_queue_wait_ms applies to prefill_order 'short-first' only: unset it or set "
-                             "prefill_order='short-first'")
-        budget = self.ttft_slo_ms
-        if budget is not None and not _is_number(budget, 0, 1e9):
-            raise ValueError(f"ttft_slo_ms must be a positive number of milliseconds, got {budget!r}")
-        if budget is not None and self.prefill_order != "deadline":
-            raise ValueError("ttft_slo_ms applies to prefill_order 'deadline' only: unset it or set "
-                             "prefill_order='deadline'")
+        for name, order in (("max_queue_wait_ms", "short-first"), ("ttft_slo_ms", "deadline")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not _is_number(value, 0, 1e9):
+                raise ValueError(f"{name} must be a positive number of milliseconds, got {value!r}")
+            if self.prefill_order != order:
+                raise ValueError(f"{name} applies to prefill_order {order!r} only: unset it or set "
+                                 f"prefill_order={order!r}")
 
     def _check_switches(self) -> None:
         if self.ops not in OPS_CHOICES:
