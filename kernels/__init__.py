@@ -5,6 +5,7 @@ patch_interpreter_bf16_dot()
 
 from .activation import silu_and_mul  # noqa: E402
 from .attention import paged_attention
+from .flashinfer_moe import prepare as prepare_experts
 from .fp8_linear import fp8_linear
 from .fused_moe import fused_moe
 from .kv_cache import store_kv
@@ -15,5 +16,5 @@ from .routing import route_topk
 
 __all__ = [
     "rms_norm", "add_rms_norm", "rope", "store_kv", "rope_store_kv", "paged_attention", "silu_and_mul", "route_topk", "fused_moe",
-    "fp8_linear",
+    "prepare_experts", "fp8_linear",
 ]

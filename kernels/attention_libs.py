@@ -1,5 +1,5 @@
-"""The optional attention libraries: imported on first use, each path's order from the measured
-table, and one warning (then our kernels) for a library that fails.
+"""The optional libraries (attention, and FlashInfer's fused MoE): imported on first use, each
+path's order from the measured table, and one warning (then our kernels) for a library that fails.
 
 A library is imported only when a batch on a CUDA device first asks for it, so a CPU machine, CI
 and a GPU without it pay nothing. An import that fails for any reason (not only a missing
@@ -10,7 +10,9 @@ our Triton kernels. A batch never fails because of an optional library.
 
 kernels/configs/attention.json holds, per GPU name (torch.cuda.get_device_name), the libraries to
 try on each path, fastest first, as measured by perf/bench_kernels.py on that GPU; "default" is
-for GPUs not listed.
+for GPUs not listed. FlashInfer's MoE ("flashinfer_moe", kernels/flashinfer_moe.py) is a name of
+its own, so a failure there leaves FlashInfer's attention on (and the other way round); its
+measured token ranges are in kernels/configs/moe.json.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import torch
 log = logging.getLogger("laminar.attention")
 
 TABLE = Path(__file__).parent / "configs" / "attention.json"
-MODULES = {"flashinfer": "flashinfer", "fa4": "flash_attn.cute", "cudnn": "cudnn", "flash_attn": "flash_attn"}
+MODULES = {"flashinfer": "flashinfer", "fa4": "flash_attn.cute", "cudnn": "cudnn", "flash_attn": "flash_attn",
+           "flashinfer_moe": "flashinfer.fused_moe"}
 
 _modules: dict[str, ModuleType | None] = {}
 _failed: dict[str, str] = {}
@@ -40,7 +43,7 @@ def imported(name: str) -> ModuleType | None:
         try:
             _modules[name] = importlib.import_module(MODULES[name])
         except ModuleNotFoundError as exc:  # not installed: our kernels serve, nothing to warn about
-            log.debug("attention library %s not installed (%s)", name, exc)
+            log.debug("optional library %s not installed (%s)", name, exc)
             _modules[name] = None
         except Exception as exc:
             fail(name, exc)
@@ -52,7 +55,7 @@ def fail(name: str, exc: BaseException) -> None:
     """Switches the library off for this process, with the one warning that says why."""
     if name not in _failed:
         _failed[name] = repr(exc)[:500]
-        log.warning("attention library %s failed and is switched off; our Triton kernels serve its batches: %s",
+        log.warning("optional library %s failed and is switched off; our Triton kernels serve its batches: %s",
                     name, _failed[name])
 
 
@@ -62,8 +65,9 @@ def failed() -> dict[str, str]:
 
 
 @functools.cache
-def table() -> dict[str, dict[str, list[str]]]:
-    return json.loads(TABLE.read_text())["gpus"]
+def table(path: Path = TABLE) -> dict[str, dict]:
+    """A measured-winners table's entries by GPU name (attention.json's by default)."""
+    return json.loads(path.read_text())["gpus"]
 
 
 def measured_order(gpu: str | None, path: str) -> tuple[str, ...]:

@@ -5,6 +5,8 @@ import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from . import flashinfer_moe
+from .attention_libs import fail
 from .common import device_sms, dot_precision, to_tl_dtype
 from .fp8 import GROUP, quantize_rows, scale_block
 from .moe_align import max_padded_rows, moe_align
@@ -86,6 +88,7 @@ def fused_moe(
     b13: torch.Tensor | None = None, b2: torch.Tensor | None = None,
     w13_scales: torch.Tensor | None = None, w2_scales: torch.Tensor | None = None,
     swiglu: tuple[float, float] | None = None, config: dict | None = None,
+    prepared: flashinfer_moe.Prepared | None = None,
 ) -> torch.Tensor:
     """Mixture of SwiGLU experts. x [T, H], w13 [E, 2I, H] (gate | up), w2 [E, H, I] -> [T, H].
 
@@ -97,12 +100,20 @@ def fused_moe(
     it as contiguous tiles (kernels.moe_gemm_tma); otherwise it is in token*top_k order. FP8 rows with "A8" run W8A8
     (kernels.fp8): x is quantized per token and 128-group once, and the up GEMM writes the
     activation already quantized for the down GEMM; without it, W8A16.
+    `prepared` (kernels.flashinfer_moe.prepare, at load) is the same experts in FlashInfer's form:
+    FlashInfer serves the token counts it was prepared for; if it raises, it is switched off with one
+    warning and this call and every later one run ours.
     """
     n_tok, hidden = x.shape
     n_experts, inter = w13.shape[0], w13.shape[1] // 2
     top_k = topk_ids.shape[1]
     if n_tok == 0:
         return torch.empty_like(x)
+    if prepared is not None and prepared.serves(n_tok):
+        try:
+            return flashinfer_moe.fused_moe(x, topk_weights, topk_ids, prepared)
+        except Exception as exc:  # a JIT build or a shape it rejects: ours serve instead
+            fail(flashinfer_moe.NAME, exc)
     x = x if x.stride(-1) == 1 else x.contiguous()
     fmt = weight_format(w13)
     if config is None and fmt == MXFP4_KERNEL_LAYOUT:

@@ -7,6 +7,10 @@ bench_kernels.py's (CUDA-graph replays with L2 flushed; copy bandwidth, bf16 mat
 HBM floor = distinct experts touched x expert bytes (bf16: 2 bytes a weight; MXFP4: 4.25
 bits) / copy bandwidth; GEMM floor = 2 T k 3 H I / bf16 matmul rate; '% floor' is
 max(floors) / time. Decode is weight-bound, so MXFP4 should approach a 3.76x shorter time there.
+Where FlashInfer imports on a Hopper GPU, its SM90 CUTLASS MXFP4 x BF16 MoE (kernels.flashinfer_moe, the
+same experts prepared as the engine prepares them) is a column too, timed the same way after its
+autotuner has picked its tactics for each token count; its winning token ranges go to
+kernels/configs/moe.json.
 GPU:  PYTHONPATH=backend_src:<dir holding laminar_kernels> python perf/bench_moe_mxfp4.py --out-dir perf/results
 CPU (interpreter, a tiny shape; checks the script runs): TRITON_INTERPRET=1 ... --tiny
 """
@@ -25,6 +29,8 @@ from moe_bench_util import mxfp4_weights
 
 import laminar_kernels as K
 from laminar.ops import torch_ops as R
+from laminar_kernels import flashinfer_moe
+from laminar_kernels.attention_libs import imported
 from laminar_kernels.mxfp4_layout import to_kernel_layout
 
 TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
@@ -39,9 +45,18 @@ def experts(shape: dict, device: torch.device, gen: torch.Generator) -> dict:
     e, h, i = shape["experts"], shape["hidden"], shape["inter"]
     up, down = mxfp4_weights(e, 2 * i, h, gen, device), mxfp4_weights(e, h, i, gen, device)
     bias = lambda *s: (torch.randn(*s, generator=gen) * 0.1).to(device, torch.bfloat16)  # noqa: E731
+    b13, b2 = bias(e, 2 * i), bias(e, h)
     return {"up": up, "down": down, "up_k": to_kernel_layout(*up), "down_k": to_kernel_layout(*down),
             "w13": R.dequantize_mxfp4(*up, torch.bfloat16), "w2": R.dequantize_mxfp4(*down, torch.bfloat16),
-            "b13": bias(e, 2 * i), "b2": bias(e, h)}
+            "b13": b13, "b2": b2, "flashinfer": flashinfer_moe.prepare(*up, *down, b13, b2, SWIGLU, choice="flashinfer")}
+
+
+def autotuned(fn):
+    """fn, once run under FlashInfer's autotuner (which profiles its tactics for this token count and
+    keeps the fastest for later calls), so that it is timed at its best, as our tuned tables are."""
+    with imported("flashinfer").autotune(True):
+        fn()
+    return fn
 
 
 def bench(shape: dict, tokens: list[int], timer: Timer | None, floors: dict | None, device: torch.device,
@@ -50,7 +65,7 @@ def bench(shape: dict, tokens: list[int], timer: Timer | None, floors: dict | No
     gen = torch.Generator().manual_seed(0)
     w = experts(shape, device, gen)
     e, k, h, i = shape["experts"], shape["top_k"], shape["hidden"], shape["inter"]
-    bytes_per_weight = {"bf16": 2.0, "mxfp4": MXFP4_BITS / 8, "mxfp4_old": MXFP4_BITS / 8}
+    bytes_per_weight = {"bf16": 2.0, "mxfp4": MXFP4_BITS / 8, "mxfp4_old": MXFP4_BITS / 8, "flashinfer": MXFP4_BITS / 8}
     rows = []
     for n_tok in tokens:
         x = torch.randn(n_tok, h, generator=gen).to(device, torch.bfloat16)
@@ -64,9 +79,13 @@ def bench(shape: dict, tokens: list[int], timer: Timer | None, floors: dict | No
         }
         if skip_old:
             del runs["mxfp4_old"]
+        if w["flashinfer"] is not None:
+            runs["flashinfer"] = autotuned(lambda: flashinfer_moe.fused_moe(x, weights, ids, w["flashinfer"]))
         touched = int(torch.unique(ids).numel())
         row = {"tokens": n_tok, "experts_touched": touched,
                "rel_diff_mxfp4_vs_bf16": rel_diff(runs["mxfp4"](), runs["bf16"]())}
+        if "flashinfer" in runs:
+            row["rel_diff_flashinfer_vs_bf16"] = rel_diff(runs["flashinfer"](), runs["bf16"]())
         for name, fn in runs.items():
             if timer is None:
                 continue
@@ -85,15 +104,19 @@ def markdown(report: dict) -> str:
     lines = [f"# Fused MoE, GPT-OSS-20B experts: bf16 vs MXFP4 ({report['device']})", "",
              f"Command: `{report['command']}`", "", f"Shape: {report['shape']}; floors: {report['floors']}", "",
              "| tokens | experts | bf16 ms | bf16 % floor | old MXFP4 ms | old % floor | MXFP4 ms | MXFP4 HBM floor ms "
-             "| MXFP4 % floor | bf16 / MXFP4 | old / MXFP4 | GEMM floor ms | rel. diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| MXFP4 % floor | bf16 / MXFP4 | old / MXFP4 | FlashInfer ms | FlashInfer % floor | FlashInfer / MXFP4 "
+             "| GEMM floor ms | rel. diff | FlashInfer rel. diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         ratio = lambda a: r[a] / r["mxfp4_ms"] if a in r and "mxfp4_ms" in r else None  # noqa: E731
         lines.append(
             f"| {r['tokens']} | {r['experts_touched']} | {f(r.get('bf16_ms'))} | {f(r.get('bf16_pct_floor'), '{:.0f}%')} "
             f"| {f(r.get('mxfp4_old_ms'))} | {f(r.get('mxfp4_old_pct_floor'), '{:.0f}%')} | {f(r.get('mxfp4_ms'))} | "
             f"{f(r.get('mxfp4_hbm_floor_ms'))} | {f(r.get('mxfp4_pct_floor'), '{:.0f}%')} | {f(ratio('bf16_ms'), '{:.2f}x')} "
-            f"| {f(ratio('mxfp4_old_ms'), '{:.2f}x')} | {f(r.get('bf16_gemm_floor_ms'))} | {r['rel_diff_mxfp4_vs_bf16']:.1e} |")
+            f"| {f(ratio('mxfp4_old_ms'), '{:.2f}x')} | {f(r.get('flashinfer_ms'))} "
+            f"| {f(r.get('flashinfer_pct_floor'), '{:.0f}%')} | {f(ratio('flashinfer_ms'), '{:.2f}x')} "
+            f"| {f(r.get('bf16_gemm_floor_ms'))} | {r['rel_diff_mxfp4_vs_bf16']:.1e} "
+            f"| {f(r.get('rel_diff_flashinfer_vs_bf16'), '{:.1e}')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 import torch
 
 from laminar.formats import Quantization
-from laminar.ops import OPS_CHOICES
+from laminar.ops import MOE_CHOICES, OPS_CHOICES
 from laminar.ops.attention_choice import parse_attention
 
 SCHEDULE_MODES = ("layered", "chunked")
@@ -208,7 +208,10 @@ class EngineArgs:
     them there: unset, each takes LAMINAR_<NAME> from the environment, else its default. ops
     picks the torch reference or the Triton kernels (auto: kernels on CUDA); flash_attn and
     flashinfer let those libraries serve attention where installed; attention names the attention
-    library of each path (auto: the GPU's measured winners; see laminar.ops.attention_choice); tp_timeout_s is how long a
+    library of each path (auto: the GPU's measured winners; see laminar.ops.attention_choice); moe
+    who runs MXFP4 experts (auto: FlashInfer's CUTLASS MoE for the token counts where it measured
+    faster on this GPU, kernels/configs/moe.json, else our Triton kernel; triton; flashinfer: it
+    wherever it can; FlashInfer's copy of the experts costs their memory once more); tp_timeout_s is how long a
     tensor-parallel collective waits for a silent peer; log_level is the Triton model's.
 
     async_scheduling plans and launches step N+1 while the device still runs step N, and reads
@@ -255,6 +258,7 @@ class EngineArgs:
     flash_attn: bool = field(default_factory=lambda: _from_env("flash_attn", True))
     flashinfer: bool = field(default_factory=lambda: _from_env("flashinfer", True))
     attention: str = field(default_factory=lambda: _from_env("attention", "auto"))
+    moe: str = field(default_factory=lambda: _from_env("moe", "auto"))
     tp_timeout_s: float = field(default_factory=lambda: _from_env("tp_timeout_s", 120.0))
     async_scheduling: bool = field(default_factory=lambda: _from_env("async_scheduling", False))
     log_level: str = field(default_factory=lambda: _from_env("log_level", "INFO"))
@@ -368,6 +372,8 @@ class EngineArgs:
         if not isinstance(self.attention, str):
             raise ValueError(f"attention must be a string such as auto or prefill=fa4, got {self.attention!r}")
         parse_attention(self.attention)
+        if self.moe not in MOE_CHOICES:
+            raise ValueError(f"moe must be one of {MOE_CHOICES}, got {self.moe!r}")
         timeout = self.tp_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"tp_timeout_s must be a positive number of seconds, got {timeout!r}")

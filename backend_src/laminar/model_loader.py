@@ -19,7 +19,7 @@ def load_model(cfg: ModelConfig, args: EngineArgs, device: torch.device, dtype: 
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            ops = get_ops(device, args.ops, args.flash_attn, args.flashinfer, args.attention)
+            ops = get_ops(device, args.ops, args.flash_attn, args.flashinfer, args.attention, args.moe)
             model = model_class(cfg)(cfg, ops, max_model_len, tp, layers)
     finally:
         torch.set_default_dtype(default_dtype)

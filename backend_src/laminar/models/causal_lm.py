@@ -85,7 +85,11 @@ class CausalLM(nn.Module):
                 for name, fmt in module.__dict__.get("formats", {}).items()}
 
     def post_load(self) -> None:
-        """Each format's hook once the weights are final (loaded, dequantized if asked): a kernel's layout."""
+        """Each format's hook once the weights are final (loaded, dequantized if asked): a kernel's layout;
+        first, an optional MoE library's copy of the experts, made from the checkpoint's layout."""
+        for layer in self.held_layers():
+            if isinstance(layer.mlp, SparseMoE):
+                layer.mlp.prepare_library_()
         for module in self.modules():
             for name, fmt in module.__dict__.get("formats", {}).items():
                 weight, scales = fmt.post_load(self.ops, getattr(module, name), getattr(module, name + "_scales"))

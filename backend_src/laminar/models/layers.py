@@ -129,13 +129,21 @@ class SparseMoE(nn.Module):
         self.w13_bias = nn.Parameter(torch.empty(e, 2 * i)) if biases else None
         self.w2_bias = nn.Parameter(torch.empty(e, h)) if biases and tp.rank == 0 else None
         self.swiglu = (cfg.swiglu_alpha, cfg.swiglu_limit) if cfg.swiglu_limit is not None else None
+        self.prepared = None  # an optional library's copy of the experts (prepare_library_)
 
     def forward(self, x: torch.Tensor, expert_hits: torch.Tensor) -> torch.Tensor:
         weights, ids = self.ops.route_topk(F.linear(x, self.gate, self.gate_bias), self.top_k, self.renormalize,
                                            expert_hits[self.moe_index])
         return self.tp.all_reduce(self.ops.fused_moe(
             x, self.w13, self.w2, weights, ids, b13=self.w13_bias, b2=self.w2_bias,
-            w13_scales=self.w13_scales, w2_scales=self.w2_scales, swiglu=self.swiglu))
+            w13_scales=self.w13_scales, w2_scales=self.w2_scales, swiglu=self.swiglu, prepared=self.prepared))
+
+    def prepare_library_(self) -> None:
+        """The experts in the layout of an optional MoE library (FlashInfer's, where the engine's `moe`
+        choice gives it token counts on this GPU), made from the loaded weights before the formats'
+        post_load re-lays them out for our kernel, which keeps its copy as the fallback."""
+        self.prepared = self.ops.prepare_experts(self.w13, self.w13_scales, self.w2, self.w2_scales,
+                                                 self.w13_bias, self.w2_bias, self.swiglu)
 
     def dequantize_(self) -> None:
         """Replaces quantized experts by dense ones in the model dtype (the load-time fallback), expert by expert."""

@@ -2,8 +2,9 @@
 
 The engine's `ops` argument (torch|triton; LAMINAR_OPS) overrides the automatic choice (tests
 use it to run the kernels under Triton's CPU interpreter, or the reference on a GPU); its
-`attention` argument names the attention library of each path (attention_choice), and its
-flash_attn / flashinfer arguments keep those libraries off the kernels' attention. Ops that fuse
+`attention` argument names the attention library of each path (attention_choice), its `moe`
+argument the MXFP4 MoE library (MOE_CHOICES), and its flash_attn / flashinfer arguments keep those
+libraries off the kernels (flashinfer=false: off its MoE too). Ops that fuse
 what the reference does in steps (FUSED) can be switched back to their steps run by the separate
 kernels (set_fused), which is how perf/bench_offline.py measures what the fusion buys.
 """
@@ -19,10 +20,13 @@ from laminar.ops.attention_choice import parse_attention
 from laminar.ops.metadata import AttentionMetadata
 
 OPS_CHOICES = ("auto", "torch", "triton")  # EngineArgs.ops: the reference, the kernels, or by device
+# EngineArgs.moe: who runs MXFP4 experts on the kernels' path: the GPU's measured winner per token count
+# (kernels/configs/moe.json), our Triton kernel always, or FlashInfer's CUTLASS MoE wherever it can.
+MOE_CHOICES = ("auto", "triton", "flashinfer")
 
 OP_NAMES = (
     "rms_norm", "add_rms_norm", "rope", "store_kv", "rope_store_kv", "paged_attention",
-    "silu_and_mul", "route_topk", "fused_moe",
+    "silu_and_mul", "route_topk", "fused_moe", "prepare_experts",
 )
 
 # Fused kernels and the reference that says how to run them as separate ops instead.
@@ -30,11 +34,13 @@ FUSED = {"rope_store_kv": torch_ops.rope_store_kv_from}
 
 
 def get_ops(device: torch.device | str, choice: str = "auto", flash_attn: bool = True,
-            flashinfer: bool = True, attention: str = "auto") -> ModuleType | SimpleNamespace:
+            flashinfer: bool = True, attention: str = "auto", moe: str = "auto") -> ModuleType | SimpleNamespace:
     """Every name in OP_NAMES for the given device: the torch reference module, or the kernels
-    with the attention libraries chosen and switched as asked."""
+    with the attention and MoE libraries chosen and switched as asked."""
     if choice not in OPS_CHOICES:
         raise ValueError(f"ops must be one of {OPS_CHOICES}, got {choice!r}")
+    if moe not in MOE_CHOICES:
+        raise ValueError(f"moe must be one of {MOE_CHOICES}, got {moe!r}")
     if choice == "torch" or (choice == "auto" and torch.device(device).type != "cuda"):
         return torch_ops
     import laminar_kernels
@@ -43,6 +49,7 @@ def get_ops(device: torch.device | str, choice: str = "auto", flash_attn: bool =
     excluded = frozenset(name for name, on in (("flash_attn", flash_attn), ("flashinfer", flashinfer)) if not on)
     ops.paged_attention = functools.partial(laminar_kernels.paged_attention, chosen=parse_attention(attention),
                                             excluded=excluded)
+    ops.prepare_experts = functools.partial(laminar_kernels.prepare_experts, choice=moe if flashinfer else "triton")
     return ops
 
 
@@ -58,4 +65,4 @@ def set_fused(ops: ModuleType | SimpleNamespace, on: bool) -> None:
         setattr(ops, name, getattr(laminar_kernels, name) if on else functools.partial(steps, ops))
 
 
-__all__ = ["AttentionMetadata", "FUSED", "OP_NAMES", "get_ops", "set_fused", "torch_ops"]
+__all__ = ["AttentionMetadata", "FUSED", "MOE_CHOICES", "OP_NAMES", "get_ops", "set_fused", "torch_ops"]

@@ -237,11 +237,20 @@ def route_topk(
     return weights, ids
 
 
+def prepare_experts(
+    w13: torch.Tensor, w13_scales: torch.Tensor | None, w2: torch.Tensor, w2_scales: torch.Tensor | None,
+    b13: torch.Tensor | None = None, b2: torch.Tensor | None = None, swiglu: tuple[float, float] | None = None,
+) -> None:
+    """An optional library's own copy of one layer's experts, made at load (laminar_kernels.prepare_experts:
+    FlashInfer's MoE); the reference computes from the weights themselves, so none."""
+    return None
+
+
 def fused_moe(
     x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
     b13: torch.Tensor | None = None, b2: torch.Tensor | None = None,
     w13_scales: torch.Tensor | None = None, w2_scales: torch.Tensor | None = None,
-    swiglu: tuple[float, float] | None = None,
+    swiglu: tuple[float, float] | None = None, prepared: object | None = None,
 ) -> torch.Tensor:
     """Mixture of SwiGLU experts. x: [T, H], w13: [E, 2I, H] (gate | up), w2: [E, H, I].
 
@@ -249,7 +258,8 @@ def fused_moe(
     the routing weight; MXFP4 weights (w13 / w2 are then uint8 blocks [E, N, K/32, 16] with
     w13_scales / w2_scales [E, N, K/32], see dequantize_mxfp4); FP8 weights (float8_e4m3fn w13 / w2
     with float32 block or channel scales, see dequantize_fp8); swiglu = (alpha, limit) selects
-    clamped_swiglu instead of silu_and_mul.
+    clamped_swiglu instead of silu_and_mul. `prepared` is what prepare_experts returned (always None
+    here; the kernels' copy of the experts for an optional library) and changes nothing.
     """
     def weight(w: torch.Tensor, scales: torch.Tensor | None, expert: int) -> torch.Tensor:
         if scales is None:
