@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call that proves a merged tree: its GPU tests, then the engine benchmarks the open
 # issues' targets are read from. Each step runs when its variable is set; results land in $OUT:
-#   TESTS="dir..."  pytest on each tests/<dir> in turn, e.g. "gpu kernels" (TP tests skip on one GPU)
+#   TESTS="dir..."  pytest on each tests/<dir> in turn, e.g. "gpu kernels" (TP tests skip on one GPU);
+#                tests/gpu took over 360 s with -n 8 on an H100 (2026-12-07: its fp32 CPU references), so
+#                give it TEST_S=400 and a call of its own
 #   OFFLINE="model..."  perf/bench_offline.py on each perf/models/<model> (dummy weights), with
 #                OFFLINE_ARGS (e.g. "--modes layered:8192 chunked:2048 --prompts 8192"); the first
 #                model takes OFFLINE_FIRST_ARGS instead where set
@@ -14,8 +16,10 @@ export PYTHONPATH="$PWD/tests:$PYTHONPATH"
   gpu_info
   echo "commit ${COMMIT:-unknown}"
   for dir in $TESTS; do
-    timeout "${TEST_S:-120}" python3 -m pytest "tests/$dir" -q -rfs -n 4 -p no:cacheprovider 2>&1 \
-      | grep -v "Warning\|warner" | tail -30
+    # -v: each test's result is printed as it ends, so a folder cut by its limit still says what passed.
+    timeout "${TEST_S:-300}" python3 -m pytest "tests/$dir" -v -rfs -n 8 -p no:cacheprovider -o faulthandler_timeout=240 \
+      2>&1 | grep -v "Warning\|warner" > "$OUT/tests-$dir.log"
+    grep -c PASSED "$OUT/tests-$dir.log"; grep -E "FAILED|ERROR|Timeout|passed|failed" "$OUT/tests-$dir.log" | tail -30
   done
   for model in $OFFLINE; do
     args=$OFFLINE_ARGS; [ "$model" = "${OFFLINE%% *}" ] && args=${OFFLINE_FIRST_ARGS:-$OFFLINE_ARGS}

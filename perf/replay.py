@@ -72,13 +72,17 @@ CHUNKED_SLO100 = {**LAYERED_SLO100, "schedule_mode": "chunked"}
 PRESETS = {
     "cpu": {
         "name": "replay_cpu",
-        "description": "Demo model on the CPU: layered under the SLO policy vs static chunked, tiny ShareGPT.",
+        "description": "Demo model on the CPU: layered under the SLO policy (short-first, deadline and FCFS "
+                       "orders) vs static chunked, tiny ShareGPT.",
         "parameters": {"model": "demo_model", "device": "cpu", "num_stages": 4, "max_num_seqs": 16,
                        "max_model_len": 1024, "enable_prefix_caching": False},
         "engines": [
             {"label": "layered-slo-tail-sf", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 256,
                                                             "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None,
                                                             "prefill_order": "short-first"}},
+            {"label": "layered-slo-tail-edf", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 256,
+                                                             "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None,
+                                                             "prefill_order": "deadline", "ttft_slo_ms": 1000}},
             {"label": "layered-slo", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 256,
                                                     "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None,
                                                     "slo_control": "fixed"}},

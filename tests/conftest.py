@@ -1,12 +1,22 @@
 """Shared fixtures: tiny random HF checkpoints written with transformers itself."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the GPU sessions run -n 4 or more) each worker gets its share of the
+    cores for torch's CPU threads: every worker taking all of them made the fp32 CPU references of
+    tests/gpu crawl (16 cores, 8 workers x 16 threads: several tests past 200 s on an H100 host)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def write_hf_checkpoint(out: Path, moe: bool = True, num_layers: int = 3, seed: int = 0, **overrides) -> Path:

@@ -5,6 +5,7 @@ and tensor parallelism; every KV block is back in the pool afterwards."""
 from __future__ import annotations
 
 import pytest
+import torch
 from engine_utils import greedy, make_engine, random_arrivals, run_to_completion
 from test_lifecycle import OTHER, reference
 from test_lifecycle import PROMPT as LONG_PROMPT
@@ -13,7 +14,7 @@ from test_structured_output import PROMPT, check_schema, constrained
 from test_tp import make_engine as make_tp_engine
 from test_tp import run_script
 
-from laminar import SamplingParams
+from laminar import EngineArgs, SamplingParams
 
 
 def workload(seed: int, n: int = 12) -> dict[int, list]:
@@ -198,3 +199,18 @@ def test_tp2_async_matches_tp1(moe_checkpoint_5):
     got = run_script(make_tp_engine(moe_checkpoint_5, 2, async_scheduling=True), abort_after={"r4": 4})
     assert {rid: t for rid, t in got.items() if rid != "r4"} == {rid: t for rid, t in expected.items() if rid != "r4"}
     assert got.get("r4", []) == expected["r4"][:len(got.get("r4", []))] != expected["r4"]
+
+
+def test_default_is_on_for_cuda_and_off_on_the_cpu(tmp_path, monkeypatch):
+    """Unset, the switch follows the device; set (argument or LAMINAR_ASYNC_SCHEDULING), it is obeyed."""
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.delenv("LAMINAR_ASYNC_SCHEDULING", raising=False)
+    unset = EngineArgs(model=str(tmp_path))
+    assert unset.async_scheduling is None
+    assert unset.resolved_async_scheduling(torch.device("cuda")) is True
+    assert unset.resolved_async_scheduling(torch.device("cpu")) is False
+    assert EngineArgs(model=str(tmp_path), async_scheduling=False).resolved_async_scheduling(torch.device("cuda")) is False
+    monkeypatch.setenv("LAMINAR_ASYNC_SCHEDULING", "1")
+    assert EngineArgs(model=str(tmp_path)).resolved_async_scheduling(torch.device("cpu")) is True
+    with pytest.raises(ValueError, match="async_scheduling must be true or false"):
+        EngineArgs(model=str(tmp_path), async_scheduling="yes")

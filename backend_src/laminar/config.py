@@ -217,7 +217,8 @@ class EngineArgs:
     async_scheduling plans and launches step N+1 while the device still runs step N, and reads
     step N's tokens meanwhile (laminar.engine.LLMEngine.step): the host's scheduling, input
     building, detokenizing and stop checks leave the device's critical path; outputs are the
-    same. Off by default until a GPU run confirms greedy parity there (tests/gpu).
+    same. Unset, it is on where a GPU runs the steps (greedy parity confirmed there by tests/gpu on
+    an H100) and off on the CPU, where the host is the device and there is nothing to overlap.
     pipeline_parallel_size splits the layers into that many contiguous stages, each with
     tensor_parallel_size ranks (laminar.pipeline). The tensor_parallel_size x pipeline_parallel_size
     ranks meet at dist_init_addr ("host:port", where rank 0 listens; unset: a free loopback port,
@@ -260,7 +261,7 @@ class EngineArgs:
     attention: str = field(default_factory=lambda: _from_env("attention", "auto"))
     moe: str = field(default_factory=lambda: _from_env("moe", "auto"))
     tp_timeout_s: float = field(default_factory=lambda: _from_env("tp_timeout_s", 120.0))
-    async_scheduling: bool = field(default_factory=lambda: _from_env("async_scheduling", False))
+    async_scheduling: bool | None = field(default_factory=lambda: _from_env("async_scheduling", None, bool))
     log_level: str = field(default_factory=lambda: _from_env("log_level", "INFO"))
 
     def __post_init__(self) -> None:
@@ -367,8 +368,9 @@ class EngineArgs:
         if self.ops not in OPS_CHOICES:
             raise ValueError(f"ops must be one of {OPS_CHOICES}, got {self.ops!r}")
         for name in ("flash_attn", "flashinfer", "async_scheduling"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "async_scheduling" and value is None):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
         if not isinstance(self.attention, str):
             raise ValueError(f"attention must be a string such as auto or prefill=fa4, got {self.attention!r}")
         parse_attention(self.attention)
@@ -397,6 +399,10 @@ class EngineArgs:
             raise ValueError("device is cuda but no CUDA device is available")
         return torch.device(self.device)
 
+    def resolved_async_scheduling(self, device: torch.device) -> bool:
+        """Unset: on for CUDA, off on the CPU (see async_scheduling)."""
+        return device.type == "cuda" if self.async_scheduling is None else self.async_scheduling
+
     def resolved_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
@@ -408,17 +414,19 @@ def _is_number(value: object, low: float, high: float) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and low < value < high
 
 
-def _from_env(name: str, default: T) -> T:
-    """A switch's value from LAMINAR_<NAME> where the environment sets it, read as the default's type."""
+def _from_env(name: str, default: T, kind: type | None = None) -> T:
+    """A switch's value from LAMINAR_<NAME> where the environment sets it, read as `kind` (default:
+    the default's type)."""
     raw = os.environ.get("LAMINAR_" + name.upper(), "").strip()
     if not raw:
         return default
-    if isinstance(default, bool):
+    kind = kind or type(default)
+    if kind is bool:
         words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
         if raw.lower() not in words:
             raise ValueError(f"LAMINAR_{name.upper()}={raw!r}: expected 1 or 0")
         return words[raw.lower()]
     try:
-        return type(default)(raw)
+        return kind(raw)
     except ValueError:
-        raise ValueError(f"LAMINAR_{name.upper()}={raw!r}: expected a {type(default).__name__}") from None
+        raise ValueError(f"LAMINAR_{name.upper()}={raw!r}: expected a {kind.__name__}") from None

@@ -51,6 +51,7 @@ class LLMEngine:
         one built from a profile of this executor's model, learning online."""
         logger.info("engine arguments: %s", args)
         self.args = args
+        self.async_scheduling = args.resolved_async_scheduling(args.resolved_device())
         self.model_config = cfg = ModelConfig.from_dir(args.model)
         self.max_model_len = args.max_model_len or cfg.max_position_embeddings
         if self.max_model_len > cfg.max_position_embeddings:
@@ -256,7 +257,7 @@ class LLMEngine:
                 seq.admitted_time = now
                 self._count_lookup(seq)
         launch_start = time.perf_counter()
-        forward = self.executor.launch(plan, share=self.args.async_scheduling)
+        forward = self.executor.launch(plan, share=self.async_scheduling)
         device_s = time.perf_counter() - launch_start - forward.prepare_s
         self.scheduler.advance(plan)
         outputs = failed + self._resolve(start, device_s)  # async: the previous step, while this one runs
@@ -266,7 +267,7 @@ class LLMEngine:
         for row, seq in enumerate(forward.seqs):
             if seq.status != Status.FINISHED:  # finished while this step was planned: its row is dropped
                 seq.output_token_ids.append(pending_token(row))
-        if not self.args.async_scheduling or not self.seqs:  # nothing left to overlap with: read it now
+        if not self.async_scheduling or not self.seqs:  # nothing left to overlap with: read it now
             outputs += self._resolve(start, device_s)
         return outputs
 

@@ -85,7 +85,7 @@ def test_async_scheduling_matches_sync(demo, mode):
         if it == 8:
             engine.abort("r9")
 
-    sync = run_to_completion(make_engine(demo, **args), workload(), on_step=abort)
+    sync = run_to_completion(make_engine(demo, async_scheduling=False, **args), workload(), on_step=abort)
     engine = make_engine(demo, async_scheduling=True, **args)
     got = run_to_completion(engine, workload(), on_step=abort)
     assert {r: t for r, t in got.items() if r != "r9"} == {r: t for r, t in sync.items() if r != "r9"}
