@@ -89,6 +89,8 @@ def test_pp2_remote_stage_lost_and_the_supervisor_restart(demo_model, offline_en
         assert result.error is not None and "rank 1 runs on another node" in result.error, result.error
         ranks.append(remote_rank(where, log))  # the lost node's rank comes back
         assert wait_for(lambda: "died while the model was ready" in server.log(), timeout=60), server.log()[-3000:]
+        # The supervisor logs that line before it kills the old server, which may answer "ready" a moment longer.
+        assert wait_for(lambda: not model_ready(server), timeout=60), server.log()[-3000:]
         assert wait_for(lambda: model_ready(server), timeout=180), server.log()[-3000:]
         assert generate(server.grpc_url, greedy_tensors(PROMPTS[0], 10)).ids == want
     finally:
