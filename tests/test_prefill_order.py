@@ -18,7 +18,7 @@ from test_scheduling import reference, workload  # noqa: F401  (reference is a f
 from laminar import EngineArgs, SamplingParams
 from laminar.openai_api.protocol import CompletionRequest
 from laminar.policies import waiting_order
-from laminar.sequence import Sequence
+from laminar.sequence import Sequence, Status
 from laminar.serving.request_parsing import RequestError, parse_request
 
 
@@ -144,3 +144,25 @@ def test_openai_extra_body_carries_both():
     fields = CompletionRequest(model="m", prompt="hi", priority=3, ttft_slo_ms=250).sampling()
     assert (fields["priority"], fields["ttft_slo_ms"]) == (3, 250)
     assert "priority" not in CompletionRequest(model="m", prompt="hi").sampling()
+
+
+def test_priority_preempts_the_lowest_priority_first(moe_checkpoint_5):
+    """A KV cache too small for both: under FCFS-style keeping the newest decode is preempted; under
+    the priority order the low-priority one is, although it was admitted first."""
+    def preempted(order: str) -> list[str]:
+        engine = make_engine(moe_checkpoint_5, prefill_order=order, num_kv_blocks=6, block_size=4, max_model_len=24,
+                             max_num_seqs=4)
+        first = greedy(12, priority=5) if order == "priority" else greedy(12)
+        engine.add_request("batch", [3] * 8, first)
+        engine.step()  # admitted alone, so it is the older decode
+        engine.add_request("chat", [4] * 8, greedy(12))
+        victims: list[str] = []
+        while engine.has_unfinished_requests():
+            engine.step()
+            victims += [rid for rid, seq in engine.seqs.items()
+                        if seq.status == Status.WAITING and seq.output_token_ids and rid not in victims]
+        assert engine.blocks.num_free == engine.blocks.num_blocks
+        return victims
+
+    assert preempted("fcfs")[0] == "chat"
+    assert preempted("priority")[0] == "batch"

@@ -21,7 +21,7 @@ from collections import deque
 from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs
 from laminar.cost_model import CostModel
-from laminar.policies import Decision, NewBatch, make_policy, waiting_order
+from laminar.policies import Decision, NewBatch, keep_order, make_policy, waiting_order
 from laminar.sequence import Sequence, Status
 from laminar.step_plan import Chunk, PrefillBatch, Segment, StepPlan, StepShape, segment
 
@@ -174,14 +174,15 @@ class Scheduler:
         self.blocks.free(seq)
 
     def _schedule_decodes(self, preempted: list[Sequence]) -> list[Sequence]:
-        """Gives every decoding sequence room for its next token, preempting the newest when full.
+        """Gives every decoding sequence room for its next token, preempting the last in keep_order
+        (the newest, or the lowest priority) when full.
 
         A sequence whose pending token (asynchronous scheduling) is its max_tokens-th is not
         decoded: that token ends it when it arrives. Any other pending token is planned with as
         if it continues; if it turns out to stop the sequence, the engine drops the extra row.
         """
         last = {seq for seq in self.decoding if seq.num_pending and len(seq.output_token_ids) >= seq.params.max_tokens}
-        queue = deque(seq for seq in self.decoding if seq not in last)
+        queue = deque(keep_order(self.args, (seq for seq in self.decoding if seq not in last)))
         decode: list[Sequence] = []
         while queue:
             seq = queue.popleft()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from laminar.config import EngineArgs
 from laminar.cost_model import CostModel
 from laminar.policies.base import BatchSource, Decision, NewBatch
-from laminar.policies.order import waiting_order
+from laminar.policies.order import keep_order, waiting_order
 from laminar.policies.slo import SloPolicy
 from laminar.policies.static import StaticPolicy
 
@@ -29,5 +29,5 @@ def make_policy(args: EngineArgs, num_layers: int, cost: CostModel | None) -> Po
     return SloPolicy(args, num_layers, cost)
 
 
-__all__ = ["BatchSource", "Decision", "NewBatch", "Policy", "SloPolicy", "StaticPolicy", "make_policy",
-           "waiting_order"]
+__all__ = ["BatchSource", "Decision", "NewBatch", "Policy", "SloPolicy", "StaticPolicy", "keep_order",
+           "make_policy", "waiting_order"]

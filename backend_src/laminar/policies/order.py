@@ -25,7 +25,9 @@
   raises goodput instead (perf/results/replay-cpu-orders: 1.58x the SLO attainment on the CPU).
 * priority: vLLM's priority scheduling: the request's priority, lower first, then arrival order.
   Strict: a stream of urgent requests can hold back a lower priority for as long as it lasts,
-  which is what the client asked for.
+  which is what the client asked for. When the KV cache is full it is also the order in which
+  decoding sequences keep their blocks (keep_order): the lowest priority is preempted first, as
+  in vLLM, where the other orders preempt the newest.
 
 FCFS stays the default until the replay (perf/replay.py, the layered-slo100-tail-sf engine) shows
 short-first's goodput gain on the GPU: on a workload of uniform prompts it only reorders ties,
@@ -83,3 +85,11 @@ def _priority(args: EngineArgs, now: float) -> Callable[[Sequence], OrderKey]:
     def key(seq: Sequence) -> OrderKey:
         return (seq.params.priority, seq.arrival_time, 0.0)
     return key
+
+
+def keep_order(args: EngineArgs, decoding: Iterable[Sequence]) -> list[Sequence]:
+    """The decoding sequences in the order they keep their KV blocks when the cache runs out (the
+    last is preempted first): admission order, or by priority under prefill_order "priority"."""
+    if args.prefill_order != "priority":
+        return list(decoding)
+    return sorted(decoding, key=lambda seq: (seq.params.priority, seq.arrival_time))
