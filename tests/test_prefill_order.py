@@ -69,14 +69,17 @@ def test_priority_order_function(model_dir):
 
 @pytest.mark.parametrize("mode", ["layered", "chunked"])
 @pytest.mark.parametrize("order", ["deadline", "priority"])
-def test_orders_keep_greedy_parity(moe_checkpoint_5, reference, mode, order):  # noqa: F811
-    """Mixed priorities / budgets reorder admission; every output is still HF's."""
+@pytest.mark.parametrize("overlap", [False, True])
+def test_orders_keep_greedy_parity(moe_checkpoint_5, reference, mode, order, overlap):  # noqa: F811
+    """Mixed priorities / budgets reorder admission (a small KV cache: most runs also preempt);
+    every output is still HF's, with and without asynchronous scheduling."""
     arrivals = {}
     for step, reqs in workload(0).items():
         arrivals[step] = [(rid, prompt, replace(params, **({"priority": len(prompt) % 3} if order == "priority" else
                                                           {"ttft_slo_ms": 1.0 + 50 * (len(prompt) % 4)})))
                           for rid, prompt, params in reqs]
-    engine = make_engine(moe_checkpoint_5, schedule_mode=mode, max_num_batched_tokens=32, prefill_order=order)
+    engine = make_engine(moe_checkpoint_5, schedule_mode=mode, max_num_batched_tokens=32, prefill_order=order,
+                         num_kv_blocks=20, max_model_len=80, async_scheduling=overlap)
     assert run_to_completion(engine, arrivals) == reference
     assert engine.blocks.num_free == engine.blocks.num_blocks
 
