@@ -10,6 +10,9 @@
 #   STRUCTURED=1 perf/bench_structured.py on Qwen3-30B-A3B shapes; xgrammar's wheels come from
 #                .devcarry/xgrammar/ (staged by hand: the device machine has no index)
 # Step limits: TEST_S (each test folder), OFFLINE_S (each model), STRUCTURED_S (seconds). COMMIT names the commit.
+# On an H100 (2026-12-07) Qwen3-30B-A3B bf16 was still in its first mode's step breakdown at 190 s
+# (start-up, cost-model profile, graphs); the FP8 model's one mode took ~250 s, GPT-OSS-20B's < 190 s:
+# give Qwen3 OFFLINE_S=300 a mode (--async-compare and :unfused double the modes each).
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 export PYTHONPATH="$PWD/tests:$PYTHONPATH"
 {
