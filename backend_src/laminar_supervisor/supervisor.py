@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Sequence
 
@@ -89,7 +88,11 @@ class Supervisor:
             rc, restart = self._watch(server)
             if not restart:
                 return rc or (0 if self._stop.is_set() else 1)
-            time.sleep(RESTART_BACKOFF_SECONDS)
+            # A stop asked for while the dead server was cleaned up (or during the back-off) wins
+            # over the restart: starting a server only to stop it would load the model for nothing.
+            if self._stop.wait(RESTART_BACKOFF_SECONDS):
+                logger.info("not restarting tritonserver: asked to stop")
+                return 0
 
     def _watch(self, server: subprocess.Popen) -> tuple[int, bool]:
         """Returns once the server is gone and cleaned up after: its exit status, and whether to

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 from conftest import start_server
@@ -12,6 +13,7 @@ from conftest import start_server
 from laminar.client.grpc_stream import Stream, generate, greedy_tensors, wait_all
 from laminar.client.triton_server import wait_for, write_variant
 from laminar_supervisor.processes import shm_path
+from laminar_supervisor.supervisor import Supervisor
 
 
 def test_killed_stub_fails_in_flight_streams_and_the_server_recovers(demo_model, tmp_path):
@@ -83,3 +85,20 @@ def test_shutdown_ends_requests_that_would_outlive_the_exit_timeout(demo_model, 
     assert "Signal (6)" not in server.log() and "killing it" not in server.log()
     assert not any(os.path.exists(f"/proc/{pid}") for pid in stubs)
     assert not any(shm_path(s.shm_region).exists() for s in stubs.values())
+
+
+def test_a_stop_during_the_restart_starts_no_new_server(monkeypatch):
+    """SIGTERM while a crashed server is being cleaned up: the supervisor exits 0 instead of starting
+    (and loading the model in) a server only to stop it."""
+    supervisor = Supervisor([sys.executable, "-c", "pass"])
+    started: list[int] = []
+
+    def crashed_then_stop(server):
+        started.append(server.pid)
+        server.wait()
+        supervisor.request_stop(signal.SIGTERM)
+        return -signal.SIGKILL, True  # as _watch reports a crash to restart from
+
+    monkeypatch.setattr(supervisor, "_watch", crashed_then_stop)
+    assert supervisor.run() == 0
+    assert len(started) == 1
