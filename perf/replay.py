@@ -152,9 +152,22 @@ def poisson_arrivals(n: int, rate: float, seed: str) -> list[float]:
     return out
 
 
+def ttft_budgets(n: int, shares: list[tuple[float, float]], seed: str) -> list[float | None]:
+    """Each request's own TTFT budget in ms, drawn with the given shares ([(share, ms), ...], summing
+    to 1; none: every request has the config's); seeded, so every engine and rate sees the same."""
+    if not shares:
+        return [None] * n
+    rng = random.Random(seed)
+    return rng.choices([ms for _, ms in shares], weights=[share for share, _ in shares], k=n)
+
+
 def drive(engine: LLMEngine, requests: list[tuple[list[int] | str, int]], arrivals: list[float],
-          tag: str) -> list[dict]:
-    """Serves the requests at their arrival times (seconds from now); one analyze record each."""
+          tag: str, budgets: list[float | None] | None = None) -> list[dict]:
+    """Serves the requests at their arrival times (seconds from now); one analyze record each. A
+    request's TTFT budget reaches the engine where its prefill_order reads it ("deadline"), and
+    its record in every case (its TTFT SLO)."""
+    budgets = budgets or [None] * len(requests)
+    sends = engine.args.prefill_order == "deadline"
     start = time.monotonic()
     due = [start + a for a in arrivals]
     ids = [f"{tag}-{i}" for i in range(len(requests))]
@@ -166,8 +179,8 @@ def drive(engine: LLMEngine, requests: list[tuple[list[int] | str, int]], arriva
         now = time.monotonic()
         while nxt < len(requests) and due[nxt] <= now:
             prompt, max_tokens = requests[nxt]
-            engine.add_request(ids[nxt], prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True),
-                               arrival_time=due[nxt])
+            params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, ttft_slo_ms=budgets[nxt] if sends else None)
+            engine.add_request(ids[nxt], prompt, params, arrival_time=due[nxt])
             nxt += 1
         if not engine.has_unfinished_requests():
             time.sleep(max(0.0, due[nxt] - time.monotonic()))
@@ -178,7 +191,8 @@ def drive(engine: LLMEngine, requests: list[tuple[list[int] | str, int]], arriva
             i = index[out.request_id]
             stamps[i].append((done, out.new_token_ids, out.finish_reason))
             prompt_tokens[i] = out.num_prompt_tokens
-    return [export_record(t0, s, n, r[1]) for t0, s, n, r in zip(due, stamps, prompt_tokens, requests)]
+    records = [export_record(t0, s, n, r[1]) for t0, s, n, r in zip(due, stamps, prompt_tokens, requests)]
+    return [{**rec, "ttft_slo_ms": b} if b is not None else rec for rec, b in zip(records, budgets)]
 
 
 def export_record(sent: float, stamps: list[tuple[float, list[int], str | None]], prompt_tokens: int,
@@ -289,6 +303,8 @@ class Replay:
         self.max_model_len = max_model_len(self.model, next(iter(self.engines.values())).max_model_len)
         self.workloads = {w["name"]: workload_requests(WorkloadSpec(**w), self.model, self.max_model_len)
                           for w in config["workloads"]}
+        self.budgets = {name: ttft_budgets(len(reqs), config.get("ttft_budgets", []), f"{self.seed}:{name}:budgets")
+                        for name, reqs in self.workloads.items()}
         self.cells: list[dict] = []
         self.requests: dict[tuple, list[dict]] = {}
         self.skipped: list[str] = []
@@ -318,7 +334,7 @@ class Replay:
                 continue
             arrivals = poisson_arrivals(len(requests), rate, f"{self.seed}:{name}:{rate:g}")
             before, t0 = counters(engine.get_stats(), 0), time.monotonic()
-            records = drive(engine, requests, arrivals, f"{label}-{name}-r{rate:g}")
+            records = drive(engine, requests, arrivals, f"{label}-{name}-r{rate:g}", self.budgets[name])
             delta = {k: v - before.get(k, 0.0) for k, v in counters(engine.get_stats(), len(records)).items()}
             summary = summarize_run(records, delta, self.slo)
             self.cells.append({"engine": label, "schedule_mode": engine.args.schedule_mode, "workload": name,
@@ -363,11 +379,19 @@ def ci(r: dict) -> str:
     return "-" if r["ratio"] is None else f"{r['ratio']:.2f} [{fmt(r['lo'], 2)}, {fmt(r['hi'], 2)}]"
 
 
+def budget_note(config: dict) -> str:
+    shares = config.get("ttft_budgets")
+    if not shares:
+        return ""
+    return " (each request's own: " + ", ".join(f"{share:.0%} at {ms:g} ms" for share, ms in shares) + ")"
+
+
 def markdown(report: dict) -> str:
     slo = report["slo"]
     lines = [f"# Serving replay: {report['config']['name']} ({report['machine']})", "",
              f"Command: `{report['command']}`  ", f"Commit: {report['commit']}  ",
-             f"SLO: TTFT <= {slo['ttft_ms']:g} ms, per-request p99 TBT <= {slo['tbt_ms']:g} ms", "",
+             f"SLO: TTFT <= {slo['ttft_ms']:g} ms{budget_note(report['config'])}, per-request p99 TBT "
+             f"<= {slo['tbt_ms']:g} ms", "",
              "| engine | workload | rate | ok/n | TTFT mean/p50/p99 ms | TBT mean/p50/p99 ms "
              "| SLO att. TTFT / TBT / both | goodput req/s | out tok/s | J/token |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -406,9 +430,22 @@ def load_config(args: argparse.Namespace) -> dict:
         if not sep:
             raise SystemExit(f"--param {entry!r}: expected KEY=VALUE")
         config["parameters"] = {**config["parameters"], key: value}
+    if args.ttft_budgets:
+        config["ttft_budgets"] = parse_budgets(args.ttft_budgets)
     if not config["engines"] or not config["workloads"]:
         raise SystemExit("no engine or no workload left to run")
     return config
+
+
+def parse_budgets(entries: list[str]) -> list[tuple[float, float]]:
+    """["0.3:500", "0.7:5000"] -> [(0.3, 500.0), (0.7, 5000.0)]; shares in (0, 1] summing to 1."""
+    try:
+        shares = [(float(share), float(ms)) for share, ms in (e.split(":") for e in entries)]
+    except ValueError:
+        raise SystemExit(f"--ttft-budgets {' '.join(entries)}: expected SHARE:MS pairs") from None
+    if any(not 0 < share <= 1 or ms <= 0 for share, ms in shares) or abs(sum(s for s, _ in shares) - 1) > 1e-6:
+        raise SystemExit("--ttft-budgets: shares in (0, 1] summing to 1, budgets > 0 ms")
+    return shares
 
 
 def main() -> None:
@@ -429,6 +466,9 @@ def main() -> None:
     ap.add_argument("--ttft-slo-ms", type=float)
     ap.add_argument("--tbt-slo-ms", type=float)
     ap.add_argument("--deadline-s", type=float, help="skip cells that would end later than this")
+    ap.add_argument("--ttft-budgets", nargs="*", metavar="SHARE:MS",
+                    help="mixed per-request TTFT SLOs, e.g. 0.3:500 0.7:5000 (interactive and batch traffic): "
+                         "each request's budget is its TTFT SLO, sent to engines with prefill_order deadline")
     ap.add_argument("--commit", help="the commit measured (default: git describe of this checkout)")
     args = ap.parse_args()
     config = load_config(args)

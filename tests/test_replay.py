@@ -105,3 +105,23 @@ def test_bootstrap_is_paired(replay) -> None:
     assert r["ratio"] == pytest.approx(2) and r["lo"] == pytest.approx(2) and r["hi"] == pytest.approx(2)
     empty = replay.bootstrap_ratio(lambda c: 1.0, lambda c: 0.0, 5, resamples=10)
     assert empty == {"ratio": None, "lo": None, "hi": None} and not math.isnan(r["ratio"])
+
+
+def test_mixed_ttft_budgets(replay) -> None:
+    """--ttft-budgets: seeded shares (the same for every engine), each record's own TTFT SLO."""
+    from analyze import meets
+
+    shares = replay.parse_budgets(["0.25:500", "0.75:4000"])
+    assert shares == [(0.25, 500.0), (0.75, 4000.0)]
+    budgets = replay.ttft_budgets(2000, shares, "0:sharegpt:budgets")
+    assert budgets == replay.ttft_budgets(2000, shares, "0:sharegpt:budgets")
+    assert set(budgets) == {500.0, 4000.0} and 0.2 < budgets.count(500.0) / 2000 < 0.3
+    assert replay.ttft_budgets(3, [], "x") == [None] * 3
+    for bad in (["0.5:500"], ["0.5:500", "0.5:-1"], ["half:500"]):
+        with pytest.raises(SystemExit):
+            replay.parse_budgets(bad)
+    rec = {"ttft_ms": 900.0, "tbt_ms": []}
+    slo = {"ttft_ms": 1000.0, "tbt_ms": 100.0}
+    assert meets(rec, slo) == (True, True)
+    assert meets({**rec, "ttft_slo_ms": 500.0}, slo) == (False, True)
+    assert meets({**rec, "ttft_slo_ms": 4000.0}, {**slo, "ttft_ms": 800.0}) == (True, True)
