@@ -94,8 +94,9 @@ def test_a_stop_during_the_restart_starts_no_new_server(monkeypatch):
     started: list[int] = []
 
     def crashed_then_stop(server):
-        started.append(server.pid)
         server.wait()
+        assert not started, "a server was started after the stop"
+        started.append(server.pid)
         supervisor.request_stop(signal.SIGTERM)
         return -signal.SIGKILL, True  # as _watch reports a crash to restart from
 
