@@ -20,9 +20,10 @@
   and make the next ones late too. So a prompt past its deadline, which no longer counts towards
   goodput, waits behind those still in time, for at most one more budget: then it goes ahead of
   all (no starvation). Preempted sequences go first, as under FCFS. With one budget for every
-  request the order is arrival order among the prompts in time, so it pays where budgets differ
-  (interactive and batch traffic on one server); under a burst of uniform budgets short-first
-  raises goodput instead (perf/results/replay-cpu-orders: 1.58x the SLO attainment on the CPU).
+  request the order is arrival order among the prompts in time, so it can only pay where budgets
+  differ (interactive and batch traffic on one server). On the CPU demo (perf/results/replay-cpu-
+  orders) it beat FCFS 1.18x in SLO attainment with mixed budgets in a short burst, and lost to
+  short-first in a deeper overload, where short-first also wins with uniform budgets (1.58x).
 * priority: vLLM's priority scheduling: the request's priority, lower first, then arrival order.
   Strict: a stream of urgent requests can hold back a lower priority for as long as it lasts,
   which is what the client asked for. When the KV cache is full it is also the order in which
@@ -82,9 +83,11 @@ def _deadline(args: EngineArgs, now: float) -> Callable[[Sequence], OrderKey]:
 
 
 def _priority(args: EngineArgs, now: float) -> Callable[[Sequence], OrderKey]:
-    def key(seq: Sequence) -> OrderKey:
-        return (seq.params.priority, seq.arrival_time, 0.0)
-    return key
+    return _by_priority
+
+
+def _by_priority(seq: Sequence) -> OrderKey:
+    return (seq.params.priority, seq.arrival_time, 0.0)
 
 
 def keep_order(args: EngineArgs, decoding: Iterable[Sequence]) -> list[Sequence]:
@@ -92,4 +95,4 @@ def keep_order(args: EngineArgs, decoding: Iterable[Sequence]) -> list[Sequence]
     last is preempted first): admission order, or by priority under prefill_order "priority"."""
     if args.prefill_order != "priority":
         return list(decoding)
-    return sorted(decoding, key=lambda seq: (seq.params.priority, seq.arrival_time))
+    return sorted(decoding, key=_by_priority)
