@@ -10,6 +10,8 @@
 # 92 MiB, over the device tool's 64 MiB a call, so .fa4/ carries it as an xz tar of its unpacked tree
 # (61 MiB), in a second call on the same warm machine: WHEELS=".fa4 <where the first call kept .whl>".
 # TEST_S / BENCH_S bound the steps; SECTIONS picks bench_kernels sections (default prefill decode sinks).
+# MOE=1 then checks and times FlashInfer's SM90 MXFP4 MoE (issue 21) with the same wheels: its kernel and
+# GPU tests, and perf/bench_moe_mxfp4.py's FlashInfer column beside our kernel (MOE_S bounds it).
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 mkdir -p /tmp/site
 for dir in ${WHEELS:-.whl}; do
@@ -35,4 +37,9 @@ PY
   time timeout "${BENCH_S:-240}" python3 perf/bench_kernels.py --out-dir "$OUT" --sections ${SECTIONS:-prefill decode sinks} \
     --no-flashinfer-variants --commit "${COMMIT:-unknown}" \
     --command "bash perf/gpu_attention_session.sh (python3 perf/bench_kernels.py --sections ${SECTIONS:-prefill decode sinks} --no-flashinfer-variants)"
+  if [ -n "$MOE" ]; then
+    timeout "${MOE_S:-240}" python3 -m pytest -q -rfs -p no:cacheprovider tests/kernels/test_flashinfer_moe.py \
+      tests/gpu/test_flashinfer_moe_gpu.py 2>&1 | tail -15
+    timeout "${MOE_S:-240}" python3 perf/bench_moe_mxfp4.py --skip-old --out-dir "$OUT" 2>&1 | tail -16
+  fi
 } 2>&1 | tee "$OUT/log"
