@@ -33,6 +33,11 @@ if "laminar_kernels" not in sys.modules:
 import pytest  # noqa: E402
 
 _real_empty, _real_empty_like = torch.empty, torch.empty_like
+# `with torch.device(d)` (the model builds its parameters under one) learns which functions are
+# tensor constructors once per process, at its first call: were that inside poison_allocations, it
+# would learn the stand-in below, and every later model would be built on the CPU. Learn them now.
+with torch.device("meta"):
+    torch.empty(0)
 
 
 def _poisoned(t: torch.Tensor) -> torch.Tensor:
