@@ -16,6 +16,14 @@ A matcher accepts every sampled token of its sequence, and only those: preemptio
 but keeps the tokens, so the matcher never needs to roll back. Stop tokens (EOS) are allowed only
 where the grammar may end; the sequence finishes when the matcher terminates.
 
+The mask is applied on a GPU by xgrammar's torch_native backend (a few torch ops), not by its
+Triton kernel, the default: Triton compiles that kernel again for each new specialization of its
+integer arguments (one constrained row, a multiple of 16 rows, any other count), and each compile
+stalled every running stream: on an H100 (perf/results/gpu-h100-2026-12-07-s5) 20 new schemas
+arriving gave a 407 ms gap between two tokens of a running stream (84 decode steps), the same
+schemas again 21 ms. The torch ops read and write ~4 bytes a row's vocabulary entry 4 times:
+about 0.1 ms for 64 rows of a 152k vocabulary.
+
 xgrammar is imported on first use, so an engine without structured requests runs without it.
 """
 from __future__ import annotations
@@ -209,4 +217,5 @@ class GrammarMask:
             return
         bitmask = self.bitmask.to(logits.device, non_blocking=True)
         indices = None if len(self.rows) == logits.shape[0] else self.rows
-        _xgrammar().apply_token_bitmask_inplace(logits, bitmask, indices=indices)
+        backend = "torch_native" if logits.is_cuda else "auto"
+        _xgrammar().apply_token_bitmask_inplace(logits, bitmask, indices=indices, backend=backend)
