@@ -54,6 +54,24 @@ def test_deadline_order_function(model_dir):
         "twice-late", "preempted", "own-short-budget", "in-time-late-deadline", "own-long-budget", "late"]
 
 
+def test_deadline_order_demotes_prompts_that_cannot_make_it(model_dir):
+    """With prefill times, a prompt in time whose prefill after those before it would end past its
+    deadline waits behind the other prompts in time (ahead of the late ones), and does not count
+    against those after it; without them the order is the plain deadline order."""
+    args = EngineArgs(model=model_dir, prefill_order="deadline", ttft_slo_ms=1000)
+    queue = [
+        seq("preempted", 9.9, output=2),      # first; its 0.2 s counts against the others
+        seq("tight", 9.3),                    # deadline 10.3: 10.0 + 0.2 + 0.3 > 10.3, hopeless
+        seq("fits", 9.4),                     # deadline 10.4: 10.0 + 0.2 + 0.1 fits
+        seq("roomy", 9.9),                    # deadline 10.9: 10.0 + 0.3 + 0.3 fits
+        seq("late", 8.9),                     # deadline 9.9: late, behind the hopeless one by deadline
+    ]
+    times = {"preempted": 0.2, "tight": 0.3, "fits": 0.1, "roomy": 0.3, "late": 0.1}
+    assert ids(waiting_order(args, queue, now=10.0, prefill_s=lambda s: times[s.request_id])) == [
+        "preempted", "fits", "roomy", "late", "tight"]
+    assert ids(waiting_order(args, queue, now=10.0)) == ["preempted", "tight", "fits", "roomy", "late"]
+
+
 def test_deadline_order_defaults_to_two_seconds(model_dir):
     args = EngineArgs(model=model_dir, prefill_order="deadline")
     queue = [seq("b", 8.5), seq("a", 8.4, ttft_slo_ms=1000)]  # deadlines 10.5 and 9.4 (missed)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 
 from laminar.block_manager import BlockManager
 from laminar.config import EngineArgs
 from laminar.cost_model import CostModel
 from laminar.policies import Decision, NewBatch, keep_order, make_policy, waiting_order
 from laminar.sequence import Sequence, Status
-from laminar.step_plan import Chunk, PrefillBatch, Segment, StepPlan, StepShape, segment
+from laminar.step_plan import Chunk, PrefillBatch, Segment, SegmentShape, StepPlan, StepShape, segment
 
 
 class Scheduler:
@@ -77,6 +78,18 @@ class Scheduler:
                     self.decoding.append(chunk.seq)
             self.batches.remove(batch)
 
+    def _prefill_time(self) -> Callable[[Sequence], float] | None:
+        """The cost model's time for a prompt's uncomputed tokens to cross every layer, beyond an
+        empty step's (the deadline order's feasibility test); None without a cost model."""
+        if self.cost is None:
+            return None
+        cost, layers, empty = self.cost, range(self.num_layers), self.cost.predict(StepShape(0, 0, ()))
+
+        def prefill_s(seq: Sequence) -> float:
+            n, done = seq.num_uncomputed, seq.num_computed
+            return cost.predict(StepShape(0, 0, (SegmentShape(n, n * (n + 1) // 2, n * done, layers),))) - empty
+        return prefill_s
+
     def observe(self, shape: StepShape, seconds: float) -> None:
         """A decode cycle as its decodes waited (one step's start to the next one's): the SLO
         policy's tail controller steers on these."""
@@ -90,7 +103,7 @@ class Scheduler:
         seats = self.args.max_num_seqs - len(self.decoding) - len(self.prefilling)
         free_blocks = self.blocks.num_free
         if self.queue is None:
-            self.queue = waiting_order(self.args, self.waiting, time.monotonic())
+            self.queue = waiting_order(self.args, self.waiting, time.monotonic(), self._prefill_time())
         for seq in itertools.chain(self.prefilling, self.queue):
             admitting = seq.status == Status.WAITING
             if budget <= 0 or (admitting and seats <= 0):
