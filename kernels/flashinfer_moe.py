@@ -6,7 +6,10 @@ scheduling. perf/bench_moe_mxfp4.py times it beside ours; it serves the MoE toke
 kernels/configs/moe.json lists for this GPU (the engine's `moe` argument can name it for every
 size, or never), and our kernel stays the portable default and the fallback: a failed import, load
 or call switches it off for the process with one warning (attention_libs, as for FlashInfer's
-attention) and the call is served by ours.
+attention) and the call is served by ours. flashinfer-python ships this module as CUDA sources:
+its first use compiles it with nvcc (over 330 s on a 16-core H100 machine, 2026-12-07) into
+FlashInfer's JIT cache, at the engine's start, unless that cache (or FlashInfer's JIT-cache
+package) already holds it.
 
 Its operands differ from the release's form (laminar.formats.mxfp4) in four ways, all set up once
 at load by prepare(), which holds its copy beside the Triton layout (the fallback needs that one):
