@@ -25,37 +25,47 @@ FORMS = ("w8a16", "w8a8", "scaled_mm")
 
 @jit_sized("n_rows")
 def _fp8_linear_kernel(
-    a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, n_rows, n_out, k_dim, stride_am, stride_asm, stride_bn, stride_bsn, stride_cm,
+    a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, n_rows, n_out, k_dim, k_split, stride_am, stride_asm, stride_bn, stride_bsn,
+    stride_cs, stride_cm,
     A8: tl.constexpr, SCALE_BLOCK: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    """Program (tile, split): the split's k_split columns of K (a multiple of 128 and BLOCK_K) for
+    one output tile; with several splits each writes its fp32 partial product at split x stride_cs."""
     pid_m, pid_n = tile_coords(tl.program_id(0), tl.cdiv(n_rows, BLOCK_M), tl.cdiv(n_out, BLOCK_N), GROUP_M)
+    split = tl.program_id(1)
+    k_lo = split * k_split
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < n_out
     s_cols = bs_ptr + (offs_n // SCALE_BLOCK if SCALE_BLOCK else offs_n).to(tl.int64) * stride_bsn
-    acc, _ = fp8_k_loop(a_ptr + rows.to(tl.int64)[:, None] * stride_am, as_ptr + rows.to(tl.int64) * stride_asm,
-                        b_ptr + offs_n.to(tl.int64)[None, :] * stride_bn, s_cols, row_ok, n_ok, k_dim, 1, 1, 1, 1, 0, 0,
+    s_k = s_cols + k_lo // 128 if SCALE_BLOCK else s_cols
+    acc, _ = fp8_k_loop(a_ptr + rows.to(tl.int64)[:, None] * stride_am + k_lo,
+                        as_ptr + rows.to(tl.int64) * stride_asm + k_lo // 128,
+                        b_ptr + offs_n.to(tl.int64)[None, :] * stride_bn + k_lo, s_k, row_ok, n_ok,
+                        tl.minimum(k_split, k_dim - k_lo), 1, 1, 1, 1, 0, 0,
                         A8, SCALE_BLOCK, False, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     if not SCALE_BLOCK:
         acc = acc * tl.load(s_cols, mask=n_ok, other=0.0)[None, :]
-    c_ptrs = c_ptr + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
+    c_ptrs = c_ptr + split * stride_cs + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
-def tile_config(n_rows: int, a8: bool, on_gpu: bool) -> tuple[int, int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages): narrow N tiles with deep K tiles at decode sizes
-    (many programs, each streaming long runs of the weight), square FP8 tiles for W8A8 beyond. From the
-    H100 tile sweep (perf/results/fp8-h100): at 1-8 tokens K tiles of 512 ran 3-16% faster than 128;
-    4-warp 128x128 W8A8 tiles spill (3-4x slower)."""
+def tile_config(n_rows: int, a8: bool, on_gpu: bool) -> tuple[int, int, int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages, splits of K): narrow N tiles with deep K tiles
+    at decode sizes (many programs, each streaming long runs of the weight), square FP8 tiles for W8A8
+    beyond. From the H100 tile sweep (perf/results/fp8-h100): at 1-8 tokens K tiles of 512 ran 3-16%
+    faster than 128; 4-warp 128x128 W8A8 tiles spill (3-4x slower). Every form there streamed the
+    weight at under a third of HBM bandwidth at 1-64 tokens (12-15 us for qkv's 10 MB): K splits
+    (perf/bench_fp8.py's dense_variants) are the next thing to measure; one split until then."""
     if not on_gpu:
-        return 16, 32, 64, 1, 4, 1
+        return 16, 32, 64, 1, 4, 1, 1
     if n_rows <= 16 and not a8:
-        return 16, 32, 512, 1, 4, 3
+        return 16, 32, 512, 1, 4, 3, 1
     if n_rows <= 64:
-        return 64, 64, 128, 8, 4, 4
-    return 128, 128, 128, 8, 8, 3
+        return 64, 64, 128, 8, 4, 4, 1
+    return 128, 128, 128, 8, 8, 3, 1
 
 
 def pick_form(n_rows: int, block: int, device: torch.device) -> str:
@@ -76,7 +86,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, form:
                config: tuple[int, ...] | None = None) -> torch.Tensor:
     """x [..., K] (16-bit or fp32) times FP8 weight [N, K] with block [ceil(N/128), ceil(K/128)] or channel
     [N] / [N, 1] scales -> [..., N] in x's dtype; `form` (one of FORMS) overrides pick_form and `config`
-    the Triton forms' tile_config (tests, benches)."""
+    the Triton forms' tile_config, splits of K included (tests, benches)."""
     k_dim, n_out = x.shape[-1], weight.shape[0]
     x2 = x.reshape(-1, k_dim)
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
@@ -100,15 +110,23 @@ def _triton_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, b
     if n_rows == 0:
         return out
     a, a_scales = quantize_rows(x) if a8 else (x, scale)
-    bm, bn, bk, group_m, warps, stages = config or tile_config(n_rows, a8, x.is_cuda)
+    bm, bn, bk, group_m, warps, stages, splits = config or tile_config(n_rows, a8, x.is_cuda)
     assert 128 % bk == 0 or not a8 and bk % 128 == 0, "FP8 K tiles divide 128 (W8A16: or span whole blocks)"
-    grid = (triton.cdiv(n_rows, bm) * triton.cdiv(n_out, bn),)
+    step = max(bk, 128)  # a split holds whole K tiles and whole scale groups
+    k_split = triton.cdiv(triton.cdiv(k_dim, splits), step) * step
+    splits = triton.cdiv(k_dim, k_split)
+    # Several splits write fp32 partial products, summed below (in a fixed order: deterministic).
+    partial = out if splits == 1 else torch.empty((splits, n_rows, n_out), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n_rows, bm) * triton.cdiv(n_out, bn), splits)
     _fp8_linear_kernel[grid](
-        a, a_scales, weight, scale, out, n_rows, n_out, k_dim, a.stride(0), a_scales.stride(0) if a8 else 0,
-        weight.stride(0), scale.stride(0), out.stride(0),
+        a, a_scales, weight, scale, partial, n_rows, n_out, k_dim, k_split, a.stride(0),
+        a_scales.stride(0) if a8 else 0, weight.stride(0), scale.stride(0), partial.stride(0) if splits > 1 else 0,
+        partial.stride(-2),
         A8=a8, SCALE_BLOCK=block, PRECISION=dot_precision(x.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
         num_warps=warps, num_stages=stages,
     )
+    if splits > 1:
+        out.copy_(partial.sum(dim=0))
     return out
 
 

@@ -138,9 +138,23 @@ def test_fp8_linear_deep_k_tiles(block_k: int, block) -> None:
     gen = torch.Generator().manual_seed(5)
     w, s = _fp8_weight(96, 384, block=block, gen=gen)
     x = randn(3, 384, dtype=torch.bfloat16, gen=gen)
-    out = K.fp8_linear(x, w, s, form="w8a16", config=(16, 32, block_k, 1, 4, 2))
+    out = K.fp8_linear(x, w, s, form="w8a16", config=(16, 32, block_k, 1, 4, 2, 1))
     assert_close(out, x.float() @ R.dequantize_fp8(w, s, torch.float32).t(), torch.bfloat16,
                  scale=1.5 if DEVICE == "cpu" else 1.0)
+
+
+@pytest.mark.parametrize("form,block_k", [("w8a16", 128), ("w8a16", 256), ("w8a8", 64), ("w8a8", 128)])
+@pytest.mark.parametrize("block", [BLOCK, None], ids=["block", "channel"])
+@pytest.mark.parametrize("splits", [2, 3, 8])
+def test_fp8_linear_split_k(splits: int, block, form: str, block_k: int) -> None:
+    """K split over several programs whose fp32 partial products are summed: K = 416 gives splits of
+    whole tiles and scale groups with a partial last one (8 asked: as many as K has 128-column steps)."""
+    gen = torch.Generator().manual_seed(splits)
+    w, s = _fp8_weight(80, 416, block=block, gen=gen)
+    x = randn(5, 416, dtype=torch.bfloat16, gen=gen)
+    out = K.fp8_linear(x, w, s, form=form, config=(16, 32, block_k, 1, 4, 2, splits))
+    xs = x.float() if form == "w8a16" else _qdq(x, 128)
+    assert_close(out, xs @ R.dequantize_fp8(w, s, torch.float32).t(), torch.bfloat16, scale=1.5 if DEVICE == "cpu" else 1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
