@@ -28,9 +28,10 @@
   decodes the steps share, so it demotes only prompts sure to miss by that count). With one
   budget for every request the order is otherwise arrival order among the prompts in time, so it
   pays where budgets differ (interactive and batch traffic on one server). On the CPU demo
-  (perf/results/replay-cpu-orders), before the demotion, it beat FCFS 1.18x in SLO attainment
-  with mixed budgets in a short burst, and lost to short-first in a deeper overload, where
-  short-first also wins with uniform budgets (1.58x).
+  (perf/results/replay-cpu-orders) it beat FCFS 1.18x in SLO attainment with mixed budgets in a
+  short burst, and lost to short-first in a deeper overload (0.80x, the demotion on or off), where
+  short-first also wins with uniform budgets (1.58x). That loss is the one-budget bound: with late
+  prompts never going first it tied short-first (1.01x), at the price of the starvation guarantee.
 * priority: vLLM's priority scheduling: the request's priority, lower first, then arrival order.
   Strict: a stream of urgent requests can hold back a lower priority for as long as it lasts,
   which is what the client asked for. When the KV cache is full it is also the order in which
