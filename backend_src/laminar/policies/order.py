@@ -100,16 +100,20 @@ def _demote_infeasible(ordered: list[Sequence], key: Callable[[Sequence], OrderK
                        prefill_s: Callable[[Sequence], float]) -> list[Sequence]:
     """The deadline order with each prompt in time whose prefill, after those before it, would end
     past its deadline moved behind the prompts in time (ahead of the late ones, by deadline)."""
-    first, hopeless, rest = [], [], []
+    first, hopeless, late = [], [], []
     ahead = 0.0
     for seq in ordered:
         klass, deadline, _ = key(seq)
-        if klass == 1 and now + ahead + prefill_s(seq) > deadline:
+        if klass == 2:
+            late.append(seq)
+            continue
+        need = prefill_s(seq)
+        if klass == 1 and now + ahead + need > deadline:
             hopeless.append(seq)
             continue
-        (first if klass <= 1 else rest).append(seq)
-        ahead += prefill_s(seq)
-    return first + sorted(hopeless + rest, key=lambda s: key(s)[1:])
+        first.append(seq)
+        ahead += need
+    return first + sorted(hopeless + late, key=lambda s: key(s)[1:])
 
 
 def _priority(args: EngineArgs, now: float) -> Callable[[Sequence], OrderKey]:
