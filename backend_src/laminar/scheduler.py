@@ -80,8 +80,9 @@ class Scheduler:
 
     def _prefill_time(self) -> Callable[[Sequence], float] | None:
         """The cost model's time for a prompt's uncomputed tokens to cross every layer, beyond an
-        empty step's (the deadline order's feasibility test); None without a cost model."""
-        if self.cost is None:
+        empty step's (the deadline order's feasibility test); None without a cost model or for
+        another order (this runs every step that admits)."""
+        if self.cost is None or self.args.prefill_order != "deadline":
             return None
         cost, layers, empty = self.cost, range(self.num_layers), self.cost.predict(StepShape(0, 0, ()))
 
