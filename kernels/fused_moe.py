@@ -13,7 +13,7 @@ from .moe_align import max_padded_rows, moe_align
 from .moe_config import MXFP4_KERNEL_LAYOUT, get_config, weight_format
 from .moe_gemm import moe_gemm_kernel
 from .moe_gemm_tma import moe_gemm_tma_kernel
-from .moe_mxfp4 import launch_mxfp4_gemm, mxfp4_config
+from .moe_mxfp4 import dequantize, launch_mxfp4_gemm, mxfp4_config
 from .moe_reduce import topk_sum
 
 
@@ -99,7 +99,9 @@ def fused_moe(
     in expert-sorted order, padding rows included (max_padded_rows x I), so that the down GEMM reads
     it as contiguous tiles (kernels.moe_gemm_tma); otherwise it is in token*top_k order. FP8 rows with "A8" run W8A8
     (kernels.fp8): x is quantized per token and 128-group once, and the up GEMM writes the
-    activation already quantized for the down GEMM; without it, W8A16.
+    activation already quantized for the down GEMM; without it, W8A16. A "DEQUANT" config (MXFP4 in
+    the kernel form, prefill-sized steps: kernels.moe_mxfp4.mxfp4_config) writes the experts out in
+    x's dtype and runs the 16-bit path over them with its own table.
     `prepared` (kernels.flashinfer_moe.prepare, at load) is the same experts in FlashInfer's form:
     FlashInfer serves the token counts it was prepared for; if it raises, it is switched off with one
     warning and this call and every later one run ours.
@@ -118,6 +120,9 @@ def fused_moe(
     fmt = weight_format(w13)
     if config is None and fmt == MXFP4_KERNEL_LAYOUT:
         config = mxfp4_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device)
+    if config is not None and config.get("DEQUANT"):  # MXFP4 kernel form, a prefill-sized step
+        return fused_moe(x, dequantize(w13, w13_scales, hidden, x.dtype), dequantize(w2, w2_scales, inter, x.dtype),
+                         topk_weights, topk_ids, b13, b2, swiglu=swiglu)
     cfg = config or get_config(n_tok, top_k, n_experts, hidden, inter, x.dtype, x.device, fmt)
     block_m = cfg["BLOCK_M"]
     n_valid = n_tok * top_k

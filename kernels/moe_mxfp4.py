@@ -150,6 +150,48 @@ def moe_mxfp4_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _dequantize_kernel(
+    w_ptr, s_ptr, out_ptr, n_rows, total_rows, k_dim, stride_we, stride_wn, stride_se, stride_sg, stride_oe, stride_on,
+    ASM: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
+):
+    """BLOCK_R rows x TILES 64-wide K tiles of kernel-form weights -> 16-bit values (rows run over E x N)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ok = rows < total_rows
+    expert, row = (rows // n_rows).to(tl.int64), (rows % n_rows).to(tl.int64)
+    cols = tl.arange(0, 32)
+    w_rows = w_ptr + expert[:, None] * stride_we + row[:, None] * stride_wn + cols[None, :]
+    s_rows = s_ptr + expert * stride_se + row
+    o_rows = out_ptr + expert[:, None] * stride_oe + row[:, None] * stride_on + cols[None, :]
+    for t in tl.static_range(TILES):
+        k = (tl.program_id(1) * TILES + t) * 64
+        live = ok & (rows * 0 + k < k_dim)
+        packed = tl.load(w_rows + k // 2, mask=live[:, None], other=0)
+        s_ptrs = s_rows + (k // 32) * stride_sg
+        for half in tl.static_range(2):
+            value = _upcast(packed, _scale_factor(s_ptrs + half * stride_sg, live), half == 1, ASM).to(tl.float32)
+            tl.store(o_rows + k + half * 32, (value * UNDO_SCALE).to(out_ptr.dtype.element_ty),
+                     mask=live[:, None] & (k + half * 32 + cols[None, :] < k_dim))
+
+
+def dequantize(w: torch.Tensor, scales: torch.Tensor, k_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Kernel-form weights (w [E, N, Kp/2], scales [E, Kp/32, N]) -> [E, N, k_dim] in dtype, with the
+    GEMM's own arithmetic (the same values it multiplies, block scales above 2^64 saturated alike).
+
+    For prefill: from a few thousand tokens a step the upcast inside the GEMM (repeated for every
+    tile of token rows) costs more than writing the experts once in 16 bits and running the 16-bit
+    kernel over them (kernels.fused_moe's DEQUANT entries)."""
+    n_experts, n_rows, _ = w.shape
+    out = torch.empty((n_experts, n_rows, k_dim), dtype=dtype, device=w.device)
+    block_r, tiles = 64, 4
+    grid = (triton.cdiv(n_experts * n_rows, block_r), triton.cdiv(triton.cdiv(k_dim, 64), tiles))
+    _dequantize_kernel[grid](
+        w, scales, out, n_rows, n_experts * n_rows, k_dim, w.stride(0), w.stride(1), scales.stride(0),
+        scales.stride(1), out.stride(0), out.stride(1), ASM=w.is_cuda, BLOCK_R=block_r, TILES=tiles,
+    )
+    return out
+
+
 def launch_mxfp4_gemm(
     a: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, c: torch.Tensor, weights: torch.Tensor, align: tuple,
     n_valid: int, max_rows: int, block_m: int, cfg: dict, a_div: int, gated: bool, weighted: bool,
@@ -173,8 +215,6 @@ def launch_mxfp4_gemm(
     )
 
 
-
-
 def _gemm(bn: int, bk: int, group: int, warps: int, stages: int, swap: bool) -> dict:
     return {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "num_warps": warps, "num_stages": stages, "SWAP": swap}
 
@@ -193,8 +233,22 @@ def default_mxfp4_config(n_tokens: int, top_k: int, n_experts: int, on_gpu: bool
     return {"BLOCK_M": 64, "up": _gemm(64, 64, 8, 4, 3, True), "down": down}
 
 
+# From this many rows an expert (tokens x top_k / experts) a step dequantizes the experts and runs the
+# 16-bit kernel: the H100 bench (perf/results/mxfp4-h100) had the 16-bit kernel 1.7x faster at 2048
+# tokens of GPT-OSS-20B (256 rows an expert) and 1.9x at 8192, against ~0.6 ms to write its experts.
+DEQUANT_ROWS_PER_EXPERT = 512
+
+
 def mxfp4_config(n_tokens: int, top_k: int, n_experts: int, hidden: int, inter: int, dtype: torch.dtype,
                  device: torch.device) -> dict:
+    """{"DEQUANT": True} for prefill steps past DEQUANT_ROWS_PER_EXPERT on the GPU, else the GEMM's tiles."""
+    if device.type == "cuda" and n_tokens * top_k >= DEQUANT_ROWS_PER_EXPERT * n_experts:
+        return {"DEQUANT": True}
+    return mxfp4_gemm_config(n_tokens, top_k, n_experts, hidden, inter, dtype, device)
+
+
+def mxfp4_gemm_config(n_tokens: int, top_k: int, n_experts: int, hidden: int, inter: int, dtype: torch.dtype,
+                      device: torch.device) -> dict:
     """Tuned entry nearest in token count when this GPU has a table for the shape, else the heuristic."""
     on_gpu = device.type == "cuda"
     if on_gpu and dtype != torch.float32:

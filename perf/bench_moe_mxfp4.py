@@ -2,7 +2,10 @@
 
 All paths run GPT-OSS's MoE (biases, clamped SwiGLU) on the same experts: MXFP4 upcasts the
 packed weights in registers (kernels.moe_mxfp4 over kernels.mxfp4_layout's form; "old MXFP4" is
-the release-layout branch of kernels.moe_gemm), bf16 reads them dequantized. Timing and floors are
+the release-layout branch of kernels.moe_gemm), bf16 reads them dequantized. "MXFP4" is what the
+engine runs at that token count; the two paths it picks between are columns too: the in-register
+GEMM, and the prefill path that writes the experts out in bf16 and runs the bf16 kernel (kernels.
+moe_mxfp4.DEQUANT_ROWS_PER_EXPERT is set from where they cross). Timing and floors are
 bench_kernels.py's (CUDA-graph replays with L2 flushed; copy bandwidth, bf16 matmul rate).
 HBM floor = distinct experts touched x expert bytes (bf16: 2 bytes a weight; MXFP4: 4.25
 bits) / copy bandwidth; GEMM floor = 2 T k 3 H I / bf16 matmul rate; '% floor' is
@@ -31,6 +34,7 @@ import laminar_kernels as K
 from laminar.ops import torch_ops as R
 from laminar_kernels import flashinfer_moe
 from laminar_kernels.attention_libs import imported
+from laminar_kernels.moe_mxfp4 import mxfp4_gemm_config
 from laminar_kernels.mxfp4_layout import to_kernel_layout
 
 TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
@@ -38,6 +42,7 @@ SHAPE = dict(experts=32, top_k=4, hidden=2880, inter=2880)
 TINY = dict(experts=8, top_k=4, hidden=64, inter=64)
 SWIGLU = (1.702, 7.0)
 MXFP4_BITS = 4.25
+MXFP4_RUNS = ("mxfp4", "mxfp4_gemm", "mxfp4_dequant", "mxfp4_old")
 
 
 def experts(shape: dict, device: torch.device, gen: torch.Generator) -> dict:
@@ -65,7 +70,7 @@ def bench(shape: dict, tokens: list[int], timer: Timer | None, floors: dict | No
     gen = torch.Generator().manual_seed(0)
     w = experts(shape, device, gen)
     e, k, h, i = shape["experts"], shape["top_k"], shape["hidden"], shape["inter"]
-    bytes_per_weight = {"bf16": 2.0, "mxfp4": MXFP4_BITS / 8, "mxfp4_old": MXFP4_BITS / 8, "flashinfer": MXFP4_BITS / 8}
+    bytes_per_weight = {"bf16": 2.0, "flashinfer": MXFP4_BITS / 8, **dict.fromkeys(MXFP4_RUNS, MXFP4_BITS / 8)}
     rows = []
     for n_tok in tokens:
         x = torch.randn(n_tok, h, generator=gen).to(device, torch.bfloat16)
@@ -74,6 +79,12 @@ def bench(shape: dict, tokens: list[int], timer: Timer | None, floors: dict | No
             "bf16": lambda: K.fused_moe(x, w["w13"], w["w2"], weights, ids, b13=w["b13"], b2=w["b2"], swiglu=SWIGLU),
             "mxfp4": lambda: K.fused_moe(x, w["up_k"][0], w["down_k"][0], weights, ids, b13=w["b13"], b2=w["b2"],
                                          w13_scales=w["up_k"][1], w2_scales=w["down_k"][1], swiglu=SWIGLU),
+            "mxfp4_gemm": lambda: K.fused_moe(x, w["up_k"][0], w["down_k"][0], weights, ids, b13=w["b13"], b2=w["b2"],
+                                              w13_scales=w["up_k"][1], w2_scales=w["down_k"][1], swiglu=SWIGLU,
+                                              config=mxfp4_gemm_config(n_tok, k, e, h, i, x.dtype, device)),
+            "mxfp4_dequant": lambda: K.fused_moe(x, w["up_k"][0], w["down_k"][0], weights, ids, b13=w["b13"],
+                                                 b2=w["b2"], w13_scales=w["up_k"][1], w2_scales=w["down_k"][1],
+                                                 swiglu=SWIGLU, config={"DEQUANT": True}),
             "mxfp4_old": lambda: K.fused_moe(x, w["up"][0], w["down"][0], weights, ids, b13=w["b13"], b2=w["b2"],
                                              w13_scales=w["up"][1], w2_scales=w["down"][1], swiglu=SWIGLU),
         }
@@ -83,7 +94,8 @@ def bench(shape: dict, tokens: list[int], timer: Timer | None, floors: dict | No
             runs["flashinfer"] = autotuned(lambda: flashinfer_moe.fused_moe(x, weights, ids, w["flashinfer"]))
         touched = int(torch.unique(ids).numel())
         row = {"tokens": n_tok, "experts_touched": touched,
-               "rel_diff_mxfp4_vs_bf16": rel_diff(runs["mxfp4"](), runs["bf16"]())}
+               "rel_diff_mxfp4_vs_bf16": rel_diff(runs["mxfp4"](), runs["bf16"]()),
+               "rel_diff_dequant_vs_bf16": rel_diff(runs["mxfp4_dequant"](), runs["bf16"]())}
         if "flashinfer" in runs:
             row["rel_diff_flashinfer_vs_bf16"] = rel_diff(runs["flashinfer"](), runs["bf16"]())
         for name, fn in runs.items():
@@ -104,16 +116,17 @@ def markdown(report: dict) -> str:
     lines = [f"# Fused MoE, GPT-OSS-20B experts: bf16 vs MXFP4 ({report['device']})", "",
              f"Command: `{report['command']}`", "", f"Shape: {report['shape']}; floors: {report['floors']}", "",
              "| tokens | experts | bf16 ms | bf16 % floor | old MXFP4 ms | old % floor | MXFP4 ms | MXFP4 HBM floor ms "
-             "| MXFP4 % floor | bf16 / MXFP4 | old / MXFP4 | FlashInfer ms | FlashInfer % floor | FlashInfer / MXFP4 "
-             "| GEMM floor ms | rel. diff | FlashInfer rel. diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| MXFP4 % floor | bf16 / MXFP4 | old / MXFP4 | MXFP4 GEMM ms | MXFP4 write-out + bf16 ms "
+             "| FlashInfer ms | FlashInfer % floor | FlashInfer / MXFP4 | GEMM floor ms | rel. diff | FlashInfer rel. diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         ratio = lambda a: r[a] / r["mxfp4_ms"] if a in r and "mxfp4_ms" in r else None  # noqa: E731
         lines.append(
             f"| {r['tokens']} | {r['experts_touched']} | {f(r.get('bf16_ms'))} | {f(r.get('bf16_pct_floor'), '{:.0f}%')} "
             f"| {f(r.get('mxfp4_old_ms'))} | {f(r.get('mxfp4_old_pct_floor'), '{:.0f}%')} | {f(r.get('mxfp4_ms'))} | "
             f"{f(r.get('mxfp4_hbm_floor_ms'))} | {f(r.get('mxfp4_pct_floor'), '{:.0f}%')} | {f(ratio('bf16_ms'), '{:.2f}x')} "
-            f"| {f(ratio('mxfp4_old_ms'), '{:.2f}x')} | {f(r.get('flashinfer_ms'))} "
+            f"| {f(ratio('mxfp4_old_ms'), '{:.2f}x')} | {f(r.get('mxfp4_gemm_ms'))} | {f(r.get('mxfp4_dequant_ms'))} "
+            f"| {f(r.get('flashinfer_ms'))} "
             f"| {f(r.get('flashinfer_pct_floor'), '{:.0f}%')} | {f(ratio('flashinfer_ms'), '{:.2f}x')} "
             f"| {f(r.get('bf16_gemm_floor_ms'))} | {r['rel_diff_mxfp4_vs_bf16']:.1e} "
             f"| {f(r.get('rel_diff_flashinfer_vs_bf16'), '{:.1e}')} |")

@@ -26,7 +26,7 @@ def num_kv_blocks(cfg: ModelConfig, args: EngineArgs, num_kv_heads: int, device:
         budget = args.kv_cache_bytes
     elif device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        activations = args.max_num_batched_tokens * cfg.hidden_size * 64
+        activations = args.max_num_batched_tokens * cfg.hidden_size * 64 + _expert_scratch_bytes(cfg, args, dtype)
         budget = free - total * (1 - args.gpu_memory_utilization) - activations
     else:
         budget = CPU_DEFAULT_KV_BYTES
@@ -34,6 +34,15 @@ def num_kv_blocks(cfg: ModelConfig, args: EngineArgs, num_kv_heads: int, device:
     if control is not None:  # every rank must hold the same block ids
         dist.all_reduce(blocks, op=dist.ReduceOp.MIN, group=control)
     return int(blocks.item())
+
+
+def _expert_scratch_bytes(cfg: ModelConfig, args: EngineArgs, dtype: torch.dtype) -> int:
+    """What a step's fused MoE may allocate for its packed experts at the token budget (per rank)."""
+    if not cfg.num_experts or args.dequantize_experts:
+        return 0
+    inter = cfg.moe_intermediate_size // args.tensor_parallel_size
+    return cfg.quantization.fmt.expert_scratch_bytes(cfg.num_experts, cfg.hidden_size, inter,
+                                                     args.max_num_batched_tokens + args.max_num_seqs, cfg.top_k, dtype)
 
 
 def allocate_kv_caches(cfg: ModelConfig, num_blocks: int, block_size: int, num_kv_heads: int,

@@ -11,7 +11,7 @@ from test_moe_gpt_oss import REAL, SWIGLU, _inputs, _reference
 import laminar_kernels as K
 from laminar.formats.mxfp4 import Mxfp4
 from laminar.ops import torch_ops as R
-from laminar_kernels.moe_mxfp4 import _scale_factor, _upcast
+from laminar_kernels.moe_mxfp4 import _scale_factor, _upcast, dequantize
 from laminar_kernels.mxfp4_layout import from_kernel_layout, to_kernel_layout
 
 ON_GPU = DEVICE == "cuda"
@@ -62,17 +62,32 @@ def test_upcast_is_exact(high: bool, asm: bool) -> None:
     assert torch.equal(out.double(), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k", [96, 2880])
+def test_dequantize_matches_reference(k: int, dtype: torch.dtype) -> None:
+    """The prefill path's expert write-out: exactly the release's values, ragged K (padding dropped) included."""
+    gen = torch.Generator().manual_seed(k)
+    blocks = torch.randint(0, 256, (3, 40, k // 32, 16), dtype=torch.uint8, generator=gen).to(DEVICE)
+    scales = torch.randint(65, 192, (3, 40, k // 32), dtype=torch.uint8, generator=gen).to(DEVICE)
+    out = dequantize(*to_kernel_layout(blocks, scales), k, dtype)
+    assert out.dtype == dtype and torch.equal(out, R.dequantize_mxfp4(blocks, scales, dtype))
+
+
 # (swap, BLOCK_N, BLOCK_K) per GEMM: weights on the MMA's M side (decode) or activations (prefill), one or
-# two 64-value layout tiles a step (the second masked off past a ragged K).
+# two 64-value layout tiles a step (the second masked off past a ragged K); "dequant" writes the experts
+# out in 16 bits and runs the dense kernel (prefill-sized steps).
 FORMS = {"swap": (True, 32, 64), "plain": (False, 64, 128)}
 SMALL = [(1, 8, 2, 64, 64, "swap", torch.bfloat16), (13, 8, 4, 96, 64, "swap", torch.bfloat16),
-         (13, 8, 4, 96, 64, "plain", torch.bfloat16), (5, 8, 4, 64, 96, "plain", torch.float32)]
-GPU_CASES = [(*shape, form, torch.bfloat16) for shape in REAL for form in (*FORMS, None)]
+         (13, 8, 4, 96, 64, "plain", torch.bfloat16), (5, 8, 4, 64, 96, "plain", torch.float32),
+         (13, 8, 4, 96, 64, "dequant", torch.bfloat16)]
+GPU_CASES = [(*shape, form, torch.bfloat16) for shape in REAL for form in (*FORMS, "dequant", None)]
 
 
 def _config(form: str | None, block_m: int = 16) -> dict | None:
     if form is None:  # the tuned table / heuristic
         return None
+    if form == "dequant":
+        return {"DEQUANT": True}
     swap, bn, bk = FORMS[form]
     gemm = {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 1, "num_warps": 4, "num_stages": 2 if ON_GPU else 1, "SWAP": swap}
     return {"BLOCK_M": block_m if swap else max(block_m, 64 if ON_GPU else 16), "up": gemm, "down": gemm}
@@ -100,3 +115,14 @@ def test_post_load_relays_experts_for_the_kernels_only() -> None:
     values, kernel_scales = Mxfp4().post_load(K, blocks, scales)
     assert values.shape == (2, 96, 32) and kernel_scales.shape == (2, 2, 96)
     assert torch.equal(from_kernel_layout(values, kernel_scales, 64)[0], blocks)
+
+
+def test_expert_scratch_counts_the_prefill_write_out() -> None:
+    """KV sizing reserves the 16-bit experts a prefill-sized step writes out, and nothing below the threshold."""
+    from laminar.formats.base import UNQUANTIZED
+    from laminar_kernels.moe_mxfp4 import DEQUANT_ROWS_PER_EXPERT
+
+    at = DEQUANT_ROWS_PER_EXPERT * 32 // 4  # GPT-OSS-20B: 32 experts, top-4
+    assert Mxfp4().expert_scratch_bytes(32, 2880, 2880, at, 4, torch.bfloat16) == 32 * 3 * 2880 * 2880 * 2
+    assert Mxfp4().expert_scratch_bytes(32, 2880, 2880, at - 1, 4, torch.bfloat16) == 0
+    assert UNQUANTIZED.expert_scratch_bytes(32, 2880, 2880, at, 4, torch.bfloat16) == 0

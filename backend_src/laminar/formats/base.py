@@ -71,6 +71,11 @@ class WeightFormat:
         A format whose kernel wants another layout than the checkpoint's re-lays them out here."""
         return weight, scales
 
+    def expert_scratch_bytes(self, experts: int, hidden: int, inter: int, tokens: int, top_k: int,
+                             dtype: torch.dtype) -> int:
+        """Bytes the fused MoE may allocate for a step of `tokens` beyond its activations (none here)."""
+        return 0
+
     def nbytes(self, weight: torch.Tensor, scales: torch.Tensor | None) -> int:
         """Bytes these tensors hold: what reading the weights costs (expert-traffic accounting)."""
         return sum(t.numel() * t.element_size() for t in (weight, scales) if t is not None)

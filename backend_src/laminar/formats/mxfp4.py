@@ -61,6 +61,16 @@ class Mxfp4(WeightFormat):
         return (nn.Parameter(torch.stack([v for v, _ in pairs]), requires_grad=False),
                 nn.Parameter(torch.stack([s for _, s in pairs]), requires_grad=False))
 
+    def expert_scratch_bytes(self, experts: int, hidden: int, inter: int, tokens: int, top_k: int,
+                             dtype: torch.dtype) -> int:
+        """Prefill-sized steps write every expert out in 16 bits for the 16-bit kernel
+        (kernels.moe_mxfp4.DEQUANT_ROWS_PER_EXPERT): 3 H I weights an expert."""
+        from laminar_kernels.moe_mxfp4 import DEQUANT_ROWS_PER_EXPERT
+
+        if tokens * top_k < DEQUANT_ROWS_PER_EXPERT * experts:
+            return 0
+        return experts * 3 * hidden * inter * dtype.itemsize
+
 
 def from_config(qcfg: dict) -> tuple[Mxfp4, list[str]]:
     """The release's config names only the method and the modules left in bf16."""
