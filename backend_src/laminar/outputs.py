@@ -77,8 +77,9 @@ class EngineStats:
     """Cumulative counters plus the current queue and KV-cache state.
 
     expert_bytes counts, for every MoE layer run in an iteration, the distinct
-    experts its tokens touched times the bytes of one expert: the weight traffic
-    that layered prefill reduces.
+    experts its tokens touched times the bytes of one expert as held: the weight
+    traffic that layered prefill reduces (MXFP4 calls past the 16-bit write-out
+    threshold, kernels.moe_mxfp4, move more, uncounted: README, expert-traffic accounting).
     """
 
     iterations: int = 0
