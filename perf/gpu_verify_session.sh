@@ -8,7 +8,9 @@
 #                model takes OFFLINE_FIRST_ARGS instead where set
 #   STRUCTURED=1 perf/bench_structured.py on Qwen3-30B-A3B shapes; xgrammar's wheels come from
 #                .devcarry/xgrammar/ (staged by hand: the device machine has no index)
-# Step limits: TEST_S (each test folder), OFFLINE_S (each model), STRUCTURED_S (seconds). COMMIT names the commit.
+#   MXFP4="tokens..."  perf/bench_moe_mxfp4.py at those MoE token counts (GPT-OSS-20B experts): bf16, the
+#                in-register MXFP4 GEMM, the 16-bit write-out path and the engine's pick between them
+# Step limits: TEST_S (each test folder), OFFLINE_S (each model), STRUCTURED_S, MXFP4_S (seconds). COMMIT names the commit.
 # On an H100 (2026-12-07) Qwen3-30B-A3B bf16 was still in its first mode's step breakdown at 190 s
 # (start-up, cost-model profile, graphs); the FP8 model's one mode took ~250 s, GPT-OSS-20B's < 190 s:
 # give Qwen3 OFFLINE_S=300 a mode (--async-compare and :unfused double the modes each).
@@ -31,6 +33,9 @@ export PYTHONPATH="$PWD/tests:$PYTHONPATH"
       --tag "$model" --out-dir "$OUT" $args > "$OUT/offline-$model.log" 2>&1
     echo "offline $model rc=$?"; grep -v '^ \|^{\|^}' "$OUT/offline-$model.log" | tail -30
   done
+  if [ -n "$MXFP4" ]; then
+    timeout "${MXFP4_S:-120}" python3 perf/bench_moe_mxfp4.py --skip-old --tokens $MXFP4 --out-dir "$OUT" 2>&1 | tail -16
+  fi
   if [ -n "$STRUCTURED" ]; then
     python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps .devcarry/xgrammar/pydantic*.whl \
       .devcarry/xgrammar/annotated_types*.whl .devcarry/xgrammar/typing_inspection*.whl
