@@ -234,8 +234,9 @@ def default_mxfp4_config(n_tokens: int, top_k: int, n_experts: int, on_gpu: bool
 
 
 # From this many rows an expert (tokens x top_k / experts) a step dequantizes the experts and runs the
-# 16-bit kernel: the H100 bench (perf/results/mxfp4-h100) had the 16-bit kernel 1.7x faster at 2048
-# tokens of GPT-OSS-20B (256 rows an expert) and 1.9x at 8192, against ~0.6 ms to write its experts.
+# 16-bit kernel. An estimate until perf/bench_moe_mxfp4.py times both paths: on the H100
+# (perf/results/mxfp4-h100) the 16-bit kernel was 0.65 ms ahead at 2048 tokens of GPT-OSS-20B (256
+# rows an expert) and 2.6 ms at 8192, against ~0.7 ms to write the experts out (2 GB at ~3 TB/s).
 DEQUANT_ROWS_PER_EXPERT = 512
 
 
