@@ -299,6 +299,12 @@ class EngineArgs:
             )
 
     @property
+    def max_step_rows(self) -> int:
+        """Rows a step can hold: the prefill token budget, plus the decodes in layered mode (chunked
+        mode counts decodes inside the budget)."""
+        return self.max_num_batched_tokens + (self.max_num_seqs if self.schedule_mode == "layered" else 0)
+
+    @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
 

@@ -42,7 +42,7 @@ def _expert_scratch_bytes(cfg: ModelConfig, args: EngineArgs, dtype: torch.dtype
         return 0
     inter = cfg.moe_intermediate_size // args.tensor_parallel_size
     return cfg.quantization.fmt.expert_scratch_bytes(cfg.num_experts, cfg.hidden_size, inter,
-                                                     args.max_num_batched_tokens + args.max_num_seqs, cfg.top_k, dtype)
+                                                     args.max_step_rows, cfg.top_k, dtype)
 
 
 def allocate_kv_caches(cfg: ModelConfig, num_blocks: int, block_size: int, num_kv_heads: int,

@@ -46,7 +46,7 @@ class ModelRunner:
         self.layers = LayerRunners(EagerLayers(self.model, self.kv_caches, self.expert_hits))
         self._capture_graphs()
         if self.device.type == "cuda":
-            self._compile_eager_kernels(self.layers.mixed.max_rows if self.layers.mixed else 0, max_step_rows(args))
+            self._compile_eager_kernels(self.layers.mixed.max_rows if self.layers.mixed else 0, args.max_step_rows)
 
     def _capture_graphs(self) -> None:
         """Decode and mixed-batch CUDA graphs on CUDA (the torch reference ops read metadata on the
@@ -55,7 +55,7 @@ class ModelRunner:
         if self.device.type == "cuda" and not args.enforce_eager and self.model.ops is not torch_ops:
             self.layers.decode = DecodeGraphs(self.model, self.kv_caches, self.expert_hits, args.max_num_seqs,
                                               self.max_model_len, args.block_size)
-            self.layers.mixed = MixedGraphs(self.model, self.kv_caches, self.expert_hits, max_step_rows(args))
+            self.layers.mixed = MixedGraphs(self.model, self.kv_caches, self.expert_hits, args.max_step_rows)
 
     def set_fused_ops(self, on: bool) -> None:
         """Runs the fused kernels (on, the default) or their steps as separate kernels (off) from the
@@ -137,9 +137,3 @@ class ModelRunner:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-def max_step_rows(args: EngineArgs) -> int:
-    """Rows a step can hold: the prefill token budget, plus the decodes in layered mode (chunked
-    mode counts decodes inside the budget)."""
-    return args.max_num_batched_tokens + (args.max_num_seqs if args.schedule_mode == "layered" else 0)

@@ -15,7 +15,7 @@ import torch
 
 from laminar.config import EngineArgs
 from laminar.cost_model import PROFILE_SEQ_TOKENS, Profile
-from laminar.model_runner import ModelRunner, max_step_rows
+from laminar.model_runner import ModelRunner
 from laminar.step_inputs import SegmentInputs, StepInputs
 from laminar.worker_group import WorkerGroup
 
@@ -37,7 +37,7 @@ class Profiler:
         executor share it). Writes only to the still unused cache; blocks wrap around the pool."""
         if self.measured is not None:
             return self.measured
-        layers, rows = self.cfg.num_layers, max_step_rows(self.args)
+        layers, rows = self.cfg.num_layers, self.args.max_step_rows
         batches = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < self.args.max_num_seqs] + [self.args.max_num_seqs]
         short, long = PROFILE_DECODE_CONTEXT[0], min(PROFILE_DECODE_CONTEXT[1], self.max_model_len - 1)
         decode_s = [self._time(self._synthetic([short] * b, [1] * b)) / layers for b in batches]
