@@ -38,6 +38,13 @@ LONG_SCHEMA = {"type": "array", "minItems": 4000, "items": {"type": "object", "r
                "properties": {"id": {"type": "integer"}, "tag": {"type": "string", "maxLength": 8}}}}
 
 
+def distinct_schema(j: int) -> dict:
+    """The j-th of a series of JSON schemas that differ (so none is served from the grammar cache)."""
+    kinds = ["integer", "string", "boolean"]
+    return {"type": "object", "required": [f"field_{j}_{k}" for k in range(8)],
+            "properties": {f"field_{j}_{k}": {"type": kinds[k % 3]} for k in range(8)}}
+
+
 def with_tokenizer(model: str, scratch: Path) -> str:
     """model itself when it has a tokenizer, else a copy of its config with a synthetic one."""
     if (Path(model) / "tokenizer.json").is_file():
@@ -141,10 +148,8 @@ def _gaps_while_arriving(engine: LLMEngine, schemas: int, phase: str, prompt: li
     gaps, last = [], time.perf_counter()
     for j in range(schemas + 10):
         if j < schemas:
-            schema = {"type": "object", "required": [f"field_{j}_{k}" for k in range(8)],
-                      "properties": {f"field_{j}_{k}": {"type": ["integer", "string", "boolean"][k % 3]}
-                                     for k in range(8)}}
-            engine.add_request(f"{phase}{j}", prompt, SamplingParams(max_tokens=16, structured_outputs={"json": schema}))
+            engine.add_request(f"{phase}{j}", prompt,
+                               SamplingParams(max_tokens=16, structured_outputs={"json": distinct_schema(j)}))
         if any(o.request_id == "s0" for o in engine.step()):
             now = time.perf_counter()
             gaps.append(now - last)
