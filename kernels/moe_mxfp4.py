@@ -234,10 +234,10 @@ def default_mxfp4_config(n_tokens: int, top_k: int, n_experts: int, on_gpu: bool
 
 
 # From this many rows an expert (tokens x top_k / experts) a step dequantizes the experts and runs the
-# 16-bit kernel. An estimate until perf/bench_moe_mxfp4.py times both paths: on the H100
-# (perf/results/mxfp4-h100) the 16-bit kernel was 0.65 ms ahead at 2048 tokens of GPT-OSS-20B (256
-# rows an expert) and 2.6 ms at 8192, against ~0.7 ms to write the experts out (2 GB at ~3 TB/s).
-DEQUANT_ROWS_PER_EXPERT = 512
+# 16-bit kernel: where the two paths cross at GPT-OSS-20B's shape on an H100 (perf/bench_moe_mxfp4.py,
+# perf/results/gpu-h100-2026-12-07-s7): the in-register GEMM took 1.55 ms at 2048 tokens and 2.94 ms at
+# 4096, the write-out + 16-bit kernel 1.94 and 2.60; linearly between them they meet at ~3100 tokens.
+DEQUANT_ROWS_PER_EXPERT = 384
 
 
 def mxfp4_config(n_tokens: int, top_k: int, n_experts: int, hidden: int, inter: int, dtype: torch.dtype,

@@ -29,6 +29,7 @@ run-to-run drift (host jitter, clocks): a different --seed measures that.
     python perf/replay.py --preset gpu --workloads sharegpt --out-dir $OUT/replay  # Qwen3-30B-A3B shapes
     python perf/replay.py --config perf/sweep_configs/gpu_slo_part_b.json --requests 300 --out-dir ...
     python perf/replay.py --preset gpu --param model=perf/models/qwen3-8b --engines layered-slo100-tail chunked-2048 ...
+    python perf/replay.py --recompare RUN_DIR --numerator layered-slo100   # an earlier run's ratios, again
 
 Outputs under --out-dir: replay.json (command, commit, machine, config, per-cell summaries,
 ratios), replay.md (the tables) and requests.json (every request's latencies).
@@ -414,6 +415,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recompare(run_dir: Path, numerator: str | None) -> dict:
+    """An earlier run's report (replay.json, requests.json in run_dir) with its ratios recomputed
+    against another numerator engine: the requests are the run's, so no GPU is needed."""
+    report = json.loads((run_dir / "replay.json").read_text())
+    requests = {(c["engine"], c["workload"], c["request_rate"]): c["requests"]
+                for c in json.loads((run_dir / "requests.json").read_text())}
+    numerator = numerator or report["config"]["engines"][0]["label"]
+    report["ratios"] = compare(report["cells"], requests, numerator, report["slo"], report["resamples"], report["seed"])
+    return report
+
+
 def load_config(args: argparse.Namespace) -> dict:
     """The preset or config file, narrowed and resized by the command line."""
     config = json.loads(args.config.read_text()) if args.config else json.loads(json.dumps(PRESETS[args.preset]))
@@ -453,7 +465,9 @@ def main() -> None:
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=sorted(PRESETS))
     source.add_argument("--config", type=Path, help="a sweep config (perf/sweep_configs/*.json)")
-    ap.add_argument("--out-dir", type=Path, required=True)
+    source.add_argument("--recompare", type=Path, metavar="RUN_DIR",
+                        help="print an earlier run's report with its ratios against --numerator (no run)")
+    ap.add_argument("--out-dir", type=Path)
     ap.add_argument("--engines", nargs="*", help="engine labels to run (default: all)")
     ap.add_argument("--workloads", nargs="*", help="workload names to run (default: all)")
     ap.add_argument("--requests", type=int, help="requests per cell (default: the config's)")
@@ -471,6 +485,11 @@ def main() -> None:
                          "each request's budget is its TTFT SLO, sent to engines with prefill_order deadline")
     ap.add_argument("--commit", help="the commit measured (default: git describe of this checkout)")
     args = ap.parse_args()
+    if args.recompare:
+        print(markdown(recompare(args.recompare, args.numerator)))
+        return
+    if args.out_dir is None:
+        ap.error("--out-dir is required to run")
     config = load_config(args)
     override = {k: v for k, v in (("ttft_ms", args.ttft_slo_ms), ("tbt_ms", args.tbt_slo_ms)) if v is not None}
     print(markdown(Replay(config, {**DEFAULT_SLO, **config.get("slo", {}), **override}, args).run()))

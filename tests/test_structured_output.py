@@ -172,3 +172,25 @@ def test_slo_policy(demo_model, mode):
     for (rid, _), d in out.items():
         assert d["reason"] == "stop"
         CASES[rid][1](d["text"])
+
+
+def test_mask_of_many_rows_equals_each_row_filled_alone():
+    """GrammarMask fills several constrained rows at once (xgrammar's batch matcher): each row's
+    bits are those its matcher gives alone, rows between them are left out, in every state."""
+    import torch
+    import xgrammar as xgr
+
+    from laminar.structured_output import BitmaskBuffer, GrammarMask, GrammarState
+
+    info = xgr.TokenizerInfo([chr(c) for c in range(32, 127)] + ["</s>"], stop_token_ids=[95])
+    compiled = xgr.GrammarCompiler(info).compile_grammar(json_schema_grammar(json.dumps(SCHEMA)))
+    states = [GrammarState(compiled) for _ in range(3)]
+    for state, text in zip(states, ['{"name": "ab', '{"name": "abc", "tag": "x', "{"]):
+        assert state.matcher.accept_string(text)
+    rows = [states[0], None, states[1], states[2], None]
+    mask = GrammarMask(rows, len(info.decoded_vocab), BitmaskBuffer(pinned=False))
+    assert mask.rows == [0, 2, 3]
+    for i, state in zip(mask.rows, states):
+        alone = xgr.allocate_token_bitmask(1, len(info.decoded_vocab))
+        state.matcher.fill_next_token_bitmask(alone, 0)
+        assert torch.equal(mask.bitmask[i], alone[0]), i

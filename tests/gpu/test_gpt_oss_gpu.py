@@ -52,7 +52,7 @@ def test_gpu_bf16_agrees_mostly(gpt_oss_mxfp4):
 
 @pytest.mark.parametrize("mode", ["layered", "chunked"])
 def test_prefill_write_out_matches_dequantized_experts(gpt_oss_mxfp4, mode):
-    """Steps past the MXFP4 write-out threshold (kernels.moe_mxfp4: 512 rows an expert, 1024 tokens
+    """Steps past the MXFP4 write-out threshold (kernels.moe_mxfp4: 384 rows an expert, 768 tokens
     with the fixture's 8 experts, top-4) run the 16-bit kernel over the experts written out for the
     step: the tokens of experts dequantized at load, and of the packed GEMM in smaller steps."""
     from laminar_kernels.moe_mxfp4 import mxfp4_config

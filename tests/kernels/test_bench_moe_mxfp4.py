@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DEVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,7 +16,7 @@ def test_every_timed_path_agrees_on_a_tiny_shape(monkeypatch: pytest.MonkeyPatch
     monkeypatch.syspath_prepend(str(ROOT / "perf"))
     import bench_moe_mxfp4 as bench
 
-    rows = bench.bench(bench.TINY, [1, 13], None, None, torch.device("cpu"), skip_old=True)
+    rows = bench.bench(bench.TINY, [1, 13], None, None, torch.device(DEVICE), skip_old=True)
     assert [r["tokens"] for r in rows] == [1, 13]
     for r in rows:
         assert r["rel_diff_mxfp4_vs_bf16"] < 2e-2 and r["rel_diff_dequant_vs_bf16"] < 2e-2, r
