@@ -145,11 +145,17 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     pipelined = runner.pp.size > 1
     kv_token_layer_bytes = 2 * runner.model.layout.num_kv_heads * mc.head_dim * runner.dtype.itemsize
     run = Run(engine)
+    started = time.perf_counter()
+
+    def phase(name: str) -> None:  # progress on stderr: a run cut by its time limit says where it was
+        print(f"[{time.perf_counter() - started:7.1f} s] {name}", file=sys.stderr, flush=True)
+
     long_gen = SamplingParams(max_tokens=100_000, temperature=0.0, ignore_eos=True)
     for i in range(cfg["decode_batch"]):
         engine.add_request(f"d{i}", random_prompt(rng, cfg["decode_context"], vocab), long_gen)
     while len(run.first_token) < cfg["decode_batch"]:
         run.step()
+    phase(f"{cfg['decode_batch']} decodes prefilled; warm-up prompt")
 
     # Warm-up: one prompt of the first size, so that kernel compilation for the mixed shapes
     # happens before anything is measured.
@@ -158,6 +164,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     while "warmup" not in run.first_token:
         run.step()
     run.predictions.clear()  # judge the cost model after its first refits, as a server runs it
+    phase("decode window")
 
     # Decode-only window.
     s0 = engine.get_stats()
@@ -168,6 +175,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
         cpu.append(engine.last_step.cpu_s)
         idle.append(engine.last_step.device_idle_s)
     s1 = engine.get_stats()
+    phase("step breakdown")
     decode_step = statistics.median(steps)  # robust to a stray slow step on a shared CPU
     experts_per_step = (s1.expert_bytes_total - exp0) / len(steps)
     context = cfg["decode_context"] + cfg["decode_steps"]
@@ -189,6 +197,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     prompts = []
     for n in cfg["prompts"]:
         rid = f"p{n}"
+        phase(f"prompt of {n} tokens arriving")
         s_before = engine.get_stats()
         exp_before, e_before, tok_before = s_before.expert_bytes_total, s_before.energy_joules, s_before.tokens
         arrival = time.perf_counter()
@@ -214,6 +223,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     engine.abort_all()  # the decodes still running; the engine serves on
 
     # One long prompt alone: the expert traffic of its prefill and nothing else.
+    phase("one prompt alone")
     before = engine.get_stats().expert_bytes_total
     engine.add_request("alone", random_prompt(rng, cfg["alone_prompt"], vocab),
                        SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0))
@@ -224,6 +234,7 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
     result["alone_prompt_tokens"] = cfg["alone_prompt"]
     result["alone_ttft_ms"] = 1e3 * (time.perf_counter() - start)
     result["alone_iterations"] = iterations
+    phase("one pass timed")
     result["alone_one_pass_ms"] = 1e3 * engine.executor.profiler.time_prompt(cfg["alone_prompt"])
     result["alone_expert_gb"] = (engine.get_stats().expert_bytes_total - before) / 1e9
     return result
@@ -365,6 +376,7 @@ def main() -> None:
         device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
         bandwidth = report["bandwidth_gbs"] * 1e9 if report["bandwidth_gbs"] else None
+        print("profiling the step-time model", file=sys.stderr, flush=True)
         profile = executor.profiler.profile()
         report["profile"] = json.loads(profile.to_json())
         fused_now = True
