@@ -73,6 +73,23 @@ def test_ratio_cis_contain_their_point(report) -> None:
         assert row["mean_ttft"]["ratio"] == pytest.approx(expected)
 
 
+def test_recompare_gives_the_run_s_ratios_and_their_inverse(report, replay, tmp_path) -> None:
+    """--recompare on a run's files: with the run's numerator the same ratios (same draws; the files
+    keep times to the microsecond), with the other engine as numerator each point ratio inverted."""
+    rep, cells, _ = report
+    (tmp_path / "replay.json").write_text(json.dumps(rep))
+    (tmp_path / "requests.json").write_text(json.dumps(cells))
+    again = replay.recompare(tmp_path, None)["ratios"]
+    assert len(again) == len(rep["ratios"]) > 0
+    for mine, theirs in zip(rep["ratios"], again):
+        for metric in ("mean_ttft", "p99_ttft", "p99_tbt"):
+            assert theirs[metric] == pytest.approx(mine[metric], rel=1e-3), metric
+    inverse = replay.recompare(tmp_path, "chunked-64")["ratios"]
+    assert [(r["engine"], r["request_rate"]) for r in inverse] == [(r["numerator"], r["request_rate"]) for r in rep["ratios"]]
+    for mine, theirs in zip(rep["ratios"], inverse):
+        assert mine["mean_ttft"]["ratio"] * theirs["mean_ttft"]["ratio"] == pytest.approx(1.0)
+
+
 def test_weighted_percentile_is_analyze_percentile(replay) -> None:
     """Draw counts as weights give the nearest-rank percentile of the resampled multiset."""
     rng = np.random.default_rng(1)
