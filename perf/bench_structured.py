@@ -70,9 +70,9 @@ def with_tokenizer(model: str, scratch: Path) -> str:
 
 
 def decode_steps(engine: LLMEngine, steps: int) -> list[float]:
-    """Wall time between step() returns: what a stream sees between tokens. The step's own total_s
-    runs from its launch, so host work before the launch (the grammar masks' fill among it) would
-    not show there (it hid an 84 ms fill on an H100, perf/results/gpu-h100-2026-12-07-s7)."""
+    """Wall time between step() returns: what a stream sees between tokens. A step record's total_s
+    ends before the call fills the grammar masks of the step it just launched, so no record holds
+    that fill (it hid an 84 ms fill on an H100, perf/results/gpu-h100-2026-12-07-s7)."""
     times, last = [], time.perf_counter()
     for _ in range(steps):
         engine.step()

@@ -216,11 +216,12 @@ class GrammarMask:
     def __init__(self, grammars: list[GrammarState | None], vocab_size: int, buffer: BitmaskBuffer) -> None:
         self.rows = [i for i, g in enumerate(grammars) if g is not None]
         self.bitmask: Tensor | None = None
-        if len(self.rows) == 1:
-            self.bitmask = buffer.take(len(grammars), vocab_size)
+        if not self.rows:
+            return
+        self.bitmask = buffer.take(len(grammars), vocab_size)
+        if len(self.rows) == 1:  # no thread pool for one row
             grammars[self.rows[0]].matcher.fill_next_token_bitmask(self.bitmask, self.rows[0])
-        elif self.rows:
-            self.bitmask = buffer.take(len(grammars), vocab_size)
+        else:
             _batch_matcher().batch_fill_next_token_bitmask([grammars[i].matcher for i in self.rows], self.bitmask,
                                                            indices=self.rows)
 
