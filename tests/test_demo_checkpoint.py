@@ -128,8 +128,8 @@ def test_trained_model_speaks_the_corpus(trained_dir: Path, demo_dir: Path) -> N
     mostly in pairs the corpus has; the random one's tokens are corpus subwords too, in no order.
 
     The pairs are judged over five prompts together: training is reproducible on one CPU model
-    only, and on another one prompt's continuation may run into a loop (0.4 of its pairs in the
-    corpus on a Xeon where the other four had 0.76-1.0)."""
+    only, and on another one prompt's continuation may run into a loop ("A request arrives": 0.4
+    of its pairs in the corpus on the CI machine of 2026-12-07)."""
     prompts = ["The scheduler runs", "A request arrives", "The engine", "Layered prefill", "Each step"]
     texts = greedy_texts(trained_dir, prompts)
     for text in texts:

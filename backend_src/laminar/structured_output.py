@@ -207,10 +207,9 @@ class GrammarMask:
 
     Filled on the host while the device still runs the step's forward (fill right after the
     forward is launched), then applied to the logits on their device in one op. Rows are filled in
-    parallel by xgrammar's batch matcher (half the host's cores): one row's fill takes from
-    microseconds to tens of milliseconds (inside a string with a length bound, a 152k vocabulary:
-    up to 37 ms on the 2-core CPU machine), and 32 rows filled one after another took 84 ms a step
-    on an H100's host (perf/results/gpu-h100-2026-12-07-s7), against a 5 ms forward.
+    parallel by xgrammar's batch matcher (half the host's cores): one row's fill varies widely with
+    its grammar's state, and 32 rows filled one after another took 84 ms a step on an H100's host
+    (perf/results/gpu-h100-2026-12-07-s7), against a 5 ms forward.
     """
 
     def __init__(self, grammars: list[GrammarState | None], vocab_size: int, buffer: BitmaskBuffer) -> None:
@@ -219,11 +218,8 @@ class GrammarMask:
         if not self.rows:
             return
         self.bitmask = buffer.take(len(grammars), vocab_size)
-        if len(self.rows) == 1:  # no thread pool for one row
-            grammars[self.rows[0]].matcher.fill_next_token_bitmask(self.bitmask, self.rows[0])
-        else:
-            _batch_matcher().batch_fill_next_token_bitmask([grammars[i].matcher for i in self.rows], self.bitmask,
-                                                           indices=self.rows)
+        _batch_matcher().batch_fill_next_token_bitmask([grammars[i].matcher for i in self.rows], self.bitmask,
+                                                       indices=self.rows)
 
     def apply(self, logits: Tensor) -> None:
         """Disallowed tokens of the constrained rows -> -inf, in place."""
