@@ -29,7 +29,8 @@ export PYTHONPATH="$PWD/tests:$PYTHONPATH"
   done
   for model in $OFFLINE; do
     args=$OFFLINE_ARGS; [ "$model" = "${OFFLINE%% *}" ] && args=${OFFLINE_FIRST_ARGS:-$OFFLINE_ARGS}
-    timeout "${OFFLINE_S:-150}" python3 perf/bench_offline.py --model "perf/models/$model" --load-format dummy \
+    # SIGABRT at the limit: -X faulthandler writes every thread's stack into the log, so a cut run says where it was.
+    timeout -s ABRT -k 15 "${OFFLINE_S:-150}" python3 -X faulthandler perf/bench_offline.py --model "perf/models/$model" --load-format dummy \
       --tag "$model" --out-dir "$OUT" $args > "$OUT/offline-$model.log" 2>&1
     echo "offline $model rc=$?"; grep -v '^ \|^{\|^}' "$OUT/offline-$model.log" | tail -30
   done
