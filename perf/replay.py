@@ -68,7 +68,8 @@ SCHEDULER_KEYS = ("schedule_mode", "max_num_batched_tokens", "prefill_policy", "
                   "enable_prefix_caching")
 RATIO_METRICS = ("mean_ttft", "p99_ttft", "p99_tbt", "goodput", "slo_attainment")
 
-LAYERED_SLO100 = {"schedule_mode": "layered", "max_num_batched_tokens": 8192, "prefill_policy": "slo", "tbt_slo_ms": 100}
+LAYERED_SLO100 = {"schedule_mode": "layered", "max_num_batched_tokens": 8192, "prefill_policy": "slo", "tbt_slo_ms": 100,
+                  "slo_control": "tail"}
 CHUNKED_SLO100 = {**LAYERED_SLO100, "schedule_mode": "chunked"}
 PRESETS = {
     "cpu": {
@@ -80,10 +81,11 @@ PRESETS = {
         "engines": [
             {"label": "layered-slo-tail-sf", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 256,
                                                             "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None,
-                                                            "prefill_order": "short-first"}},
+                                                            "prefill_order": "short-first", "slo_control": "tail"}},
             {"label": "layered-slo-tail-edf", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 256,
                                                              "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None,
-                                                             "prefill_order": "deadline", "ttft_slo_ms": 1000}},
+                                                             "prefill_order": "deadline", "ttft_slo_ms": 1000,
+                                                             "slo_control": "tail"}},
             {"label": "layered-slo", "parameters": {"schedule_mode": "layered", "max_num_batched_tokens": 256,
                                                     "prefill_policy": "slo", "tbt_slo_ms": 60, "num_stages": None,
                                                     "slo_control": "fixed"}},

@@ -51,23 +51,37 @@ def test_controller_converges_on_the_setpoint(k):
 
 
 def test_controller_backs_off_fast_and_claims_room_slowly():
-    """Gaps over the SLO cut the scale by the fast step each epoch down to its floor; gaps well
-    under it raise the scale by at most the slow step, up to its ceiling."""
+    """A tail over the setpoint cuts the scale by at most the fast step an epoch, down to its floor;
+    gaps well under it raise the scale by at most the slow step, up to its ceiling."""
     control = TailControl(SLO_S, 0.9 * SLO_S)
     scales = [control.scale]
     for _ in range(6):
         for _ in range(EPOCH):
-            observe(control, 2 * SLO_S)
+            observe(control, 0.99 * SLO_S)  # over the setpoint, under the SLO: once an epoch
         scales.append(control.scale)
-    assert scales[1] == pytest.approx(scales[0] * STEP_LIMITS[0])
-    assert all(b < a for a, b in zip(scales, scales[1:4])) and scales[-1] == SCALE_LIMITS[0]
+    assert scales[1] == pytest.approx(scales[0] * (0.9 / 0.99) ** 0.5)
+    assert all(b < a for a, b in zip(scales, scales[1:]))
+    before = control.scale
     for _ in range(EPOCH - 1):
         observe(control, 0.1 * SLO_S)
-    assert control.scale == SCALE_LIMITS[0], "no update before an epoch is complete"
+    assert control.scale == before, "no update before an epoch is complete"
     observe(control, 0.1 * SLO_S)
-    assert control.scale == pytest.approx(SCALE_LIMITS[0] * STEP_LIMITS[1])
+    assert control.scale == pytest.approx(before * STEP_LIMITS[1])
     run_synthetic(control, 0.1, epochs=20)
     assert control.scale == SCALE_LIMITS[1]
+
+
+def test_a_gap_over_the_slo_backs_off_at_once():
+    """One step over the SLO fails every request decoding in it: the controller answers that gap
+    alone, with the fast step, and starts its epoch afresh."""
+    control = TailControl(SLO_S, 0.9 * SLO_S)
+    for _ in range(EPOCH // 2):
+        observe(control, 0.5 * SLO_S)
+    observe(control, 1.5 * SLO_S)
+    assert control.scale == pytest.approx(0.9 * STEP_LIMITS[0]) and control.gaps == []
+    for _ in range(8):
+        observe(control, 1.5 * SLO_S)
+    assert control.scale == SCALE_LIMITS[0]
 
 
 def test_policy_learns_only_from_steps_planned_to_the_budget(tmp_path):
@@ -80,7 +94,7 @@ def test_policy_learns_only_from_steps_planned_to_the_budget(tmp_path):
     (tmp_path / "config.json").write_text("{}")
 
     def policy(slo_ms: float) -> SloPolicy:
-        args = EngineArgs(model=str(tmp_path), prefill_policy="slo", tbt_slo_ms=slo_ms)
+        args = EngineArgs(model=str(tmp_path), prefill_policy="slo", tbt_slo_ms=slo_ms, slo_control="tail")
         return SloPolicy(args, 5, cost)
 
     tight, loose, floor = policy(predicted_ms / 0.9), policy(100 * predicted_ms), policy(predicted_ms / 1.8)
@@ -89,8 +103,7 @@ def test_policy_learns_only_from_steps_planned_to_the_budget(tmp_path):
             p.observe(loaded, 2 * p.control.slo_s)
             p.observe(StepShape(8, 800, ()), 2 * p.control.slo_s)
     assert tight.control.scale < 0.9 and loose.control.scale == 0.9 and floor.control.scale == 0.9
-    fixed = SloPolicy(EngineArgs(model=str(tmp_path), prefill_policy="slo", tbt_slo_ms=50, slo_control="fixed"),
-                      5, cost)
+    fixed = SloPolicy(EngineArgs(model=str(tmp_path), prefill_policy="slo", tbt_slo_ms=50), 5, cost)  # the default
     assert fixed.control is None and fixed.target_s == pytest.approx(0.045)
 
 

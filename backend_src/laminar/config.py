@@ -18,7 +18,7 @@ from laminar.ops.attention_choice import parse_attention
 SCHEDULE_MODES = ("layered", "chunked")
 PREFILL_POLICIES = {"static": ("num_stages", "group_token_thresholds"),  # policy -> its options
                     "slo": ("tbt_slo_ms", "slo_control", "slo_tail_share")}
-SLO_CONTROLS = ("tail", "fixed")             # slo_control's values, the default first
+SLO_CONTROLS = ("fixed", "tail")             # slo_control's values, the default first
 PREFILL_ORDERS = ("fcfs", "short-first", "deadline", "priority")     # prefill_order's values
 LOAD_FORMATS = ("safetensors", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

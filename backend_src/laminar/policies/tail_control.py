@@ -10,7 +10,10 @@ decode in the step waited), and moves the planning target until the tail of thos
 a set share of the SLO.
 
 The law: every EPOCH informative gaps, tail = their TAIL_QUANTILE, and
-    scale <- clip(scale * clip((setpoint / tail) ** GAIN, *STEP_LIMITS), *SCALE_LIMITS),
+    scale <- clip(scale * clip((setpoint / tail) ** GAIN, *STEP_LIMITS), *SCALE_LIMITS);
+an informative gap over the SLO itself backs off at once (and starts a new epoch). A request's
+P99 gap is about the largest it saw, so one step over the SLO fails every request decoding in it:
+the controller cannot wait for the end of an epoch to answer one.
 an integral controller in log space (the step time grows about in proportion to the target when
 the target binds, so the loop gain is about GAIN per epoch). Each epoch is measured afresh (the
 gaps are cleared after an update), so an update sees only steps planned with the current scale:
@@ -58,11 +61,15 @@ class TailControl:
 
 
 def observe(control: TailControl, gap_s: float) -> None:
-    """Adds one informative gap; at the end of an epoch, moves the scale toward the setpoint."""
+    """Adds one informative gap; at the end of an epoch, or at once for a gap over the SLO, moves
+    the scale toward the setpoint."""
     control.gaps.append(gap_s)
-    if len(control.gaps) < EPOCH:
+    if gap_s > control.slo_s:
+        step = STEP_LIMITS[0]
+    elif len(control.gaps) < EPOCH:
         return
-    tail = float(np.quantile(control.gaps, TAIL_QUANTILE))
+    else:
+        tail = float(np.quantile(control.gaps, TAIL_QUANTILE))
+        step = float(np.clip((control.setpoint_s / max(tail, 1e-9)) ** GAIN, *STEP_LIMITS))
     control.gaps.clear()
-    step = float(np.clip((control.setpoint_s / max(tail, 1e-9)) ** GAIN, *STEP_LIMITS))
     control.scale = float(np.clip(control.scale * step, *SCALE_LIMITS))
