@@ -10,7 +10,13 @@ import pytest
 from engine_utils import make_engine
 
 from laminar import SamplingParams
-from laminar.structured_output import _LOOSE_STRING_CHAR, json_schema_grammar, structural_tag_grammar
+from laminar.structured_output import (
+    _JSON_STRING_CHAR,
+    _LOOSE_STRING_CHAR,
+    CHAIN_MAX_CHARS,
+    json_schema_grammar,
+    structural_tag_grammar,
+)
 
 SCHEMA = {
     "type": "object",
@@ -174,13 +180,17 @@ def test_slo_policy(demo_model, mode):
         CASES[rid][1](d["text"])
 
 
-def test_mask_of_many_rows_equals_each_row_filled_alone():
-    """GrammarMask fills several constrained rows at once (xgrammar's batch matcher): each row's
-    bits are those its matcher gives alone, rows between them are left out, in every state."""
+@pytest.mark.parametrize("threads", [1, 3])
+def test_mask_of_many_rows_equals_each_row_filled_alone(monkeypatch, threads):
+    """GrammarMask fills several constrained rows at once (xgrammar's batch matcher, in turn or on
+    threads): each row's bits are those its matcher gives alone, rows between them are left out."""
     import torch
     import xgrammar as xgr
 
+    from laminar import structured_output
     from laminar.structured_output import BitmaskBuffer, GrammarMask, GrammarState
+
+    monkeypatch.setattr(structured_output, "FILL_THREADS", threads)
 
     info = xgr.TokenizerInfo([chr(c) for c in range(32, 127)] + ["</s>"], stop_token_ids=[95])
     compiled = xgr.GrammarCompiler(info).compile_grammar(json_schema_grammar(json.dumps(SCHEMA)))
@@ -194,3 +204,45 @@ def test_mask_of_many_rows_equals_each_row_filled_alone():
         alone = xgr.allocate_token_bitmask(1, len(info.decoded_vocab))
         state.matcher.fill_next_token_bitmask(alone, 0)
         assert torch.equal(mask.bitmask[i], alone[0]), i
+
+
+def test_bounded_strings_are_rule_chains_with_xgrammars_masks():
+    """Strings with length bounds become chains of rules (one per number of characters left; no
+    counted repetition, the slow case of a bitmask fill) up to CHAIN_MAX_CHARS, and the masks are
+    xgrammar's own at every step of random walks inside a JSON object, with tokens that run past
+    a closing quote among them."""
+    import random
+
+    import torch
+    import xgrammar as xgr
+
+    bounded = {"type": "string", "maxLength": 3}
+    schema = {**SCHEMA, "properties": {**SCHEMA["properties"], "list": {"type": "array", "items": bounded},
+                                       "least": {"type": "string", "minLength": 3},
+                                       "long": {"type": "string", "maxLength": CHAIN_MAX_CHARS + 1}}}
+    schema["required"] = list(schema["properties"])
+    text = json.dumps(schema)
+    chained = str(json_schema_grammar(text))
+    assert "{2, 5}" not in chained and "{0, 12}" not in chained and "{3, -1}" not in chained
+    assert f"{{0, {CHAIN_MAX_CHARS + 1}}}" in chained  # kept: a chain that long costs compile time
+    raw = str(xgr.Grammar.from_json_schema(text, any_whitespace=False, strict_mode=True))
+    vocab = [chr(c) for c in range(32, 127)] + ["ab", "abcd", "abcdefgh", '"}', '", ', '"]', '"x', 'x"', "</s>"]
+    info = xgr.TokenizerInfo(vocab, stop_token_ids=[len(vocab) - 1])
+    compiler = xgr.GrammarCompiler(info)
+    grammars = [compiler.compile_grammar(xgr.Grammar.from_ebnf(ebnf))
+                for ebnf in (raw.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR), chained)]
+    rng = random.Random(0)
+    for _ in range(6):
+        matchers = [xgr.GrammarMatcher(g) for g in grammars]
+        for _ in range(120):
+            masks = []
+            for matcher in matchers:
+                mask = xgr.allocate_token_bitmask(1, len(vocab))
+                matcher.fill_next_token_bitmask(mask)
+                masks.append(mask)
+            assert torch.equal(*masks)
+            allowed = [t for t in range(len(vocab)) if masks[0][0, t // 32] >> (t % 32) & 1]
+            token = rng.choice(allowed)
+            if token == len(vocab) - 1:
+                break
+            assert all(m.accept_token(token) for m in matchers)

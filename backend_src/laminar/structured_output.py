@@ -12,6 +12,15 @@ strings with minLength/maxLength lets raw control characters through, which is n
 schema's grammar is therefore printed as EBNF, that character class is replaced by the JSON one
 (xgrammar's own basic string class), and the text is compiled as a grammar.
 
+That rule is also what makes a token bitmask slow: a counted repetition (`chars{0, 8}`) shares one
+state for every count, so inside such a string most of the vocabulary is decided token by token at
+fill time, for every row in such a state and every step. A bounded string is therefore rewritten as
+a chain of rules, one per number of characters left, each ending with the closing quote and
+xgrammar's lookahead for JSON strings, so that its compile-time token masks decide almost every
+token (`_chain_bounded_strings`). The language is the same; as with xgrammar's own strings, a
+token that runs past the closing quote must fit that lookahead (`"}` after a property's value, but
+not `"</tag>` after a string at the end of a structural tag's JSON, which takes `"` then `</tag>`).
+
 A matcher accepts every sampled token of its sequence, and only those: preemption recomputes KV
 but keeps the tokens, so the matcher never needs to roll back. Stop tokens (EOS) are allowed only
 where the grammar may end; the sequence finishes when the matcher terminates.
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -51,6 +61,11 @@ CACHE_ENTRIES = 512
 _LOOSE_STRING_CHAR = '[^\\"\\\\\\r\\n]'
 _JSON_STRING_CHAR = '[^\\0-\\x1f\\"\\\\\\r\\n]'
 _FREE_WHITESPACE = "[ \\n\\r\\t]*"  # what xgrammar's JSON rules allow between tokens
+# xgrammar 0.2.8's printed rule of a string with length bounds: name ::= (("\"" chars{min, max} "\""))
+# (max -1: no maxLength), and the lookahead of its own JSON strings (what may follow one).
+_BOUNDED_STRING = re.compile(r'^(\w+) ::= \(\("\\"" (\w+)\{(\d+), (-?\d+)\} "\\""\)\)$', re.MULTILINE)
+_STRING_LOOKAHEAD = "(=([ \\n\\r\\t]* [,}\\]:]))"
+CHAIN_MAX_CHARS = 256  # longer bounds keep xgrammar's repetition: one rule a character costs compile time
 _LOG_PREFIX = re.compile(r"^(\[[\d:]+\] \S+:\d+: )?(Check failed: \(.*?\) is false: )?")
 
 
@@ -75,24 +90,78 @@ def _xgrammar():  # noqa: ANN202  (the module)
     return xgrammar
 
 
+def _fill_threads() -> int:
+    """Half the cores this process may run on (xgrammar's "auto" counts every core of the host)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
+FILL_THREADS = _fill_threads()
+
+
 @functools.cache
-def _batch_matcher() -> xgr.BatchGrammarMatcher:
-    """The process's batch matcher: its thread pool fills the rows of a step's bitmask in parallel."""
-    return _xgrammar().BatchGrammarMatcher()
+def _batch_matcher(share: int) -> xgr.BatchGrammarMatcher:
+    """The batch matcher of one share of a step's rows (one a share, so no two threads share one).
+    It fills its rows in turn: one thread, so no pool of its own (xgrammar's pool starts and joins
+    its threads within every fill call)."""
+    return _xgrammar().BatchGrammarMatcher(1)
+
+
+@functools.cache
+def _fill_pool() -> ThreadPoolExecutor:
+    """The threads that fill shares of a step's rows beside the engine thread, started once."""
+    return ThreadPoolExecutor(max(1, FILL_THREADS - 1), thread_name_prefix="laminar-mask")
+
+
+def fill_bitmask(matchers: list[xgr.GrammarMatcher], bitmask: Tensor, rows: list[int]) -> None:
+    """Fills row rows[i] of `bitmask` from matchers[i], in n = min(FILL_THREADS, len(rows)) shares
+    of every n-th row: the calling thread fills one, _fill_pool the others (xgrammar's fill releases
+    the GIL)."""
+    shares = min(FILL_THREADS, len(rows))
+    futures = [_fill_pool().submit(_batch_matcher(k).batch_fill_next_token_bitmask, matchers[k::shares], bitmask,
+                                   rows[k::shares]) for k in range(1, shares)]
+    _batch_matcher(0).batch_fill_next_token_bitmask(matchers[::shares], bitmask, rows[::shares])
+    for future in futures:
+        future.result()
 
 
 def json_schema_grammar(schema: str) -> xgr.Grammar:
-    """A JSON schema's grammar, compact, with JSON's string characters (see the module docstring)."""
+    """A JSON schema's grammar, compact, with JSON's string characters and bounded strings as rule
+    chains (see the module docstring)."""
     ebnf = str(_xgrammar().Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True))
-    return _xgrammar().Grammar.from_ebnf(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR))
+    return _xgrammar().Grammar.from_ebnf(_chain_bounded_strings(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)))
 
 
 def structural_tag_grammar(text: str) -> xgr.Grammar:
     """A structural tag's grammar with its JSON contents made as json_schema_grammar makes them:
     no free whitespace (a weak model would otherwise fill a forced tool call's arguments with
-    newlines up to max_tokens) and JSON's string characters."""
+    newlines up to max_tokens), JSON's string characters and bounded strings as rule chains."""
     ebnf = str(_xgrammar().Grammar.from_structural_tag(text))
-    return _xgrammar().Grammar.from_ebnf(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR).replace(_FREE_WHITESPACE, ""))
+    ebnf = ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR).replace(_FREE_WHITESPACE, "")
+    return _xgrammar().Grammar.from_ebnf(_chain_bounded_strings(ebnf))
+
+
+def _chain_bounded_strings(ebnf: str) -> str:
+    """Each string rule with length bounds (up to CHAIN_MAX_CHARS) as a chain of rules: `name_len_k`
+    is the rest of the string with at most k characters left (or, without maxLength, at least k),
+    closing quote included, so every rule of the chain is a state of its own."""
+    chains: list[str] = []
+
+    def chain(match: re.Match[str]) -> str:
+        name, char, low, high = match[1], match[2], int(match[3]), int(match[4])
+        if max(low, high) > CHAIN_MAX_CHARS or f"{name}_len_" in ebnf:
+            return match[0]
+        top = high if high >= 0 else low
+        for k in range(top + 1):
+            more = f"{name}_len_{k - 1 if k else 0}"  # len_0 without maxLength: any number more
+            alternatives = ['("\\"")'] if k <= top - low else []  # the string may end here
+            if k or high < 0:
+                alternatives.append(f"({char} {more})")
+            chains.append(f"{name}_len_{k} ::= ({' | '.join(alternatives)}) {_STRING_LOOKAHEAD}")
+        return f'{name} ::= (("\\"" {name}_len_{top}))'
+
+    ebnf = _BOUNDED_STRING.sub(chain, ebnf)
+    return "\n".join([ebnf, *chains])
 
 
 def _choice_grammar(choices: list[str]) -> xgr.Grammar:
@@ -206,10 +275,10 @@ class GrammarMask:
     """The token bitmask of one step's constrained rows.
 
     Filled on the host while the device still runs the step's forward (fill right after the
-    forward is launched), then applied to the logits on their device in one op. Rows are filled in
-    parallel by xgrammar's batch matcher (half the host's cores): one row's fill varies widely with
-    its grammar's state, and 32 rows filled one after another took 84 ms a step on an H100's host
-    (perf/results/gpu-h100-2026-12-07-s7), against a 5 ms forward.
+    forward is launched), into the reused BitmaskBuffer, then applied to the logits on their device
+    in one op. Rows are filled in parallel (`fill_bitmask`). One row's fill varies widely with its
+    grammar's state; a string with length bounds in xgrammar's own form was the slow case (see the
+    module docstring).
     """
 
     def __init__(self, grammars: list[GrammarState | None], vocab_size: int, buffer: BitmaskBuffer) -> None:
@@ -218,8 +287,7 @@ class GrammarMask:
         if not self.rows:
             return
         self.bitmask = buffer.take(len(grammars), vocab_size)
-        _batch_matcher().batch_fill_next_token_bitmask([grammars[i].matcher for i in self.rows], self.bitmask,
-                                                       indices=self.rows)
+        fill_bitmask([grammars[i].matcher for i in self.rows], self.bitmask, self.rows)
 
     def apply(self, logits: Tensor) -> None:
         """Disallowed tokens of the constrained rows -> -inf, in place."""
