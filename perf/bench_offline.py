@@ -357,6 +357,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", help="mode:budget entries, e.g. layered:8192 chunked:512")
     ap.add_argument("--num-stages", type=int)
     ap.add_argument("--prompts", type=int, nargs="*", help="prompt lengths arriving during decode (preset's if unset)")
+    ap.add_argument("--decode-batch", type=int, help="decodes in the batch (preset's if unset; shrinks to what the "
+                                                     "KV cache holds): two models compared at one batch")
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--pipeline-parallel-size", type=int, default=1)
     ap.add_argument("--enforce-eager", action="store_true")
@@ -374,6 +376,7 @@ def main() -> None:
     cfg["modes"] = args.modes or cfg["modes"]
     cfg["num_stages"] = args.num_stages or cfg["num_stages"]
     cfg["prompts"] = args.prompts or cfg["prompts"]
+    cfg["decode_batch"] = args.decode_batch or cfg["decode_batch"]
     max_len = max(cfg["prompts"] + [cfg["decode_context"]]) + 2048
     base = dict(model=args.model, load_format=args.load_format, max_model_len=max_len,
                 tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,

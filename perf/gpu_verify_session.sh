@@ -13,7 +13,8 @@
 # Step limits: TEST_S (each test folder), OFFLINE_S (each model), STRUCTURED_S, MXFP4_S (seconds). COMMIT names the commit.
 # On an H100 (2026-12-07) Qwen3-30B-A3B bf16 was still in its first mode's step breakdown at 190 s
 # (start-up, cost-model profile, graphs); the FP8 model's one mode took ~250 s, GPT-OSS-20B's < 190 s:
-# give Qwen3 OFFLINE_S=300 a mode (--async-compare and :unfused double the modes each).
+# give Qwen3 OFFLINE_S=300 a mode (--async-compare and :unfused double the modes each). Since 7ff15bb the
+# bf16 model takes about a minute (its arriving prompt had waited for the decodes to end: s8 results).
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 export PYTHONPATH="$PWD/tests:$PYTHONPATH"
 {
