@@ -11,10 +11,9 @@
 #   MXFP4="tokens..."  perf/bench_moe_mxfp4.py at those MoE token counts (GPT-OSS-20B experts): bf16, the
 #                in-register MXFP4 GEMM, the 16-bit write-out path and the engine's pick between them
 # Step limits: TEST_S (each test folder), OFFLINE_S (each model), STRUCTURED_S, MXFP4_S (seconds). COMMIT names the commit.
-# On an H100 (2026-12-07) Qwen3-30B-A3B bf16 was still in its first mode's step breakdown at 190 s
-# (start-up, cost-model profile, graphs); the FP8 model's one mode took ~250 s, GPT-OSS-20B's < 190 s:
-# give Qwen3 OFFLINE_S=300 a mode (--async-compare and :unfused double the modes each). Since 7ff15bb the
-# bf16 model takes about a minute (its arriving prompt had waited for the decodes to end: s8 results).
+# On an H100 (2026-12-08, 8703804) a Qwen3-30B-A3B bf16 mode spent 14 s besides the 328 s its arriving
+# prompt waited for the decodes to end (fixed in 7ff15bb); the FP8 model's one mode took ~30 s (2026-12-07).
+# --async-compare and :unfused double the modes each.
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_prelude.sh"
 export PYTHONPATH="$PWD/tests:$PYTHONPATH"
 {
