@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from engine_utils import greedy, make_engine, run_to_completion
 
-from laminar import SamplingParams
+from laminar import EngineArgs, SamplingParams
 
 PROMPT = list(range(1, 41))
 OTHER = [7, 8, 9, 10, 11]
@@ -73,6 +73,37 @@ def test_preemption_keeps_greedy_tokens(moe_checkpoint_5, mode):
     assert engine.get_stats().num_preemptions > 0
     assert got == expected
     assert_pool_full(engine)
+
+
+@pytest.mark.parametrize("mode", ["layered", "chunked"])
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_bounded_kv_wait_preempts_decodes_for_an_overdue_prompt(moe_checkpoint_5, mode, async_scheduling):
+    """Three long generations fill the KV cache; a prompt that does not fit arrives. Without
+    max_kv_wait_ms it waits for a decode to end (as in vLLM); with it, it preempts the newest
+    decode and gets its first token long before. Every request's greedy tokens are unchanged."""
+    decodes = {f"d{i}": [(i * 31 + j) % 250 + 1 for j in range(16)] for i in range(3)}
+    late = [(5 * j) % 250 + 1 for j in range(60)]  # 15 blocks, within one chunk
+    expected = {**reference(moe_checkpoint_5, decodes, 40), **reference(moe_checkpoint_5, {"late": late}, 4)}
+    arrivals = {0: [(rid, p, greedy(40)) for rid, p in decodes.items()], 26: [("late", late, greedy(4))]}
+    steps = {}
+    for bound in (None, 1e-3):
+        engine = make_engine(moe_checkpoint_5, schedule_mode=mode, num_kv_blocks=44, max_model_len=128,
+                             max_kv_wait_ms=bound, async_scheduling=async_scheduling)
+        first: dict[str, int] = {}
+        got = run_to_completion(engine, arrivals, on_step=lambda it, e, f=first: f.update(
+            {rid: it for rid, seq in e.seqs.items() if seq.output_token_ids and rid not in f}))
+        assert got == expected
+        steps[bound] = first["late"] - 26, engine.get_stats().num_preemptions
+        assert_pool_full(engine)
+    (waited, preempted), (bounded, preempted_bounded) = steps[None], steps[1e-3]
+    assert preempted == 0 and waited >= 10, steps  # until the first decode ends (40 tokens)
+    assert preempted_bounded >= 1 and bounded <= 5, steps
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, "10"])
+def test_max_kv_wait_ms_must_be_positive_milliseconds(bad):
+    with pytest.raises(ValueError, match="max_kv_wait_ms"):
+        EngineArgs(model="x", max_kv_wait_ms=bad)
 
 
 def test_completion_frees_blocks(moe_checkpoint_5):

@@ -1,4 +1,4 @@
-"""Randomized workloads: arrivals, aborts at any point, KV pressure (preemption), both modes.
+"""Randomized workloads: arrivals, aborts at any point, KV pressure (preemption, the bounded KV wait), both modes.
 
 Every request that is not aborted must produce the greedy tokens it produces with no pressure and
 no aborts around it, and every KV block must be back in the pool at the end.
@@ -52,7 +52,8 @@ def test_random_workloads_keep_greedy_tokens_and_blocks(moe_checkpoint_5, seed):
         # 30 blocks of 4 tokens: a few requests at a time, so admission waits and decodes get preempted.
         engine = make_engine(moe_checkpoint_5, schedule_mode=mode, num_kv_blocks=30, max_model_len=120, max_num_seqs=12,
                              max_num_batched_tokens=rng.choice([16, 40, 96]), num_stages=rng.randint(1, 5),
-                             group_token_thresholds=tuple(sorted(rng.sample(range(4, 64), 2))))
+                             group_token_thresholds=tuple(sorted(rng.sample(range(4, 64), 2))),
+                             max_kv_wait_ms=rng.choice([None, 1e-3]))  # 1e-3: overdue prompts preempt decodes
         got = run(engine, arrivals, aborts)
         assert got == {rid: reference[rid] for rid in got}, (mode, engine.args)
         assert engine.stats.num_preemptions > 0, "the KV budget should force preemption"

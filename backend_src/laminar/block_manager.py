@@ -63,6 +63,10 @@ class BlockManager:
             self.ref_counts[block] = 1
             seq.block_table.append(block)
 
+    def reclaimable(self, seq: Sequence) -> int:
+        """Blocks that freeing seq would return to the pool (those no other sequence holds)."""
+        return sum(1 for block in seq.block_table if self.ref_counts[block] == 1)
+
     def free(self, seq: Sequence) -> None:
         """Releases seq's blocks, its last block first, so that a prefix outlives its extensions
         in the LRU order (a block is of no use once the block before it is evicted)."""

@@ -183,10 +183,10 @@ class EngineArgs:
     (default [512, 1024, 2048, 4096]) by its token count (<=512: 1, <=1024: 2, <=2048: 4,
     <=4096: 8, more: num_stages), clamped to the layer count. "slo" needs tbt_slo_ms, the
     time-between-tokens target that chooses how far prompts advance (layered: how many layers;
-    chunked: how many tokens) from a cost model measured on the device. slo_control "tail" (the
-    default) steers the step time planned to on the measured gaps between decode steps, so their
-    tail sits at slo_tail_share (default 0.9) of tbt_slo_ms; "fixed" plans to 90% of it, open loop
-    (laminar.policies.tail_control says why the loop).
+    chunked: how many tokens) from a cost model measured on the device. slo_control "fixed" (the
+    default) plans to 90% of tbt_slo_ms, open loop; "tail" steers the step time planned to on the
+    measured gaps between decode steps, so their tail sits at slo_tail_share (default 0.9) of it
+    (laminar.policies.slo says why fixed is the default, laminar.policies.tail_control the loop).
 
     prefill_order is the order in which waiting prompts are admitted, under any policy: "fcfs"
     (the default, arrival order) or "short-first" (the shortest first, so more prompts finish
@@ -196,6 +196,11 @@ class EngineArgs:
     ttft_slo_ms, default 2000; prompts that missed theirs wait behind those that can still make
     it, for at most one more budget) or "priority" (the request's priority, lower first, as
     vLLM's priority scheduling). laminar.policies.order says why FCFS stays the default.
+
+    max_kv_wait_ms bounds a prompt's wait for KV blocks, under any order: running decodes keep
+    their blocks ahead of waiting prompts (as in vLLM), so when long generations fill the cache a
+    new prompt waits for one to end. Set, a prompt that has waited this long and does not fit
+    preempts the newest decodes (recompute) until it does. Unset (the default): it waits.
 
     enable_prefix_caching keeps the KV blocks of computed prompts (and of full decode blocks)
     for later requests that start with the same tokens; see block_manager.
@@ -252,6 +257,7 @@ class EngineArgs:
     slo_tail_share: float | None = None
     prefill_order: str = "fcfs"
     max_queue_wait_ms: float | None = None
+    max_kv_wait_ms: float | None = None
     ttft_slo_ms: float | None = None
     enable_prefix_caching: bool = True
     dequantize_experts: bool = False
@@ -356,6 +362,8 @@ class EngineArgs:
         if share is not None and self.slo_control == "fixed":
             raise ValueError("slo_tail_share applies to slo_control 'tail' only: unset it or the 'fixed' control")
         self._check_prefill_order()
+        if self.max_kv_wait_ms is not None and not _is_number(self.max_kv_wait_ms, 0, 1e9):
+            raise ValueError(f"max_kv_wait_ms must be a positive number of milliseconds, got {self.max_kv_wait_ms!r}")
 
     def _check_prefill_order(self) -> None:
         if self.prefill_order not in PREFILL_ORDERS:

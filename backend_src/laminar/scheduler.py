@@ -50,6 +50,7 @@ class Scheduler:
         self.lookups = {}  # the policies propose several times per step: look each prompt up once
         self.queue = None  # and order the queue once
         preempted: list[Sequence] = []
+        self._make_room(preempted)
         decode = self._schedule_decodes(preempted)
         segments = self._apply(self.policy.plan(decode, self.batches, self))
         running = {seg.batch_id for seg in segments if seg.finishes}
@@ -195,7 +196,7 @@ class Scheduler:
         decoded: that token ends it when it arrives. Any other pending token is planned with as
         if it continues; if it turns out to stop the sequence, the engine drops the extra row.
         """
-        last = {seq for seq in self.decoding if seq.num_pending and len(seq.output_token_ids) >= seq.params.max_tokens}
+        last = {seq for seq in self.decoding if _ending(seq)}
         queue = deque(keep_order(self.args, (seq for seq in self.decoding if seq not in last)))
         decode: list[Sequence] = []
         while queue:
@@ -214,9 +215,53 @@ class Scheduler:
         self.decoding = [seq for seq in self.decoding if seq in kept]
         return decode
 
+    def _make_room(self, preempted: list[Sequence]) -> None:
+        """The bounded wait for KV (EngineArgs.max_kv_wait_ms): the first prompt in admission
+        order that has waited that long and does not fit beside the decodes' next tokens preempts
+        the newest decodes (the last in keep_order) until it does, and is admitted with the blocks
+        of its whole prompt at once: the blocks freed for it are its own, whatever order the
+        preempted sequences go back in. Without it, long generations that fill the cache hold a
+        new prompt back until one ends (an 8k prompt waited 328 s behind 60 decodes on an H100:
+        perf/results/gpu-h100-2026-12-08-s8)."""
+        if self.args.max_kv_wait_ms is None:
+            return
+        now, bound_s = time.monotonic(), self.args.max_kv_wait_ms * 1e-3
+        overdue = [s for s in self.waiting if not s.output_token_ids and now - s.arrival_time >= bound_s]
+        if not overdue:
+            return
+        seq = waiting_order(self.args, overdue, now)[0]
+        hits = self._cached_prefix(seq)
+        # The prompts admitted before it keep the blocks their remaining chunks need: taking
+        # those would leave every prefill short of blocks, with no decode left to preempt.
+        needed = self.blocks.admission_cost(hits, seq.num_tokens) + sum(
+            self.blocks.blocks_needed(s, s.num_tokens) for s in self.prefilling)
+        free, growing = self.blocks.num_free, len(self.decoding)  # each decode may take a block this step
+        if needed + growing <= free:
+            return  # it fits: the policy admits it
+        victims, chosen = [s for s in keep_order(self.args, self.decoding) if not _ending(s)], []
+        while victims and needed + growing > free:
+            chosen.append(victims.pop())
+            free += self.blocks.reclaimable(chosen[-1])
+            growing -= 1
+        seats = self.args.max_num_seqs - len(self.decoding) - len(self.prefilling) + len(chosen)
+        if needed + growing > free or seats <= 0:
+            return  # preempting every decode would not make room: it waits as before
+        for victim in chosen:
+            self.decoding.remove(victim)
+            self._preempt(victim)
+            preempted.append(victim)
+        start = len(hits) * self.blocks.block_size
+        self._admit(Chunk(seq, start, seq.num_tokens - start))
+        self.blocks.grow(seq, seq.num_tokens)
+
     def _preempt(self, seq: Sequence) -> None:
         """Recompute-style preemption: drop the KV cache, keep the tokens, queue at the front."""
         self.blocks.free(seq)
         seq.num_computed = 0
         seq.status = Status.WAITING
         self.waiting.appendleft(seq)
+
+
+def _ending(seq: Sequence) -> bool:
+    """Its pending token (asynchronous scheduling) is its max_tokens-th: that token ends it."""
+    return bool(seq.num_pending) and len(seq.output_token_ids) >= seq.params.max_tokens
