@@ -64,8 +64,8 @@ from laminar.serving.metrics import STAT_COUNTERS  # the server's counter names,
 ROOT = Path(__file__).resolve().parents[1]
 # Keys an engine entry may override: the shared executor was built without them.
 SCHEDULER_KEYS = ("schedule_mode", "max_num_batched_tokens", "prefill_policy", "tbt_slo_ms", "slo_control",
-                  "slo_tail_share", "prefill_order", "max_queue_wait_ms", "ttft_slo_ms", "num_stages", "group_token_thresholds",
-                  "enable_prefix_caching")
+                  "slo_tail_share", "prefill_order", "max_queue_wait_ms", "max_kv_wait_ms", "ttft_slo_ms", "num_stages",
+                  "group_token_thresholds", "enable_prefix_caching")
 RATIO_METRICS = ("mean_ttft", "p99_ttft", "p99_tbt", "goodput", "slo_attainment")
 
 LAYERED_SLO100 = {"schedule_mode": "layered", "max_num_batched_tokens": 8192, "prefill_policy": "slo", "tbt_slo_ms": 100,
@@ -100,6 +100,7 @@ PRESETS = {
         "name": "replay_gpu",
         "description": "Qwen3-30B-A3B shapes, dummy weights, bf16, CUDA graphs; the issue-23 engines at a 100 ms "
                        "TBT SLO (-tail: closed-loop control, tail85: its setpoint at 85%, -sf: short-first order, "
+                       "-kvwait: max_kv_wait_ms 1000, "
                        "-edf: deadline order at the 2 s TTFT SLO; "
                        "layered-slo100 and chunked-slo100 are the open-loop policy the sweeps measured); 300 requests "
                        "per cell.",
@@ -113,6 +114,8 @@ PRESETS = {
                                                                 "ttft_slo_ms": 2000}},
             {"label": "layered-slo100-tail", "parameters": LAYERED_SLO100},
             {"label": "layered-slo100", "parameters": {**LAYERED_SLO100, "slo_control": "fixed"}},
+            {"label": "layered-slo100-kvwait", "parameters": {**LAYERED_SLO100, "slo_control": "fixed",
+                                                              "max_kv_wait_ms": 1000}},
             {"label": "chunked-2048", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 2048}},
             {"label": "chunked-2048-sf", "parameters": {"schedule_mode": "chunked", "max_num_batched_tokens": 2048,
                                                         "prefill_order": "short-first"}},
