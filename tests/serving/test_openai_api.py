@@ -17,7 +17,7 @@ from test_serving_server import metric
 
 from laminar import SamplingParams
 from laminar.client.openai_stack import wait_http
-from laminar.client.triton_server import ROOT, free_port
+from laminar.client.triton_server import ROOT, free_port, free_ports
 
 PROMPT = "The quick brown fox"
 GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}
@@ -205,7 +205,7 @@ def readme_example() -> str:
 
 def test_build_sh_serve_runs_the_readme_example(tmp_path):
     """A newcomer's path: `./build.sh serve`, then the README's client example against it."""
-    http, grpc, metrics, api = (free_port() for _ in range(4))
+    http, grpc, metrics, api = free_ports(4)
     log = open(tmp_path / "serve.log", "wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINAR_")}
     serve = subprocess.Popen(

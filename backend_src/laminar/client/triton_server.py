@@ -8,6 +8,7 @@ and config parameters (e.g. schedule_mode), so one server covers both schedule m
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -35,10 +36,18 @@ def wait_for(predicate, timeout: float = 30.0, poll: float = 0.05) -> bool:
     return False
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: each socket stays bound until all are picked (picked one at a time,
+    the OS may hand the same port out twice, and tritonserver refuses HTTP and gRPC on one port)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def tritonserver_binary() -> str:
@@ -66,7 +75,7 @@ class TritonServer:
     `proc` is then the supervisor."""
 
     def __init__(self, repo: Path, env: dict[str, str], log_path: Path, supervised: bool = False) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.log_path = log_path
         clean = {k: v for k, v in os.environ.items() if not k.startswith("LAMINAR_")}
         self._log = open(log_path, "wb")
