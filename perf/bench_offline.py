@@ -279,7 +279,7 @@ def breakdown_lines(report: dict) -> list[str]:
 
 def markdown(report: dict) -> str:
     lines = [f"# Offline engine benchmark ({report['device']})", "", f"Command: `{report['command']}`", "",
-             f"Decode batch: {report['decode_batch']}", "",
+             f"Decode batch: {report['decode_batch']} (KV cache: {report.get('kv_cache_tokens', '-')} tokens)", "",
              "| mode | decode step ms (median) | floor ms | host overhead | decode tok/s | J/token (decode) | "
              "alone-prompt expert GB | alone TTFT ms (iterations) | one pass ms | cost model error median / p90 (steps) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -397,6 +397,7 @@ def main() -> None:
     runner = executor.runner
     try:
         cfg["decode_batch"] = report["decode_batch"] = fit_decode_batch(cfg, runner)
+        report["kv_cache_tokens"] = runner.num_blocks * runner.block_size
         report["bandwidth_gbs"] = (measure_bandwidth(runner.device) or 0) / 1e9 or None
         device_name = torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else (
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
