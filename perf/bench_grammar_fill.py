@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import statistics
@@ -78,10 +77,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     args = ap.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     report = {"command": "python perf/bench_grammar_fill.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-              "host": f"{platform.processor() or platform.machine()}, {cores} cores",
+              "host": f"{platform.processor() or platform.machine()}, {structured_output.usable_cores()} cores",
               "fill_threads": structured_output.FILL_THREADS, "rows": args.rows, "steps": args.steps}
     for form in ("repetition", "chain"):
         report[form] = bench(form, args.rows, args.steps, args.seed)

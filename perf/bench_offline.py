@@ -255,9 +255,9 @@ def bench_mode(engine: LLMEngine, cfg: dict, bandwidth: float | None, seed: int)
 
 
 BREAKDOWN_STEPS = 5  # profiled decode steps per mode
-# KV set aside per decode for each prompt's iterations while the decodes run. On an H100 an 8k
-# prompt took 17 (layered, 16 stages); a 16k prompt under a 100 ms SLO can take more, as long as
-# fewer decodes than the batch outgrow their share.
+# KV set aside per decode for each prompt's iterations while the decodes run (a token each). On an
+# H100 an 8k prompt took 17 (layered, 16 stages); a prompt that takes more eats into the slack of
+# the later ones, and the check at each arrival stops the run if none is left.
 PROMPT_ITERATIONS = 64
 
 

@@ -90,13 +90,12 @@ def _xgrammar():  # noqa: ANN202  (the module)
     return xgrammar
 
 
-def _fill_threads() -> int:
-    """Half the cores this process may run on (xgrammar's "auto" counts every core of the host)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // 2)
+def usable_cores() -> int:
+    """The cores this process may run on (xgrammar's "auto" counts every core of the host)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-FILL_THREADS = _fill_threads()
+FILL_THREADS = max(1, usable_cores() // 2)
 
 
 @functools.cache
